@@ -1,0 +1,261 @@
+//! The errors of the store, one enum per operation.
+
+use eventfold_domain::{ExpectedVersion, StreamId};
+use std::fmt;
+
+/// Stored bytes that cannot be what eventfold wrote: a bad checksum, a
+/// truncated record, an unknown format byte, or an index entry that points
+/// at the wrong record. Names the keyspace and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt {keyspace} entry at key {}: {kind}", Hex(&self.key))]
+pub struct Corruption {
+    /// The keyspace (column family) holding the entry.
+    pub keyspace: &'static str,
+    /// The entry's key, as stored.
+    pub key: Vec<u8>,
+    /// What is wrong with it.
+    pub kind: CorruptionKind,
+}
+
+/// What is wrong with a corrupt entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptionKind {
+    /// The CRC32C stored with the value does not match its bytes.
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// The checksum found in the value.
+        stored: u32,
+        /// The checksum of the value's bytes.
+        computed: u32,
+    },
+    /// The value ends before a field it declares.
+    #[error("truncated: {0}")]
+    Truncated(&'static str),
+    /// The value's format byte is not one this version understands.
+    #[error("unknown format byte {0}")]
+    UnknownFormat(u8),
+    /// A field holds a value that cannot be valid.
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    /// The key itself has the wrong shape.
+    #[error("malformed key")]
+    MalformedKey,
+    /// Two entries that must agree do not (an index and the record it names,
+    /// a gap in positions or versions, a head that disagrees with its stream).
+    #[error("inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Displays bytes as lowercase hex, abbreviated past 64 bytes.
+pub(crate) struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0.iter().take(64) {
+            write!(f, "{byte:02x}")?;
+        }
+        if self.0.len() > 64 {
+            write!(f, "…({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an append was refused or failed.
+///
+/// [`AppendError::WrongExpectedVersion`] is a concurrency conflict: nothing was
+/// written and the caller may reload and retry. [`AppendError::Io`] and
+/// [`AppendError::Poisoned`] mean the store cannot write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The stream's version did not match; nothing was written.
+    #[error(
+        "wrong expected version on stream {stream}: expected {expected}, actual version {actual}"
+    )]
+    WrongExpectedVersion {
+        /// The stream whose check failed.
+        stream: StreamId,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version at the time of the check (0: no stream).
+        actual: u64,
+    },
+    /// An append must carry at least one event for every stream it names.
+    #[error("the append for stream {stream} carries no events")]
+    NoEvents {
+        /// The stream with no events.
+        stream: StreamId,
+    },
+    /// The request names no stream at all.
+    #[error("the append names no stream")]
+    NoStreams,
+    /// The same stream appears twice in one multi-stream append.
+    #[error("stream {stream} appears more than once in one append")]
+    DuplicateStream {
+        /// The repeated stream.
+        stream: StreamId,
+    },
+    /// More events than `events_per_append_max` in one request.
+    #[error("{count} events in one append, more than the limit of {limit}")]
+    TooManyEvents {
+        /// Events in the request.
+        count: usize,
+        /// The store's `events_per_append_max`.
+        limit: usize,
+    },
+    /// One event's payload exceeds `payload_bytes_max`.
+    #[error(
+        "event {index} for stream {stream} has a {bytes}-byte payload, more than the limit of {limit}"
+    )]
+    PayloadTooLarge {
+        /// The stream the event was for.
+        stream: StreamId,
+        /// The event's index within that stream's events.
+        index: usize,
+        /// The payload's size.
+        bytes: usize,
+        /// The store's `payload_bytes_max`.
+        limit: usize,
+    },
+    /// One event's type name, headers or other fields exceed what a record
+    /// can hold (`event_type_bytes_max`, `headers_bytes_max`).
+    #[error("event {index} for stream {stream} is invalid: {reason}")]
+    InvalidEvent {
+        /// The stream the event was for.
+        stream: StreamId,
+        /// The event's index within that stream's events.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The writer's queue (`queue_appends_max`) is full: retry later.
+    #[error("the store's write queue is full ({limit} appends waiting); retry later")]
+    Overloaded {
+        /// The store's `queue_appends_max`.
+        limit: usize,
+    },
+    /// An earlier write or sync failed; the store refuses writes until it is
+    /// reopened, because what is on disk is no longer known.
+    #[error("the store refuses writes after an earlier write failure; reopen it")]
+    Poisoned,
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+    /// This append's write or sync failed. Whether it reached the disk is
+    /// unknown; the store is now poisoned.
+    #[error("the write failed: {0}")]
+    Io(String),
+    /// Stored bytes needed to check the append are corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// Stored bytes are corrupt; the error names the key.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+    /// The storage engine failed.
+    #[error("the read failed: {0}")]
+    Io(String),
+    /// A name (checkpoint, read model) is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Why a write other than an append (snapshot, checkpoint, read model)
+/// failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A name (checkpoint, read model) is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// A value exceeds `payload_bytes_max`.
+    #[error("a {bytes}-byte value, more than the limit of {limit}")]
+    ValueTooLarge {
+        /// The value's size.
+        bytes: usize,
+        /// The store's `payload_bytes_max`.
+        limit: usize,
+    },
+    /// The batch holds more than `read_model_batch_entries_max` entries.
+    #[error("{count} entries in one read-model batch, more than the limit of {limit}")]
+    BatchTooLarge {
+        /// Entries in the batch.
+        count: usize,
+        /// The store's `read_model_batch_entries_max`.
+        limit: usize,
+    },
+    /// An earlier write or sync failed; reopen the store.
+    #[error("the store refuses writes after an earlier write failure; reopen it")]
+    Poisoned,
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+    /// The write failed; the store is now poisoned.
+    #[error("the write failed: {0}")]
+    Io(String),
+}
+
+/// Why a name of a checkpoint, read model or snapshot owner was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("a name must not be empty")]
+    Empty,
+    /// The name is longer than [`crate::NAME_BYTES_MAX`].
+    #[error("name is {bytes} bytes long, more than the limit of {limit}")]
+    TooLong {
+        /// Its length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The name contains NUL, which separates names from keys on disk.
+    #[error("a name must not contain NUL")]
+    ContainsNul,
+}
+
+/// Why the store could not be opened, backed up or restored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The storage engine failed.
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// The directory holds a store of a format this version cannot read.
+    #[error("the store at this path has format {found:?}; this version reads {supported:?}")]
+    UnsupportedFormat {
+        /// The format marker found.
+        found: String,
+        /// The format marker this version writes.
+        supported: &'static str,
+    },
+    /// Stored bytes needed to open the store are corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+    /// A file-system operation failed.
+    #[error("file-system error: {0}")]
+    Fs(#[from] std::io::Error),
+    /// The writer thread could not be started.
+    #[error("could not start the writer thread: {0}")]
+    Thread(String),
+    /// A restore target already holds files.
+    #[error("restore target {0} is not empty")]
+    TargetNotEmpty(String),
+}
+
+impl From<rocksdb::Error> for OpenError {
+    fn from(value: rocksdb::Error) -> Self {
+        OpenError::Engine(value.into_string())
+    }
+}

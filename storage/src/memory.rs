@@ -1,0 +1,409 @@
+//! The in-memory backend: the same contract as RocksDB, for fast tests.
+//!
+//! Appends are applied under one lock, so the "writer" is whoever holds it;
+//! durability settings have no meaning here. [`MemoryStore::reopen`] gives a
+//! new handle on the same data, the way reopening a RocksDB directory would.
+
+use crate::api::*;
+use crate::error::{AppendError, Corruption, CorruptionKind, ReadError, WriteError};
+use crate::options::StoreOptions;
+use crate::validate;
+use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Default)]
+struct State {
+    /// The global log; index = position - 1.
+    log: Vec<RecordedEvent>,
+    /// Per stream, the positions of its events; index = version - 1.
+    streams: HashMap<StreamId, Vec<u64>>,
+    commands: HashMap<CommandId, AppendOutcome>,
+    snapshots: HashMap<StreamId, Snapshot>,
+    checkpoints: HashMap<String, u64>,
+    read_models: BTreeMap<(String, Vec<u8>), Vec<u8>>,
+    last_recorded_at: Timestamp,
+    stats: WriterStats,
+}
+
+/// An event store held in memory.
+///
+/// ```
+/// use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
+/// use eventfold_storage::{EventStore, MemoryStore};
+///
+/// let store = MemoryStore::new();
+/// let stream = StreamId::new("account-1")?;
+/// let event = NewEvent::new("Opened", 1, vec![], Metadata::new());
+/// let outcome = store.append(&stream, ExpectedVersion::NoStream, vec![event])?;
+/// assert_eq!((outcome.last_version(), outcome.last_position), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    poisoned: Arc<AtomicBool>,
+    options: Arc<StoreOptions>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with default options.
+    pub fn new() -> Self {
+        Self::with_options(StoreOptions::default())
+    }
+
+    /// An empty store with these options (limits and fault injection apply).
+    pub fn with_options(options: StoreOptions) -> Self {
+        Self {
+            state: Arc::default(),
+            poisoned: Arc::default(),
+            options: Arc::new(options),
+        }
+    }
+
+    /// A new handle on the same data, as if the store had been closed and
+    /// opened again: a poisoned store accepts writes again.
+    pub fn reopen(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            poisoned: Arc::default(),
+            options: Arc::clone(&self.options),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-changed:
+        // every mutation below is prepared first and applied without fallible
+        // steps, so a poisoned mutex is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Consumes a pending injected fault, poisoning the store.
+    fn inject_fault(&self) -> bool {
+        let fail = self
+            .options
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.should_fail());
+        if fail {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        fail
+    }
+
+    fn append_now(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
+        validate::append_request(&request, &self.options)?;
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(AppendError::Poisoned);
+        }
+        let mut state = self.lock();
+        if let Some(id) = request.command_id
+            && let Some(original) = state.commands.get(&id)
+        {
+            let mut outcome = original.clone();
+            outcome.deduplicated = true;
+            return Ok(outcome);
+        }
+        for part in &request.streams {
+            let actual = state
+                .streams
+                .get(&part.stream)
+                .map_or(0, |v| v.len() as u64);
+            if let Err(mismatch) = part.expected.check(actual) {
+                return Err(AppendError::WrongExpectedVersion {
+                    stream: part.stream.clone(),
+                    expected: mismatch.expected,
+                    actual: mismatch.actual,
+                });
+            }
+        }
+        if self.inject_fault() {
+            return Err(AppendError::Io("injected write failure".into()));
+        }
+        let recorded_at = Timestamp::now().max(state.last_recorded_at);
+        state.last_recorded_at = recorded_at;
+        let first_position = state.log.len() as u64 + 1;
+        let mut written = Vec::with_capacity(request.streams.len());
+        for part in request.streams {
+            let first_version = state
+                .streams
+                .get(&part.stream)
+                .map_or(0, |v| v.len() as u64)
+                + 1;
+            let mut version = first_version;
+            for event in part.events {
+                let position = state.log.len() as u64 + 1;
+                state.log.push(RecordedEvent {
+                    stream_id: part.stream.clone(),
+                    version,
+                    position,
+                    recorded_at,
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    payload: event.payload,
+                    metadata: event.metadata,
+                });
+                state
+                    .streams
+                    .entry(part.stream.clone())
+                    .or_default()
+                    .push(position);
+                version += 1;
+            }
+            written.push(StreamWritten {
+                stream: part.stream,
+                first_version,
+                last_version: version - 1,
+            });
+        }
+        let outcome = AppendOutcome {
+            streams: written,
+            first_position,
+            last_position: state.log.len() as u64,
+            deduplicated: false,
+        };
+        if let Some(id) = request.command_id {
+            state.commands.insert(id, outcome.clone());
+        }
+        state.stats.batches += 1;
+        state.stats.appends += 1;
+        state.stats.events += outcome.last_position - outcome.first_position + 1;
+        Ok(outcome)
+    }
+
+    fn check_writable(&self) -> Result<(), WriteError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(WriteError::Poisoned);
+        }
+        if self.inject_fault() {
+            return Err(WriteError::Io("injected write failure".into()));
+        }
+        Ok(())
+    }
+}
+
+impl EventStore for MemoryStore {
+    fn submit(&self, request: AppendRequest) -> PendingAppend {
+        PendingAppend::ready(self.append_now(request))
+    }
+
+    fn head(&self) -> u64 {
+        self.lock().log.len() as u64
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadError> {
+        Ok(self
+            .lock()
+            .streams
+            .get(stream)
+            .map_or(0, |v| v.len() as u64))
+    }
+
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let state = self.lock();
+        let Some(positions) = state.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let len = positions.len() as u64;
+        let selected: Vec<u64> = match direction {
+            Direction::Forward => {
+                let start = from.max(1);
+                if start > len {
+                    return Ok(Vec::new());
+                }
+                positions[(start - 1) as usize..]
+                    .iter()
+                    .take(max_count)
+                    .copied()
+                    .collect()
+            }
+            Direction::Backward => {
+                if from == 0 {
+                    return Ok(Vec::new());
+                }
+                let start = from.min(len);
+                positions[..start as usize]
+                    .iter()
+                    .rev()
+                    .take(max_count)
+                    .copied()
+                    .collect()
+            }
+        };
+        Ok(selected
+            .into_iter()
+            .map(|p| state.log[(p - 1) as usize].clone())
+            .collect())
+    }
+
+    fn read_all(
+        &self,
+        from: u64,
+        max_count: usize,
+        filter: &Filter,
+    ) -> Result<GlobalSlice, ReadError> {
+        let state = self.lock();
+        let head = state.log.len() as u64;
+        let mut next_position = from.max(1);
+        let mut events = Vec::new();
+        let mut examined = 0;
+        while next_position <= head
+            && events.len() < max_count
+            && examined < crate::READ_ALL_SCAN_EVENTS_MAX
+        {
+            examined += 1;
+            let event = &state.log[(next_position - 1) as usize];
+            if filter.matches(event) {
+                events.push(event.clone());
+            }
+            next_position += 1;
+        }
+        Ok(GlobalSlice {
+            events,
+            next_position,
+            head,
+        })
+    }
+
+    fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<(), WriteError> {
+        if snapshot.state.len() > self.options.payload_bytes_max {
+            return Err(WriteError::ValueTooLarge {
+                bytes: snapshot.state.len(),
+                limit: self.options.payload_bytes_max,
+            });
+        }
+        self.check_writable()?;
+        self.lock()
+            .snapshots
+            .insert(stream.clone(), snapshot.clone());
+        Ok(())
+    }
+
+    fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, ReadError> {
+        Ok(self.lock().snapshots.get(stream).cloned())
+    }
+
+    fn checkpoint(&self, name: &str) -> Result<Option<u64>, ReadError> {
+        validate::name(name)?;
+        Ok(self.lock().checkpoints.get(name).copied())
+    }
+
+    fn read_model_get(&self, model: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        validate::name(model)?;
+        Ok(self
+            .lock()
+            .read_models
+            .get(&(model.to_owned(), key.to_vec()))
+            .cloned())
+    }
+
+    fn read_model_scan(
+        &self,
+        model: &str,
+        prefix: &[u8],
+        max_count: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError> {
+        validate::name(model)?;
+        let state = self.lock();
+        Ok(state
+            .read_models
+            .range((model.to_owned(), prefix.to_vec())..)
+            .take_while(|((m, k), _)| m == model && k.starts_with(prefix))
+            .take(max_count)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn commit_read_model(&self, batch: ReadModelBatch) -> Result<(), WriteError> {
+        validate::read_model_batch(&batch, &self.options)?;
+        self.check_writable()?;
+        let mut state = self.lock();
+        for (model, op) in batch.ops {
+            match op {
+                ReadModelOp::Put { key, value } => {
+                    state.read_models.insert((model, key), value);
+                }
+                ReadModelOp::Delete { key } => {
+                    state.read_models.remove(&(model, key));
+                }
+            }
+        }
+        if let Some((name, position)) = batch.checkpoint {
+            state.checkpoints.insert(name, position);
+        }
+        Ok(())
+    }
+
+    fn verify(&self) -> Result<VerifyReport, ReadError> {
+        let state = self.lock();
+        let mut report = VerifyReport {
+            events: state.log.len() as u64,
+            streams: state.streams.len() as u64,
+            faults: Vec::new(),
+        };
+        let mut fault = |keyspace, key: Vec<u8>, what: String| {
+            report.faults.push(Fault {
+                corruption: Corruption {
+                    keyspace,
+                    key,
+                    kind: CorruptionKind::Inconsistent(what),
+                },
+            })
+        };
+        for (i, event) in state.log.iter().enumerate() {
+            let position = i as u64 + 1;
+            if event.position != position {
+                fault(
+                    "global",
+                    position.to_be_bytes().to_vec(),
+                    format!("holds position {}", event.position),
+                );
+            }
+            let indexed = state
+                .streams
+                .get(&event.stream_id)
+                .and_then(|v| v.get((event.version as usize).wrapping_sub(1)));
+            if indexed != Some(&position) {
+                fault(
+                    "global",
+                    position.to_be_bytes().to_vec(),
+                    "stream index disagrees".into(),
+                );
+            }
+        }
+        for (stream, positions) in &state.streams {
+            for (i, position) in positions.iter().enumerate() {
+                let version = i as u64 + 1;
+                let ok = state
+                    .log
+                    .get((*position as usize).wrapping_sub(1))
+                    .is_some_and(|e| e.stream_id == *stream && e.version == version);
+                if !ok {
+                    fault(
+                        "streams",
+                        crate::codec::stream_key(stream.as_str(), version),
+                        "points at the wrong event".into(),
+                    );
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn writer_stats(&self) -> WriterStats {
+        self.lock().stats
+    }
+}

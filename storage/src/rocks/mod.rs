@@ -1,0 +1,697 @@
+//! The RocksDB backend.
+//!
+//! Keyspaces are column families; `docs/format.md` gives their keys and
+//! values byte by byte. One [`writer`] thread assigns positions and commits
+//! appends in groups; reads run on the caller's thread.
+
+mod verify;
+pub(crate) mod writer;
+
+use crate::api::*;
+use crate::codec;
+use crate::error::{AppendError, Corruption, CorruptionKind, OpenError, ReadError, WriteError};
+use crate::options::{Durability, StoreOptions};
+use crate::validate;
+use eventfold_domain::{RecordedEvent, StreamId, Timestamp};
+use rocksdb::backup::{BackupEngine, BackupEngineOptions, RestoreOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Env,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use writer::{Job, Message, Writer};
+
+/// Keyspace of event records, keyed by global position.
+pub const CF_GLOBAL: &str = "global";
+/// Keyspace of the stream index: stream id, NUL, version → position.
+pub const CF_STREAMS: &str = "streams";
+/// Keyspace of stream heads: stream id → last version and position.
+pub const CF_HEADS: &str = "heads";
+/// Keyspace of snapshots: stream id → latest snapshot.
+pub const CF_SNAPSHOTS: &str = "snapshots";
+/// Keyspace of checkpoints: subscriber name → position.
+pub const CF_CHECKPOINTS: &str = "checkpoints";
+/// Keyspace of applied command ids: command id → original outcome.
+pub const CF_IDEMPOTENCY: &str = "idempotency";
+/// Keyspace of read models: model name, NUL, key → value.
+pub const CF_READ_MODELS: &str = "readmodels";
+/// Every keyspace besides RocksDB's `default` (which holds the format marker).
+pub const KEYSPACES: [&str; 7] = [
+    CF_GLOBAL,
+    CF_STREAMS,
+    CF_HEADS,
+    CF_SNAPSHOTS,
+    CF_CHECKPOINTS,
+    CF_IDEMPOTENCY,
+    CF_READ_MODELS,
+];
+
+/// Most events one `read_all` call examines; a filtered read that finds
+/// fewer matches returns early with `next_position` to continue from.
+pub const READ_ALL_SCAN_EVENTS_MAX: usize = 65_536;
+
+/// State shared by the store handle and the writer thread.
+pub(crate) struct Shared {
+    pub head: AtomicU64,
+    pub poisoned: AtomicBool,
+    pub closed: AtomicBool,
+    pub stats_batches: AtomicU64,
+    pub stats_appends: AtomicU64,
+    pub stats_events: AtomicU64,
+}
+
+impl Shared {
+    /// A column family handle. Every family is created at open, so a missing
+    /// one means the directory was changed behind the store's back.
+    pub(crate) fn cf<'a>(
+        &self,
+        db: &'a DB,
+        name: &'static str,
+    ) -> Result<&'a ColumnFamily, AppendError> {
+        db.cf_handle(name)
+            .ok_or_else(|| AppendError::Io(format!("column family {name} is missing")))
+    }
+}
+
+pub(crate) fn write_options(durability: Durability) -> WriteOptions {
+    let mut options = WriteOptions::default();
+    match durability {
+        Durability::Sync => options.set_sync(true),
+        Durability::Buffered => options.set_sync(false),
+        Durability::NoWal => options.disable_wal(true),
+    }
+    options
+}
+
+struct Inner {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+    options: Arc<StoreOptions>,
+    sender: SyncSender<Message>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Inner {
+    fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Blocks while the queue is full: close waits for queued appends.
+        let _ = self.sender.send(Message::Stop);
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the event store writer thread panicked");
+        }
+        if self.options.durability == Durability::NoWal {
+            for name in KEYSPACES {
+                if let Some(cf) = self.db.cf_handle(name)
+                    && let Err(e) = self.db.flush_cf(cf)
+                {
+                    tracing::error!(keyspace = name, error = %e, "flush at close failed");
+                }
+            }
+        }
+    }
+}
+
+/// The event store on an embedded RocksDB. Cloning gives another handle on
+/// the same store; the store closes when the last handle is dropped or when
+/// [`RocksStore::close`] is called.
+///
+/// ```
+/// use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
+/// use eventfold_storage::{Direction, EventStore, RocksStore, StoreOptions};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = RocksStore::open(dir.path(), StoreOptions::default())?;
+/// let stream = StreamId::new("account-1")?;
+/// let event = NewEvent::new("Opened", 1, b"alice".to_vec(), Metadata::new());
+/// store.append(&stream, ExpectedVersion::NoStream, vec![event])?;
+/// let events = store.read_stream(&stream, 1, Direction::Forward, 10)?;
+/// assert_eq!(events[0].payload, b"alice");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct RocksStore {
+    inner: Arc<Inner>,
+}
+
+fn db_options(options: &StoreOptions) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let mut db = Options::default();
+    db.create_if_missing(true);
+    db.create_missing_column_families(true);
+    db.set_max_background_jobs(2);
+    db.set_bytes_per_sync(1024 * 1024);
+    let cache = Cache::new_lru_cache(options.block_cache_bytes);
+    let families = std::iter::once("default")
+        .chain(KEYSPACES)
+        .map(|name| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            table.set_cache_index_and_filter_blocks(true);
+            let mut cf = Options::default();
+            cf.set_compression_type(DBCompressionType::Lz4);
+            cf.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(name, cf)
+        })
+        .collect();
+    (db, families)
+}
+
+fn engine<E: std::fmt::Display>(error: E) -> ReadError {
+    ReadError::Io(error.to_string())
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store in `path` and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let (db_options, families) = db_options(&options);
+        let db = DB::open_cf_descriptors(&db_options, &path, families)?;
+        match db.get(codec::META_FORMAT_KEY)? {
+            Some(found) if found != codec::STORE_FORMAT.as_bytes() => {
+                return Err(OpenError::UnsupportedFormat {
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                    supported: codec::STORE_FORMAT,
+                });
+            }
+            Some(_) => {}
+            None => {
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                db.put_opt(codec::META_FORMAT_KEY, codec::STORE_FORMAT, &sync)?;
+            }
+        }
+        let (head, last_recorded_at) = Self::find_head(&db)?;
+        let db = Arc::new(db);
+        let options = Arc::new(options);
+        let shared = Arc::new(Shared {
+            head: AtomicU64::new(head),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stats_batches: AtomicU64::new(0),
+            stats_appends: AtomicU64::new(0),
+            stats_events: AtomicU64::new(0),
+        });
+        let (sender, receiver) = sync_channel(options.queue_appends_max.max(1));
+        let writer = Writer::new(
+            Arc::clone(&db),
+            Arc::clone(&shared),
+            Arc::clone(&options),
+            receiver,
+            head,
+            last_recorded_at,
+        );
+        let handle = std::thread::Builder::new()
+            .name("eventfold-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| OpenError::Thread(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                shared,
+                options,
+                sender,
+                writer: Mutex::new(Some(handle)),
+                path,
+            }),
+        })
+    }
+
+    /// The last position in the global log and the time it was recorded.
+    fn find_head(db: &DB) -> Result<(u64, Timestamp), OpenError> {
+        let cf = db
+            .cf_handle(CF_GLOBAL)
+            .ok_or_else(|| OpenError::Engine("column family global is missing".into()))?;
+        let Some(last) = db.iterator_cf(cf, IteratorMode::End).next() else {
+            return Ok((0, Timestamp::EPOCH));
+        };
+        let (key, value) = last?;
+        let position = codec::parse_u64_key(&key).ok_or_else(|| Corruption {
+            keyspace: CF_GLOBAL,
+            key: key.to_vec(),
+            kind: CorruptionKind::MalformedKey,
+        })?;
+        // A corrupt last record must not keep the store from opening (verify
+        // names it); the clock then starts from now.
+        let recorded_at = codec::decode_event(CF_GLOBAL, &key, &value)
+            .map(|e| e.recorded_at)
+            .unwrap_or(Timestamp::EPOCH);
+        Ok((position, recorded_at))
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The store's options.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// True after a failed write: the store refuses writes until reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.shared.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// Stops the writer after the appends already queued, and refuses new
+    /// ones with `Closed`. Reads keep working until the last handle drops.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Backs up the live store into `backup_dir` (RocksDB's backup engine:
+    /// incremental, checksummed) and verifies the new backup.
+    pub fn backup(&self, backup_dir: impl AsRef<Path>) -> Result<u32, OpenError> {
+        let options = BackupEngineOptions::new(backup_dir.as_ref())?;
+        let env = Env::new()?;
+        let mut engine = BackupEngine::open(&options, &env)?;
+        engine.create_new_backup_flush(&*self.inner.db, true)?;
+        let id = engine
+            .get_backup_info()
+            .iter()
+            .map(|info| info.backup_id)
+            .max()
+            .ok_or_else(|| OpenError::Engine("the new backup is not listed".into()))?;
+        engine.verify_backup(id)?;
+        Ok(id)
+    }
+
+    /// Restores the latest backup in `backup_dir` into `target_dir`, which
+    /// must be missing or empty. Open the result with [`RocksStore::open`].
+    pub fn restore(
+        backup_dir: impl AsRef<Path>,
+        target_dir: impl AsRef<Path>,
+    ) -> Result<(), OpenError> {
+        let target = target_dir.as_ref();
+        if target.exists() && std::fs::read_dir(target)?.next().is_some() {
+            return Err(OpenError::TargetNotEmpty(target.display().to_string()));
+        }
+        let options = BackupEngineOptions::new(backup_dir.as_ref())?;
+        let env = Env::new()?;
+        let mut engine = BackupEngine::open(&options, &env)?;
+        engine.restore_from_latest_backup(target, target, &RestoreOptions::default())?;
+        Ok(())
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&ColumnFamily, ReadError> {
+        self.inner
+            .db
+            .cf_handle(name)
+            .ok_or_else(|| ReadError::Io(format!("column family {name} is missing")))
+    }
+
+    fn check_writable(&self) -> Result<(), WriteError> {
+        if self.inner.shared.closed.load(Ordering::SeqCst) {
+            return Err(WriteError::Closed);
+        }
+        if self.inner.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(WriteError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Writes a batch outside the writer thread (snapshots, checkpoints, read
+    /// models), under the store's durability; a failure poisons the store.
+    fn write_direct(&self, batch: WriteBatch) -> Result<(), WriteError> {
+        self.check_writable()?;
+        let faulted = self
+            .inner
+            .options
+            .faults
+            .as_ref()
+            .is_some_and(|f| f.should_fail());
+        let result = if faulted {
+            Err("injected write failure".to_owned())
+        } else {
+            self.inner
+                .db
+                .write_opt(batch, &write_options(self.inner.options.durability))
+                .map_err(|e| e.into_string())
+        };
+        result.map_err(|message| {
+            self.inner.shared.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %message, "event store write failed; the store is poisoned");
+            WriteError::Io(message)
+        })
+    }
+
+    /// Loads the records at `positions` (all at or below the head), checking
+    /// that each is the event the `streams` index entry `index_keys` names.
+    fn load_indexed(&self, entries: Vec<(Vec<u8>, u64)>) -> Result<Vec<RecordedEvent>, ReadError> {
+        let global = self.cf(CF_GLOBAL)?;
+        let keys: Vec<[u8; 8]> = entries.iter().map(|(_, p)| codec::global_key(*p)).collect();
+        let values = self
+            .inner
+            .db
+            .batched_multi_get_cf(global, keys.iter(), false);
+        let mut events = Vec::with_capacity(entries.len());
+        for ((index_key, position), value) in entries.into_iter().zip(values) {
+            let global_key = codec::global_key(position);
+            let value = value.map_err(engine)?.ok_or_else(|| Corruption {
+                keyspace: CF_STREAMS,
+                key: index_key.clone(),
+                kind: CorruptionKind::Inconsistent(format!(
+                    "points at missing position {position}"
+                )),
+            })?;
+            let event = codec::decode_event(CF_GLOBAL, &global_key, &value)?;
+            let expected = codec::parse_stream_key(&index_key);
+            if expected != Some((event.stream_id.as_str(), event.version))
+                || event.position != position
+            {
+                return Err(Corruption {
+                    keyspace: CF_STREAMS,
+                    key: index_key,
+                    kind: CorruptionKind::Inconsistent(format!(
+                        "points at position {position}, which holds {}@{} at position {}",
+                        event.stream_id, event.version, event.position
+                    )),
+                }
+                .into());
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
+impl EventStore for RocksStore {
+    fn submit(&self, request: AppendRequest) -> PendingAppend {
+        if let Err(error) = validate::append_request(&request, &self.inner.options) {
+            return PendingAppend::ready(Err(error));
+        }
+        if self.inner.shared.closed.load(Ordering::SeqCst) {
+            return PendingAppend::ready(Err(AppendError::Closed));
+        }
+        if self.inner.shared.poisoned.load(Ordering::SeqCst) {
+            return PendingAppend::ready(Err(AppendError::Poisoned));
+        }
+        let records: Vec<Vec<Vec<u8>>> = request
+            .streams
+            .iter()
+            .map(|part| {
+                part.events
+                    .iter()
+                    .map(|e| codec::encode_event(&part.stream, e))
+                    .collect()
+            })
+            .collect();
+        let bytes = records.iter().flatten().map(Vec::len).sum();
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            request,
+            records,
+            bytes,
+            reply,
+        };
+        match self.inner.sender.try_send(Message::Append(job)) {
+            Ok(()) => PendingAppend::waiting(receiver),
+            Err(TrySendError::Full(_)) => PendingAppend::ready(Err(AppendError::Overloaded {
+                limit: self.inner.options.queue_appends_max,
+            })),
+            Err(TrySendError::Disconnected(_)) => PendingAppend::ready(Err(AppendError::Closed)),
+        }
+    }
+
+    fn head(&self) -> u64 {
+        self.inner.shared.head.load(Ordering::Acquire)
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadError> {
+        let key = stream.as_str().as_bytes();
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_HEADS)?, key)
+            .map_err(engine)?
+        {
+            Some(bytes) => {
+                let head = codec::decode_head(key, &bytes)?;
+                // A head written but not yet acknowledged is not visible.
+                if head.position > self.head() {
+                    let older = self.read_stream(stream, u64::MAX, Direction::Backward, 1)?;
+                    Ok(older.first().map_or(0, |e| e.version))
+                } else {
+                    Ok(head.version)
+                }
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        if max_count == 0 || (direction == Direction::Backward && from == 0) {
+            return Ok(Vec::new());
+        }
+        let head = self.head();
+        let (lower, upper) = codec::stream_key_bounds(stream.as_str());
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(lower);
+        read_options.set_iterate_upper_bound(upper);
+        let start = codec::stream_key(stream.as_str(), from.max(1));
+        let mode = match direction {
+            Direction::Forward => IteratorMode::From(&start, rocksdb::Direction::Forward),
+            Direction::Backward => IteratorMode::From(&start, rocksdb::Direction::Reverse),
+        };
+        let iter = self
+            .inner
+            .db
+            .iterator_cf_opt(self.cf(CF_STREAMS)?, read_options, mode);
+        let mut entries = Vec::with_capacity(max_count.min(4096));
+        for item in iter {
+            let (key, value) = item.map_err(engine)?;
+            let position = codec::decode_stream_index(&key, &value)?;
+            if position > head {
+                // Written by a batch not yet acknowledged: not visible.
+                if direction == Direction::Forward {
+                    break;
+                }
+                continue;
+            }
+            entries.push((key.into_vec(), position));
+            if entries.len() == max_count {
+                break;
+            }
+        }
+        self.load_indexed(entries)
+    }
+
+    fn read_all(
+        &self,
+        from: u64,
+        max_count: usize,
+        filter: &Filter,
+    ) -> Result<GlobalSlice, ReadError> {
+        let head = self.head();
+        let from = from.max(1);
+        let mut slice = GlobalSlice {
+            events: Vec::new(),
+            next_position: from,
+            head,
+        };
+        if max_count == 0 || from > head {
+            return Ok(slice);
+        }
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(codec::global_key(head + 1).to_vec());
+        let start = codec::global_key(from);
+        let iter = self.inner.db.iterator_cf_opt(
+            self.cf(CF_GLOBAL)?,
+            read_options,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut examined = 0usize;
+        for item in iter {
+            let (key, value) = item.map_err(engine)?;
+            let event = codec::decode_event(CF_GLOBAL, &key, &value)?;
+            if event.position != slice.next_position {
+                return Err(Corruption {
+                    keyspace: CF_GLOBAL,
+                    key: key.into_vec(),
+                    kind: CorruptionKind::Inconsistent(format!(
+                        "expected position {}, found {}",
+                        slice.next_position, event.position
+                    )),
+                }
+                .into());
+            }
+            slice.next_position += 1;
+            examined += 1;
+            if filter.matches(&event) {
+                slice.events.push(event);
+                if slice.events.len() == max_count {
+                    break;
+                }
+            }
+            if examined == READ_ALL_SCAN_EVENTS_MAX {
+                break;
+            }
+        }
+        if slice.next_position <= head
+            && examined < READ_ALL_SCAN_EVENTS_MAX
+            && slice.events.len() < max_count
+        {
+            // The iterator ended before the head: positions are missing.
+            return Err(Corruption {
+                keyspace: CF_GLOBAL,
+                key: codec::global_key(slice.next_position).to_vec(),
+                kind: CorruptionKind::Inconsistent("position missing below the head".into()),
+            }
+            .into());
+        }
+        Ok(slice)
+    }
+
+    fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<(), WriteError> {
+        if snapshot.state.len() > self.inner.options.payload_bytes_max {
+            return Err(WriteError::ValueTooLarge {
+                bytes: snapshot.state.len(),
+                limit: self.inner.options.payload_bytes_max,
+            });
+        }
+        let cf = self
+            .cf(CF_SNAPSHOTS)
+            .map_err(|e| WriteError::Io(e.to_string()))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            cf,
+            stream.as_str().as_bytes(),
+            codec::encode_snapshot(snapshot),
+        );
+        self.write_direct(batch)
+    }
+
+    fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, ReadError> {
+        let key = stream.as_str().as_bytes();
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_SNAPSHOTS)?, key)
+            .map_err(engine)?
+        {
+            Some(bytes) => Ok(Some(codec::decode_snapshot(key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn checkpoint(&self, name: &str) -> Result<Option<u64>, ReadError> {
+        validate::name(name)?;
+        let key = name.as_bytes();
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_CHECKPOINTS)?, key)
+            .map_err(engine)?
+        {
+            Some(bytes) => Ok(Some(codec::decode_checkpoint(key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_model_get(&self, model: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        validate::name(model)?;
+        let key = codec::read_model_key(model, key);
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_READ_MODELS)?, &key)
+            .map_err(engine)?
+        {
+            Some(bytes) => Ok(Some(codec::decode_opaque(CF_READ_MODELS, &key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_model_scan(
+        &self,
+        model: &str,
+        prefix: &[u8],
+        max_count: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError> {
+        validate::name(model)?;
+        let start = codec::read_model_key(model, prefix);
+        let model_prefix_len = model.len() + 1;
+        let iter = self.inner.db.iterator_cf(
+            self.cf(CF_READ_MODELS)?,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            if out.len() >= max_count {
+                break;
+            }
+            let (key, value) = item.map_err(engine)?;
+            if !key.starts_with(&start) {
+                break;
+            }
+            let value = codec::decode_opaque(CF_READ_MODELS, &key, &value)?;
+            out.push((key[model_prefix_len..].to_vec(), value));
+        }
+        Ok(out)
+    }
+
+    fn commit_read_model(&self, batch: ReadModelBatch) -> Result<(), WriteError> {
+        validate::read_model_batch(&batch, &self.inner.options)?;
+        let missing = |e: ReadError| WriteError::Io(e.to_string());
+        let models = self.cf(CF_READ_MODELS).map_err(missing)?;
+        let checkpoints = self.cf(CF_CHECKPOINTS).map_err(missing)?;
+        let mut write = WriteBatch::default();
+        for (model, op) in &batch.ops {
+            match op {
+                ReadModelOp::Put { key, value } => {
+                    write.put_cf(
+                        models,
+                        codec::read_model_key(model, key),
+                        codec::encode_opaque(value),
+                    );
+                }
+                ReadModelOp::Delete { key } => {
+                    write.delete_cf(models, codec::read_model_key(model, key));
+                }
+            }
+        }
+        if let Some((name, position)) = &batch.checkpoint {
+            write.put_cf(
+                checkpoints,
+                name.as_bytes(),
+                codec::encode_checkpoint(*position),
+            );
+        }
+        self.write_direct(write)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, ReadError> {
+        verify::run(self)
+    }
+
+    fn writer_stats(&self) -> WriterStats {
+        let shared = &self.inner.shared;
+        WriterStats {
+            batches: shared.stats_batches.load(Ordering::Relaxed),
+            appends: shared.stats_appends.load(Ordering::Relaxed),
+            events: shared.stats_events.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! `verify`: walk every keyspace and report each fault with its key.
+
+use super::*;
+
+struct Walk<'a> {
+    store: &'a RocksStore,
+    report: VerifyReport,
+}
+
+impl Walk<'_> {
+    fn fault(&mut self, keyspace: &'static str, key: &[u8], kind: CorruptionKind) {
+        self.report.faults.push(Fault {
+            corruption: Corruption {
+                keyspace,
+                key: key.to_vec(),
+                kind,
+            },
+        });
+    }
+
+    fn corrupt(&mut self, corruption: Corruption) {
+        self.report.faults.push(Fault { corruption });
+    }
+
+    /// The record at `position`, if it is present and sound.
+    fn record_at(
+        &self,
+        position: u64,
+    ) -> Result<Option<Result<RecordedEvent, Corruption>>, ReadError> {
+        let key = codec::global_key(position);
+        let value = self
+            .store
+            .inner
+            .db
+            .get_pinned_cf(self.store.cf(CF_GLOBAL)?, key)
+            .map_err(engine)?;
+        Ok(value.map(|v| codec::decode_event(CF_GLOBAL, &key, &v)))
+    }
+
+    /// Global log: gapless from 1 to the head; each record sound, at its own
+    /// position, and indexed by its stream.
+    fn global(&mut self, head: u64) -> Result<(), ReadError> {
+        let db = &self.store.inner.db;
+        let streams = self.store.cf(CF_STREAMS)?;
+        let mut expected = 1u64;
+        for item in db.iterator_cf(self.store.cf(CF_GLOBAL)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            let Some(position) = codec::parse_u64_key(&key) else {
+                self.fault(CF_GLOBAL, &key, CorruptionKind::MalformedKey);
+                continue;
+            };
+            if position > head {
+                break; // written by a batch not yet acknowledged
+            }
+            if position != expected {
+                self.fault(
+                    CF_GLOBAL,
+                    &codec::global_key(expected),
+                    CorruptionKind::Inconsistent(format!(
+                        "positions {expected} to {} are missing",
+                        position - 1
+                    )),
+                );
+            }
+            expected = position + 1;
+            self.report.events += 1;
+            let event = match codec::decode_event(CF_GLOBAL, &key, &value) {
+                Ok(event) => event,
+                Err(corruption) => {
+                    self.corrupt(corruption);
+                    continue;
+                }
+            };
+            if event.position != position {
+                self.fault(
+                    CF_GLOBAL,
+                    &key,
+                    CorruptionKind::Inconsistent(format!(
+                        "record says position {}",
+                        event.position
+                    )),
+                );
+            }
+            let index_key = codec::stream_key(event.stream_id.as_str(), event.version);
+            match db.get_pinned_cf(streams, &index_key).map_err(engine)? {
+                Some(v) if codec::parse_u64_key(&v) == Some(position) => {}
+                Some(_) => self.fault(
+                    CF_STREAMS,
+                    &index_key,
+                    CorruptionKind::Inconsistent(format!("does not point at position {position}")),
+                ),
+                None => self.fault(
+                    CF_STREAMS,
+                    &index_key,
+                    CorruptionKind::Inconsistent(format!(
+                        "missing; position {position} holds this event"
+                    )),
+                ),
+            }
+        }
+        if expected <= head {
+            self.fault(
+                CF_GLOBAL,
+                &codec::global_key(expected),
+                CorruptionKind::Inconsistent(format!("positions {expected} to {head} are missing")),
+            );
+        }
+        Ok(())
+    }
+
+    /// Stream index: versions contiguous from 1 per stream, each pointing at
+    /// a record of that stream and version; the head agrees with the last.
+    fn streams(&mut self, head: u64) -> Result<(), ReadError> {
+        let db = &self.store.inner.db;
+        let mut current: Option<(String, u64, u64)> = None; // stream, last version, last position
+        for item in db.iterator_cf(self.store.cf(CF_STREAMS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            let Some((stream, version)) = codec::parse_stream_key(&key) else {
+                self.fault(CF_STREAMS, &key, CorruptionKind::MalformedKey);
+                continue;
+            };
+            let position = match codec::decode_stream_index(&key, &value) {
+                Ok(p) => p,
+                Err(c) => {
+                    self.corrupt(c);
+                    continue;
+                }
+            };
+            if position > head {
+                continue;
+            }
+            let previous = match &current {
+                Some((s, v, _)) if s == stream => *v,
+                _ => {
+                    if let Some((s, v, p)) = current.take() {
+                        self.check_head(&s, v, p)?;
+                    }
+                    self.report.streams += 1;
+                    0
+                }
+            };
+            if version != previous + 1 {
+                self.fault(
+                    CF_STREAMS,
+                    &key,
+                    CorruptionKind::Inconsistent(format!(
+                        "version {version} follows version {previous}"
+                    )),
+                );
+            }
+            current = Some((stream.to_owned(), version, position));
+            match self.record_at(position)? {
+                Some(Ok(event))
+                    if event.stream_id.as_str() == stream && event.version == version => {}
+                Some(Ok(event)) => self.fault(
+                    CF_STREAMS,
+                    &key,
+                    CorruptionKind::Inconsistent(format!(
+                        "points at position {position}, which holds {}@{}",
+                        event.stream_id, event.version
+                    )),
+                ),
+                // The global walk reports the corrupt record itself.
+                Some(Err(_)) => {}
+                None => self.fault(
+                    CF_STREAMS,
+                    &key,
+                    CorruptionKind::Inconsistent(format!("points at missing position {position}")),
+                ),
+            }
+        }
+        if let Some((s, v, p)) = current.take() {
+            self.check_head(&s, v, p)?;
+        }
+        Ok(())
+    }
+
+    fn check_head(&mut self, stream: &str, version: u64, position: u64) -> Result<(), ReadError> {
+        let key = stream.as_bytes();
+        let value = self
+            .store
+            .inner
+            .db
+            .get_pinned_cf(self.store.cf(CF_HEADS)?, key)
+            .map_err(engine)?;
+        match value.map(|v| codec::decode_head(key, &v)) {
+            Some(Ok(head)) if head.version == version && head.position == position => {}
+            Some(Ok(head)) => self.fault(
+                CF_HEADS,
+                key,
+                CorruptionKind::Inconsistent(format!(
+                    "says version {} at position {}, the index ends at version {version} at position {position}",
+                    head.version, head.position
+                )),
+            ),
+            Some(Err(corruption)) => self.corrupt(corruption),
+            None => self.fault(CF_HEADS, key, CorruptionKind::Inconsistent("missing".into())),
+        }
+        Ok(())
+    }
+
+    /// Heads without index entries, and every checksummed keyspace.
+    fn values(&mut self, head: u64) -> Result<(), ReadError> {
+        let db = &self.store.inner.db;
+        let streams = self.store.cf(CF_STREAMS)?;
+        for item in db.iterator_cf(self.store.cf(CF_HEADS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            match codec::decode_head(&key, &value) {
+                Ok(h) if h.position > head => {}
+                Ok(h) => {
+                    let Ok(stream) = std::str::from_utf8(&key) else {
+                        self.fault(CF_HEADS, &key, CorruptionKind::MalformedKey);
+                        continue;
+                    };
+                    let last = db
+                        .get_pinned_cf(streams, codec::stream_key(stream, h.version))
+                        .map_err(engine)?;
+                    if h.version == 0 || last.is_none() {
+                        self.fault(
+                            CF_HEADS,
+                            &key,
+                            CorruptionKind::Inconsistent(format!(
+                                "names version {} which is not indexed",
+                                h.version
+                            )),
+                        );
+                    }
+                }
+                // Reported by the stream walk when the stream has entries.
+                Err(c) => {
+                    if !self.report.faults.iter().any(|f| f.corruption == c) {
+                        self.corrupt(c);
+                    }
+                }
+            }
+        }
+        for item in db.iterator_cf(self.store.cf(CF_SNAPSHOTS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            if let Err(c) = codec::decode_snapshot(&key, &value) {
+                self.corrupt(c);
+            }
+        }
+        for item in db.iterator_cf(self.store.cf(CF_CHECKPOINTS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            if let Err(c) = codec::decode_checkpoint(&key, &value) {
+                self.corrupt(c);
+            }
+        }
+        for item in db.iterator_cf(self.store.cf(CF_IDEMPOTENCY)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            if key.len() != 16 {
+                self.fault(CF_IDEMPOTENCY, &key, CorruptionKind::MalformedKey);
+            }
+            if let Err(c) = codec::decode_outcome(&key, &value) {
+                self.corrupt(c);
+            }
+        }
+        for item in db.iterator_cf(self.store.cf(CF_READ_MODELS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            if let Err(c) = codec::decode_opaque(CF_READ_MODELS, &key, &value) {
+                self.corrupt(c);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn run(store: &RocksStore) -> Result<VerifyReport, ReadError> {
+    let head = store.head();
+    let mut walk = Walk {
+        store,
+        report: VerifyReport::default(),
+    };
+    walk.global(head)?;
+    walk.streams(head)?;
+    walk.values(head)?;
+    Ok(walk.report)
+}

@@ -1,0 +1,301 @@
+//! The conformance suite against RocksDB, and what only a disk can do:
+//! corrupt bytes, durability modes, backup and restore, overload.
+
+mod conformance;
+
+use conformance::{Backend, ev, sid};
+use eventfold_domain::ExpectedVersion;
+use eventfold_storage::*;
+use tempfile::TempDir;
+
+struct Rocks {
+    dir: TempDir,
+    options: StoreOptions,
+}
+
+impl Rocks {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            options: StoreOptions::default(),
+        }
+    }
+}
+
+impl Backend for Rocks {
+    type Store = RocksStore;
+    fn open(&mut self, options: StoreOptions) -> RocksStore {
+        self.options = options.clone();
+        RocksStore::open(self.dir.path(), options).unwrap()
+    }
+    fn reopen(&mut self, store: RocksStore) -> RocksStore {
+        store.close();
+        drop(store);
+        RocksStore::open(self.dir.path(), self.options.clone()).unwrap()
+    }
+}
+
+conformance_suite!(Rocks::new());
+
+/// Opens the store's directory as a plain RocksDB, to damage it.
+fn raw(dir: &std::path::Path) -> rocksdb::DB {
+    let names = std::iter::once("default").chain(KEYSPACES);
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, names).unwrap()
+}
+
+fn populated(dir: &std::path::Path) -> RocksStore {
+    let store = RocksStore::open(dir, StoreOptions::default()).unwrap();
+    for i in 0..10u8 {
+        store
+            .append(
+                &sid(&format!("acc-{}", i % 2)),
+                ExpectedVersion::Any,
+                vec![ev("E", &[i; 20])],
+            )
+            .unwrap();
+    }
+    store
+}
+
+#[test]
+fn flipped_byte_in_a_record_is_found_by_verify_and_read_as_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path());
+    assert!(store.verify().unwrap().is_clean());
+    store.close();
+    drop(store);
+    let key = 5u64.to_be_bytes();
+    {
+        let db = raw(dir.path());
+        let cf = db.cf_handle(CF_GLOBAL).unwrap();
+        let mut value = db.get_cf(cf, key).unwrap().unwrap();
+        let middle = value.len() / 2;
+        value[middle] ^= 0x40;
+        db.put_cf(cf, key, value).unwrap();
+    }
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.faults.len(), 1, "{:?}", report.faults);
+    let fault = &report.faults[0].corruption;
+    assert_eq!(
+        (fault.keyspace, fault.key.as_slice()),
+        (CF_GLOBAL, key.as_slice())
+    );
+    assert!(matches!(fault.kind, CorruptionKind::Checksum { .. }));
+    // Event 5 is acc-0 version 3.
+    match store.read_stream(&sid("acc-0"), 1, Direction::Forward, 10) {
+        Err(ReadError::Corrupt(c)) => assert_eq!((c.keyspace, c.key), (CF_GLOBAL, key.to_vec())),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert!(
+        store
+            .read_stream(&sid("acc-0"), 1, Direction::Forward, 2)
+            .is_ok(),
+        "events before it read fine"
+    );
+    assert!(matches!(
+        store.read_all(1, 100, &Filter::all()),
+        Err(ReadError::Corrupt(_))
+    ));
+    assert_eq!(
+        store.read_all(1, 4, &Filter::all()).unwrap().events.len(),
+        4
+    );
+    assert!(
+        store
+            .read_stream(&sid("acc-1"), 1, Direction::Forward, 10)
+            .is_ok()
+    );
+}
+
+#[test]
+fn truncated_values_and_broken_indexes_are_reported_with_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path());
+    store.set_checkpoint("proj", 3).unwrap();
+    store.close();
+    drop(store);
+    {
+        let db = raw(dir.path());
+        let global = db.cf_handle(CF_GLOBAL).unwrap();
+        let value = db.get_cf(global, 2u64.to_be_bytes()).unwrap().unwrap();
+        db.put_cf(global, 2u64.to_be_bytes(), &value[..value.len() - 7])
+            .unwrap();
+        let streams = db.cf_handle(CF_STREAMS).unwrap();
+        let mut key = b"acc-1".to_vec();
+        key.push(0);
+        key.extend_from_slice(&4u64.to_be_bytes());
+        db.delete_cf(streams, &key).unwrap();
+        let checkpoints = db.cf_handle(CF_CHECKPOINTS).unwrap();
+        db.put_cf(checkpoints, b"proj", [1, 2, 3]).unwrap();
+    }
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let report = store.verify().unwrap();
+    let keyspaces: Vec<_> = report
+        .faults
+        .iter()
+        .map(|f| f.corruption.keyspace)
+        .collect();
+    assert!(keyspaces.contains(&CF_GLOBAL), "{report:?}");
+    assert!(keyspaces.contains(&CF_STREAMS), "{report:?}");
+    assert!(keyspaces.contains(&CF_CHECKPOINTS), "{report:?}");
+    assert!(matches!(
+        store.checkpoint("proj"),
+        Err(ReadError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn every_durability_keeps_appends_across_a_clean_reopen() {
+    for durability in [Durability::Sync, Durability::Buffered, Durability::NoWal] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::with_durability(durability);
+        let store = RocksStore::open(dir.path(), options.clone()).unwrap();
+        for i in 0..25u8 {
+            store
+                .append(
+                    &sid("acc-1"),
+                    ExpectedVersion::Exact(u64::from(i)),
+                    vec![ev("E", &[i])],
+                )
+                .unwrap();
+        }
+        store.close();
+        assert!(matches!(
+            store.append(&sid("acc-1"), ExpectedVersion::Any, vec![ev("E", b"")]),
+            Err(AppendError::Closed)
+        ));
+        drop(store);
+        let store = RocksStore::open(dir.path(), options).unwrap();
+        assert_eq!(
+            store.stream_version(&sid("acc-1")).unwrap(),
+            25,
+            "{durability:?}"
+        );
+        assert!(store.verify().unwrap().is_clean());
+    }
+}
+
+#[test]
+fn backup_of_a_live_store_restores_to_an_equal_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let store = populated(dir.path());
+    store.set_checkpoint("proj", 10).unwrap();
+    // Writers keep going while the backup is taken.
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..50u8 {
+                store
+                    .append(&sid("live-1"), ExpectedVersion::Any, vec![ev("E", &[i])])
+                    .unwrap();
+            }
+        })
+    };
+    let id = store.backup(backups.path()).unwrap();
+    assert!(id >= 1);
+    writer.join().unwrap();
+    let backed_up_head_max = store.head();
+    let target = tempfile::tempdir().unwrap();
+    let restored_dir = target.path().join("restored");
+    RocksStore::restore(backups.path(), &restored_dir).unwrap();
+    let restored = RocksStore::open(&restored_dir, StoreOptions::default()).unwrap();
+    let report = restored.verify().unwrap();
+    assert!(report.is_clean(), "{:?}", report.faults);
+    assert!(restored.head() >= 10 && restored.head() <= backed_up_head_max);
+    let original = store
+        .read_all(1, restored.head() as usize, &Filter::all())
+        .unwrap();
+    assert_eq!(
+        restored.read_all(1, 1000, &Filter::all()).unwrap().events,
+        original.events
+    );
+    assert_eq!(restored.checkpoint("proj").unwrap(), Some(10));
+    // A restore into a directory that holds files is refused.
+    assert!(matches!(
+        RocksStore::restore(backups.path(), &restored_dir),
+        Err(OpenError::TargetNotEmpty(_))
+    ));
+}
+
+#[test]
+fn full_queue_is_overloaded_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksStore::open(
+        dir.path(),
+        StoreOptions {
+            queue_appends_max: 1,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    // Submitting without waiting outruns a writer that fsyncs each batch.
+    let pending: Vec<_> = (0..2000u32)
+        .map(|i| {
+            store.submit(AppendRequest::single(
+                sid(&format!("s-{i}")),
+                ExpectedVersion::NoStream,
+                vec![ev("E", b"")],
+            ))
+        })
+        .collect();
+    let results: Vec<_> = pending.into_iter().map(PendingAppend::wait).collect();
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(AppendError::Overloaded { limit: 1 })))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(overloaded > 0, "no append was refused");
+    assert_eq!(ok + overloaded, results.len());
+    assert_eq!(store.head(), ok as u64);
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[test]
+fn a_store_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(populated(dir.path()));
+    {
+        let db = raw(dir.path());
+        db.put(b"format", b"eventfold-store-v99").unwrap();
+    }
+    assert!(matches!(
+        RocksStore::open(dir.path(), StoreOptions::default()),
+        Err(OpenError::UnsupportedFormat { .. })
+    ));
+}
+
+#[test]
+fn appends_await_from_an_async_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let pending = store.submit(AppendRequest::single(
+        sid("a-1"),
+        ExpectedVersion::NoStream,
+        vec![ev("E", b"")],
+    ));
+    // A minimal executor: the future must complete without a tokio runtime.
+    let outcome = futures_lite_block_on(pending).unwrap();
+    assert_eq!(outcome.last_position, 1);
+}
+
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}

@@ -127,7 +127,7 @@ impl Filter {
 
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event.event_type))
+        (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && (self.categories.is_empty() || self.categories.iter().any(|c| c == event.category()))
     }
 
@@ -160,6 +160,9 @@ pub struct Snapshot {
     /// The encoded state.
     pub state: Vec<u8>,
 }
+
+/// A read-model entry: key and value.
+pub type ReadModelEntry = (Vec<u8>, Vec<u8>);
 
 /// One change to a read model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,8 +248,11 @@ impl VerifyReport {
 /// Counters of the writer since the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// WriteBatches written (each one sync under `Durability::Sync`).
+    /// WriteBatches written.
     pub batches: u64,
+    /// WAL syncs under `Durability::Sync`; each covers one or more batches
+    /// (0 under the other durabilities).
+    pub syncs: u64,
     /// Appends acknowledged as written (not deduplicated ones).
     pub appends: u64,
     /// Events written.
@@ -409,7 +415,7 @@ pub trait EventStore: Send + Sync {
         model: &str,
         prefix: &[u8],
         max_count: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError>;
+    ) -> Result<Vec<ReadModelEntry>, ReadError>;
 
     /// Commits read-model changes and an optional checkpoint atomically.
     fn commit_read_model(&self, batch: ReadModelBatch) -> Result<(), WriteError>;

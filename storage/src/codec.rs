@@ -341,38 +341,6 @@ pub(crate) fn decode_stream_index(key: &[u8], value: &[u8]) -> Result<u64, Corru
     })
 }
 
-/// The head of a stream: its last version and that event's position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct StreamHead {
-    pub version: u64,
-    pub position: u64,
-}
-
-pub(crate) fn encode_head(head: StreamHead) -> Vec<u8> {
-    let mut out = Vec::with_capacity(21);
-    out.push(FORMAT_V1);
-    out.extend_from_slice(&head.version.to_be_bytes());
-    out.extend_from_slice(&head.position.to_be_bytes());
-    with_crc(out)
-}
-
-pub(crate) fn decode_head(key: &[u8], value: &[u8]) -> Result<StreamHead, Corruption> {
-    let keyspace = crate::rocks::CF_HEADS;
-    let body = checked_body(keyspace, key, value)?;
-    let parse = || {
-        let mut c = Cursor { bytes: body };
-        let version = c.u64("version")?;
-        let position = c.u64("position")?;
-        c.end()?;
-        Ok(StreamHead { version, position })
-    };
-    parse().map_err(|kind| Corruption {
-        keyspace,
-        key: key.to_vec(),
-        kind,
-    })
-}
-
 pub(crate) fn encode_checkpoint(position: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(13);
     out.push(FORMAT_V1);
@@ -605,15 +573,10 @@ mod tests {
 
     #[test]
     fn small_values_round_trip_and_detect_corruption() {
-        let head = StreamHead {
-            version: 3,
-            position: 9,
-        };
-        let bytes = encode_head(head);
-        assert_eq!(decode_head(b"s", &bytes).unwrap(), head);
+        let bytes = encode_checkpoint(9);
         let mut bad = bytes.clone();
         bad[3] ^= 4;
-        assert!(decode_head(b"s", &bad).is_err());
+        assert!(decode_checkpoint(b"c", &bad).is_err());
         assert_eq!(decode_checkpoint(b"c", &encode_checkpoint(5)).unwrap(), 5);
         assert!(decode_checkpoint(b"c", &[1, 2]).is_err());
     }

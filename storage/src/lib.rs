@@ -56,7 +56,8 @@ mod validate;
 
 pub use api::{
     AppendOutcome, AppendRequest, Direction, EventStore, Fault, Filter, GlobalSlice, PendingAppend,
-    ReadModelBatch, ReadModelOp, Snapshot, StreamAppend, StreamWritten, VerifyReport, WriterStats,
+    ReadModelBatch, ReadModelEntry, ReadModelOp, Snapshot, StreamAppend, StreamWritten,
+    VerifyReport, WriterStats,
 };
 pub use codec::payload;
 pub use error::{
@@ -65,6 +66,6 @@ pub use error::{
 pub use memory::MemoryStore;
 pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};
 pub use rocks::{
-    CF_CHECKPOINTS, CF_GLOBAL, CF_HEADS, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAMS,
-    KEYSPACES, READ_ALL_SCAN_EVENTS_MAX, RocksStore,
+    CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAMS, KEYSPACES,
+    READ_ALL_SCAN_EVENTS_MAX, RocksStore,
 };

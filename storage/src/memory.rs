@@ -315,7 +315,7 @@ impl EventStore for MemoryStore {
         model: &str,
         prefix: &[u8],
         max_count: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError> {
+    ) -> Result<Vec<ReadModelEntry>, ReadError> {
         validate::name(model)?;
         let state = self.lock();
         Ok(state

@@ -72,6 +72,9 @@ fn stream(i: u8) -> StreamId {
     StreamId::new(format!("cat{i}-x")).unwrap()
 }
 
+/// Per stream (stream, first version, last version), then first and last position.
+type ModelOutcome = (Vec<(u8, u64, u64)>, u64, u64);
+
 #[derive(Default)]
 struct Model {
     /// Per stream, the positions of its events.
@@ -79,7 +82,7 @@ struct Model {
     /// The global log: (stream, version, payload).
     log: Vec<(u8, u64, Vec<u8>)>,
     /// Applied command ids and their outcomes: per stream (first, last version), first and last position.
-    commands: BTreeMap<u8, (Vec<(u8, u64, u64)>, u64, u64)>,
+    commands: BTreeMap<u8, ModelOutcome>,
 }
 
 impl Model {

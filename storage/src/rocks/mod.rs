@@ -23,14 +23,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use writer::{Job, Message, Writer};
+use writer::{Job, Message, Syncer, Writer};
 
 /// Keyspace of event records, keyed by global position.
 pub const CF_GLOBAL: &str = "global";
 /// Keyspace of the stream index: stream id, NUL, version → position.
 pub const CF_STREAMS: &str = "streams";
-/// Keyspace of stream heads: stream id → last version and position.
-pub const CF_HEADS: &str = "heads";
 /// Keyspace of snapshots: stream id → latest snapshot.
 pub const CF_SNAPSHOTS: &str = "snapshots";
 /// Keyspace of checkpoints: subscriber name → position.
@@ -40,10 +38,9 @@ pub const CF_IDEMPOTENCY: &str = "idempotency";
 /// Keyspace of read models: model name, NUL, key → value.
 pub const CF_READ_MODELS: &str = "readmodels";
 /// Every keyspace besides RocksDB's `default` (which holds the format marker).
-pub const KEYSPACES: [&str; 7] = [
+pub const KEYSPACES: [&str; 6] = [
     CF_GLOBAL,
     CF_STREAMS,
-    CF_HEADS,
     CF_SNAPSHOTS,
     CF_CHECKPOINTS,
     CF_IDEMPOTENCY,
@@ -60,6 +57,7 @@ pub(crate) struct Shared {
     pub poisoned: AtomicBool,
     pub closed: AtomicBool,
     pub stats_batches: AtomicU64,
+    pub stats_syncs: AtomicU64,
     pub stats_appends: AtomicU64,
     pub stats_events: AtomicU64,
 }
@@ -92,7 +90,8 @@ struct Inner {
     shared: Arc<Shared>,
     options: Arc<StoreOptions>,
     sender: SyncSender<Message>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, then (under `Durability::Sync`) the syncer thread.
+    threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
 }
 
@@ -109,11 +108,13 @@ impl Inner {
         }
         // Blocks while the queue is full: close waits for queued appends.
         let _ = self.sender.send(Message::Stop);
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("the event store writer thread panicked");
+        // The writer stops first; dropping its end of the sync queue then
+        // lets the syncer finish the batches it holds.
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in threads {
+            if handle.join().is_err() {
+                tracing::error!("an event store thread panicked");
+            }
         }
         if self.options.durability == Durability::NoWal {
             for name in KEYSPACES {
@@ -172,6 +173,13 @@ fn db_options(options: &StoreOptions) -> (Options, Vec<ColumnFamilyDescriptor>) 
     (db, families)
 }
 
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, OpenError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| OpenError::Thread(e.to_string()))
+}
+
 fn engine<E: std::fmt::Display>(error: E) -> ReadError {
     ReadError::Io(error.to_string())
 }
@@ -204,29 +212,42 @@ impl RocksStore {
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stats_batches: AtomicU64::new(0),
+            stats_syncs: AtomicU64::new(0),
             stats_appends: AtomicU64::new(0),
             stats_events: AtomicU64::new(0),
         });
         let (sender, receiver) = sync_channel(options.queue_appends_max.max(1));
+        let mut threads = Vec::with_capacity(2);
+        let syncer = if options.durability == Durability::Sync {
+            let (to_syncer, from_writer) = sync_channel(writer::SYNC_QUEUE_BATCHES_MAX);
+            let syncer = Syncer {
+                db: Arc::clone(&db),
+                shared: Arc::clone(&shared),
+                receiver: from_writer,
+            };
+            threads.push(spawn("eventfold-syncer", move || syncer.run())?);
+            Some(to_syncer)
+        } else {
+            None
+        };
         let writer = Writer::new(
             Arc::clone(&db),
             Arc::clone(&shared),
             Arc::clone(&options),
             receiver,
+            syncer,
             head,
             last_recorded_at,
         );
-        let handle = std::thread::Builder::new()
-            .name("eventfold-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| OpenError::Thread(e.to_string()))?;
+        // Joined in this order at close: the writer first.
+        threads.insert(0, spawn("eventfold-writer", move || writer.run())?);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 shared,
                 options,
                 sender,
-                writer: Mutex::new(Some(handle)),
+                threads: Mutex::new(threads),
                 path,
             }),
         })
@@ -434,25 +455,28 @@ impl EventStore for RocksStore {
     }
 
     fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadError> {
-        let key = stream.as_str().as_bytes();
-        match self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(CF_HEADS)?, key)
-            .map_err(engine)?
-        {
-            Some(bytes) => {
-                let head = codec::decode_head(key, &bytes)?;
-                // A head written but not yet acknowledged is not visible.
-                if head.position > self.head() {
-                    let older = self.read_stream(stream, u64::MAX, Direction::Backward, 1)?;
-                    Ok(older.first().map_or(0, |e| e.version))
-                } else {
-                    Ok(head.version)
-                }
+        let head = self.head();
+        let (lower, upper) = codec::stream_key_bounds(stream.as_str());
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(lower);
+        read_options.set_iterate_upper_bound(upper);
+        let iter =
+            self.inner
+                .db
+                .iterator_cf_opt(self.cf(CF_STREAMS)?, read_options, IteratorMode::End);
+        for item in iter {
+            let (key, value) = item.map_err(engine)?;
+            // Entries of a batch not yet durable are skipped.
+            if codec::decode_stream_index(&key, &value)? <= head {
+                let (_, version) = codec::parse_stream_key(&key).ok_or_else(|| Corruption {
+                    keyspace: CF_STREAMS,
+                    key: key.to_vec(),
+                    kind: CorruptionKind::MalformedKey,
+                })?;
+                return Ok(version);
             }
-            None => Ok(0),
         }
+        Ok(0)
     }
 
     fn read_stream(
@@ -629,7 +653,7 @@ impl EventStore for RocksStore {
         model: &str,
         prefix: &[u8],
         max_count: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError> {
+    ) -> Result<Vec<ReadModelEntry>, ReadError> {
         validate::name(model)?;
         let start = codec::read_model_key(model, prefix);
         let model_prefix_len = model.len() + 1;
@@ -690,6 +714,7 @@ impl EventStore for RocksStore {
         let shared = &self.inner.shared;
         WriterStats {
             batches: shared.stats_batches.load(Ordering::Relaxed),
+            syncs: shared.stats_syncs.load(Ordering::Relaxed),
             appends: shared.stats_appends.load(Ordering::Relaxed),
             events: shared.stats_events.load(Ordering::Relaxed),
         }

@@ -109,10 +109,10 @@ impl Walk<'_> {
     }
 
     /// Stream index: versions contiguous from 1 per stream, each pointing at
-    /// a record of that stream and version; the head agrees with the last.
+    /// a record of that stream and version.
     fn streams(&mut self, head: u64) -> Result<(), ReadError> {
         let db = &self.store.inner.db;
-        let mut current: Option<(String, u64, u64)> = None; // stream, last version, last position
+        let mut current: Option<(String, u64)> = None; // stream, last version
         for item in db.iterator_cf(self.store.cf(CF_STREAMS)?, IteratorMode::Start) {
             let (key, value) = item.map_err(engine)?;
             let Some((stream, version)) = codec::parse_stream_key(&key) else {
@@ -130,11 +130,8 @@ impl Walk<'_> {
                 continue;
             }
             let previous = match &current {
-                Some((s, v, _)) if s == stream => *v,
+                Some((s, v)) if s == stream => *v,
                 _ => {
-                    if let Some((s, v, p)) = current.take() {
-                        self.check_head(&s, v, p)?;
-                    }
                     self.report.streams += 1;
                     0
                 }
@@ -148,7 +145,7 @@ impl Walk<'_> {
                     )),
                 );
             }
-            current = Some((stream.to_owned(), version, position));
+            current = Some((stream.to_owned(), version));
             match self.record_at(position)? {
                 Some(Ok(event))
                     if event.stream_id.as_str() == stream && event.version == version => {}
@@ -169,71 +166,12 @@ impl Walk<'_> {
                 ),
             }
         }
-        if let Some((s, v, p)) = current.take() {
-            self.check_head(&s, v, p)?;
-        }
         Ok(())
     }
 
-    fn check_head(&mut self, stream: &str, version: u64, position: u64) -> Result<(), ReadError> {
-        let key = stream.as_bytes();
-        let value = self
-            .store
-            .inner
-            .db
-            .get_pinned_cf(self.store.cf(CF_HEADS)?, key)
-            .map_err(engine)?;
-        match value.map(|v| codec::decode_head(key, &v)) {
-            Some(Ok(head)) if head.version == version && head.position == position => {}
-            Some(Ok(head)) => self.fault(
-                CF_HEADS,
-                key,
-                CorruptionKind::Inconsistent(format!(
-                    "says version {} at position {}, the index ends at version {version} at position {position}",
-                    head.version, head.position
-                )),
-            ),
-            Some(Err(corruption)) => self.corrupt(corruption),
-            None => self.fault(CF_HEADS, key, CorruptionKind::Inconsistent("missing".into())),
-        }
-        Ok(())
-    }
-
-    /// Heads without index entries, and every checksummed keyspace.
-    fn values(&mut self, head: u64) -> Result<(), ReadError> {
+    /// Every checksummed keyspace besides the log.
+    fn values(&mut self) -> Result<(), ReadError> {
         let db = &self.store.inner.db;
-        let streams = self.store.cf(CF_STREAMS)?;
-        for item in db.iterator_cf(self.store.cf(CF_HEADS)?, IteratorMode::Start) {
-            let (key, value) = item.map_err(engine)?;
-            match codec::decode_head(&key, &value) {
-                Ok(h) if h.position > head => {}
-                Ok(h) => {
-                    let Ok(stream) = std::str::from_utf8(&key) else {
-                        self.fault(CF_HEADS, &key, CorruptionKind::MalformedKey);
-                        continue;
-                    };
-                    let last = db
-                        .get_pinned_cf(streams, codec::stream_key(stream, h.version))
-                        .map_err(engine)?;
-                    if h.version == 0 || last.is_none() {
-                        self.fault(
-                            CF_HEADS,
-                            &key,
-                            CorruptionKind::Inconsistent(format!(
-                                "names version {} which is not indexed",
-                                h.version
-                            )),
-                        );
-                    }
-                }
-                // Reported by the stream walk when the stream has entries.
-                Err(c) => {
-                    if !self.report.faults.iter().any(|f| f.corruption == c) {
-                        self.corrupt(c);
-                    }
-                }
-            }
-        }
         for item in db.iterator_cf(self.store.cf(CF_SNAPSHOTS)?, IteratorMode::Start) {
             let (key, value) = item.map_err(engine)?;
             if let Err(c) = codec::decode_snapshot(&key, &value) {
@@ -273,6 +211,6 @@ pub(super) fn run(store: &RocksStore) -> Result<VerifyReport, ReadError> {
     };
     walk.global(head)?;
     walk.streams(head)?;
-    walk.values(head)?;
+    walk.values()?;
     Ok(walk.report)
 }

@@ -1,27 +1,43 @@
-//! The group-commit writer: one thread that owns position assignment.
+//! The group-commit writer: one thread that owns position assignment, and,
+//! under `Durability::Sync`, a syncer thread behind it.
 //!
 //! Callers validate and encode their events on their own threads and queue a
 //! [`Job`]. The writer takes whatever is waiting, up to the batch bounds,
 //! checks expected versions and command ids against the store plus the jobs
-//! already accepted into the same batch, assigns versions and positions,
-//! writes one WriteBatch (one fsync under `Durability::Sync`), advances the
-//! committed head, and only then answers every caller of the batch.
+//! already accepted (including batches written but not yet synced), assigns
+//! versions and positions, and writes one WriteBatch.
+//!
+//! Under `Sync`, the batch is written with its WAL unsynced and handed to the
+//! syncer, which syncs the WAL once for every batch waiting (`SyncWAL`), then
+//! advances the committed head and answers the callers. While the syncer
+//! waits for the disk, the writer already prepares and writes the next batch:
+//! the two stages overlap. Under `Buffered` and `NoWal` the writer advances
+//! the head and answers as soon as the write returns.
+//!
+//! **Architecture Invariant:** no caller is answered, and the head does not
+//! move, before the batch holding its events is durable under the store's
+//! durability. Readers only see positions up to the head.
 
-use super::{CF_GLOBAL, CF_HEADS, CF_IDEMPOTENCY, CF_STREAMS, Shared, write_options};
+use super::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS, Shared, write_options};
 use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
-use crate::codec::{self, StreamHead};
+use crate::codec;
 use crate::error::AppendError;
-use crate::options::StoreOptions;
+use crate::options::{Durability, StoreOptions};
 use eventfold_domain::{CommandId, StreamId, Timestamp};
-use rocksdb::{DB, WriteBatch};
+use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
-/// Most stream heads the writer keeps in memory; past it the cache is
-/// emptied and refilled from the `heads` keyspace.
-pub(crate) const HEAD_CACHE_STREAMS_MAX: usize = 262_144;
+/// Most stream versions the writer keeps in memory; past it the cache is
+/// emptied and refilled from the `streams` index.
+pub(crate) const VERSION_CACHE_STREAMS_MAX: usize = 262_144;
+
+/// Most written batches waiting for the syncer; past it the writer waits.
+pub(crate) const SYNC_QUEUE_BATCHES_MAX: usize = 64;
+
+type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
 
 /// One queued append.
 pub(crate) struct Job {
@@ -30,7 +46,7 @@ pub(crate) struct Job {
     pub records: Vec<Vec<Vec<u8>>>,
     /// Encoded bytes of all records.
     pub bytes: usize,
-    pub reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    pub reply: Reply,
 }
 
 /// What the writer's queue carries.
@@ -40,20 +56,32 @@ pub(crate) enum Message {
     Stop,
 }
 
+/// A batch that is written and waits to be made durable and answered.
+pub(crate) struct Written {
+    /// The last position the batch holds.
+    last_position: u64,
+    appends: u64,
+    events: u64,
+    answers: Vec<(Reply, Decision)>,
+}
+
+/// How one job of a batch was decided.
+enum Decision {
+    Write(AppendOutcome),
+    Done(Result<AppendOutcome, AppendError>),
+}
+
 pub(crate) struct Writer {
     db: Arc<DB>,
     shared: Arc<Shared>,
     options: Arc<StoreOptions>,
     receiver: Receiver<Message>,
+    /// To the syncer, under `Durability::Sync`.
+    syncer: Option<SyncSender<Written>>,
     next_position: u64,
     last_recorded_at: Timestamp,
-    heads: HashMap<StreamId, StreamHead>,
-}
-
-/// Decides one job within a batch.
-enum Decision {
-    Write(AppendOutcome),
-    Done(Result<AppendOutcome, AppendError>),
+    /// Stream versions including batches written but not yet synced.
+    versions: HashMap<StreamId, u64>,
 }
 
 impl Writer {
@@ -62,6 +90,7 @@ impl Writer {
         shared: Arc<Shared>,
         options: Arc<StoreOptions>,
         receiver: Receiver<Message>,
+        syncer: Option<SyncSender<Written>>,
         head: u64,
         last_recorded_at: Timestamp,
     ) -> Self {
@@ -70,9 +99,10 @@ impl Writer {
             shared,
             options,
             receiver,
+            syncer,
             next_position: head + 1,
             last_recorded_at,
-            heads: HashMap::new(),
+            versions: HashMap::new(),
         }
     }
 
@@ -111,6 +141,7 @@ impl Writer {
                 let _ = job.reply.send(Err(AppendError::Closed));
             }
         }
+        // Dropping `self.syncer` lets the syncer finish what it holds and stop.
     }
 
     fn commit(&mut self, jobs: Vec<Job>) {
@@ -122,13 +153,15 @@ impl Writer {
         }
         let recorded_at = Timestamp::now().max(self.last_recorded_at);
         let mut batch = WriteBatch::default();
-        let mut pending_heads: HashMap<StreamId, StreamHead> = HashMap::new();
+        let mut pending_versions: HashMap<StreamId, u64> = HashMap::new();
         let mut pending_commands: HashMap<CommandId, AppendOutcome> = HashMap::new();
         let mut position = self.next_position;
-        let mut decisions = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
-        let mut written_events = 0u64;
-        let mut written_appends = 0u64;
+        let mut written = Written {
+            last_position: 0,
+            appends: 0,
+            events: 0,
+            answers: Vec::with_capacity(jobs.len()),
+        };
         for job in jobs {
             let Job {
                 request,
@@ -136,60 +169,54 @@ impl Writer {
                 reply,
                 ..
             } = job;
-            let decision = self.decide(
-                &request,
-                records,
-                &mut batch,
-                &mut pending_heads,
-                &mut pending_commands,
-                &mut position,
+            let mut pending = Pending {
+                batch: &mut batch,
+                versions: &mut pending_versions,
+                commands: &mut pending_commands,
+                position: &mut position,
                 recorded_at,
-            );
-            if let Decision::Write(outcome) = &decision {
-                written_appends += 1;
-                written_events += outcome.last_position - outcome.first_position + 1;
-            }
-            decisions.push(decision);
-            replies.push(reply);
-        }
-        if written_appends > 0 {
-            let result = self.write(batch);
-            if let Err(message) = result {
-                self.shared.poisoned.store(true, Ordering::SeqCst);
-                tracing::error!(error = %message, "event store write failed; the store is poisoned");
-                for (decision, reply) in decisions.into_iter().zip(replies) {
-                    let answer = match decision {
-                        Decision::Write(_) => Err(AppendError::Io(message.clone())),
-                        // Refusals decided against a batch that never landed
-                        // may be stale; the store cannot write anyway.
-                        Decision::Done(_) => Err(AppendError::Poisoned),
-                    };
-                    let _ = reply.send(answer);
-                }
-                return;
-            }
-            self.next_position = position;
-            self.last_recorded_at = recorded_at;
-            if self.heads.len() + pending_heads.len() > HEAD_CACHE_STREAMS_MAX {
-                self.heads.clear();
-            }
-            self.heads.extend(pending_heads);
-            // Invariant 1: the head moves only after the batch is durable.
-            self.shared.head.store(position - 1, Ordering::Release);
-            self.shared.stats_batches.fetch_add(1, Ordering::Relaxed);
-            self.shared
-                .stats_appends
-                .fetch_add(written_appends, Ordering::Relaxed);
-            self.shared
-                .stats_events
-                .fetch_add(written_events, Ordering::Relaxed);
-        }
-        for (decision, reply) in decisions.into_iter().zip(replies) {
-            let answer = match decision {
-                Decision::Write(outcome) => Ok(outcome),
-                Decision::Done(result) => result,
             };
-            let _ = reply.send(answer);
+            let decision = match self.decide(&request, records, &mut pending) {
+                Ok(decision) => decision,
+                Err(error) => Decision::Done(Err(error)),
+            };
+            if let Decision::Write(outcome) = &decision {
+                written.appends += 1;
+                written.events += outcome.last_position - outcome.first_position + 1;
+            }
+            written.answers.push((reply, decision));
+        }
+        written.last_position = position - 1;
+        if written.appends == 0 {
+            // Only refusals and duplicates: nothing to write. Their answers
+            // may rest on batches still being synced, so they queue behind.
+            self.hand_on(written);
+            return;
+        }
+        if let Err(message) = self.write(batch) {
+            fail(&self.shared, written, &message);
+            return;
+        }
+        self.next_position = position;
+        self.last_recorded_at = recorded_at;
+        if self.versions.len() + pending_versions.len() > VERSION_CACHE_STREAMS_MAX {
+            self.versions.clear();
+        }
+        self.versions.extend(pending_versions);
+        self.hand_on(written);
+    }
+
+    /// Passes a written batch to the syncer, or completes it at once when the
+    /// durability needs no sync.
+    fn hand_on(&mut self, written: Written) {
+        match &self.syncer {
+            Some(syncer) => {
+                if let Err(returned) = syncer.send(written) {
+                    // The syncer stopped: only after a failure it reported.
+                    fail(&self.shared, returned.0, "the syncer stopped");
+                }
+            }
+            None => complete(&self.shared, vec![written]),
         }
     }
 
@@ -202,35 +229,33 @@ impl Writer {
         {
             return Err("injected write failure".into());
         }
+        let mut options = write_options(self.options.durability);
+        if self.options.durability == Durability::Sync {
+            // The syncer makes the WAL durable (see the module doc).
+            options.set_sync(false);
+        }
         self.db
-            .write_opt(batch, &write_options(self.options.durability))
+            .write_opt(batch, &options)
             .map_err(|e| e.into_string())
     }
 
-    fn current_head(
+    /// The stream's version including batches written but not yet synced.
+    fn current_version(
         &mut self,
         stream: &StreamId,
-        pending: &HashMap<StreamId, StreamHead>,
-    ) -> Result<StreamHead, AppendError> {
-        if let Some(head) = pending.get(stream).or_else(|| self.heads.get(stream)) {
-            return Ok(*head);
+        pending: &HashMap<StreamId, u64>,
+    ) -> Result<u64, AppendError> {
+        if let Some(version) = pending.get(stream).or_else(|| self.versions.get(stream)) {
+            return Ok(*version);
         }
-        let cf = self.shared.cf(&self.db, CF_HEADS)?;
-        let head = match self.db.get_pinned_cf(cf, stream.as_str().as_bytes()) {
-            Ok(Some(bytes)) => codec::decode_head(stream.as_str().as_bytes(), &bytes)?,
-            Ok(None) => StreamHead {
-                version: 0,
-                position: 0,
-            },
-            Err(e) => return Err(AppendError::Io(e.into_string())),
-        };
-        if head.version > 0 {
-            if self.heads.len() >= HEAD_CACHE_STREAMS_MAX {
-                self.heads.clear();
+        let version = last_indexed_version(&self.db, &self.shared, stream)?;
+        if version > 0 {
+            if self.versions.len() >= VERSION_CACHE_STREAMS_MAX {
+                self.versions.clear();
             }
-            self.heads.insert(stream.clone(), head);
+            self.versions.insert(stream.clone(), version);
         }
-        Ok(head)
+        Ok(version)
     }
 
     fn applied_command(
@@ -252,110 +277,208 @@ impl Writer {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
         request: &AppendRequest,
         records: Vec<Vec<Vec<u8>>>,
-        batch: &mut WriteBatch,
-        pending_heads: &mut HashMap<StreamId, StreamHead>,
-        pending_commands: &mut HashMap<CommandId, AppendOutcome>,
-        position: &mut u64,
-        recorded_at: Timestamp,
-    ) -> Decision {
-        match self.try_decide(
-            request,
-            records,
-            batch,
-            pending_heads,
-            pending_commands,
-            position,
-            recorded_at,
-        ) {
-            Ok(decision) => decision,
-            Err(error) => Decision::Done(Err(error)),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn try_decide(
-        &mut self,
-        request: &AppendRequest,
-        records: Vec<Vec<Vec<u8>>>,
-        batch: &mut WriteBatch,
-        pending_heads: &mut HashMap<StreamId, StreamHead>,
-        pending_commands: &mut HashMap<CommandId, AppendOutcome>,
-        position: &mut u64,
-        recorded_at: Timestamp,
+        pending: &mut Pending<'_>,
     ) -> Result<Decision, AppendError> {
         let db = Arc::clone(&self.db);
         let global = self.shared.cf(&db, CF_GLOBAL)?;
         let streams = self.shared.cf(&db, CF_STREAMS)?;
-        let heads = self.shared.cf(&db, CF_HEADS)?;
         let commands = self.shared.cf(&db, CF_IDEMPOTENCY)?;
         if let Some(id) = request.command_id
-            && let Some(original) = self.applied_command(id, pending_commands)?
+            && let Some(original) = self.applied_command(id, pending.commands)?
         {
             return Ok(Decision::Done(Ok(original)));
         }
         let mut current = Vec::with_capacity(request.streams.len());
         for part in &request.streams {
-            let head = self.current_head(&part.stream, pending_heads)?;
-            if let Err(mismatch) = part.expected.check(head.version) {
+            let version = self.current_version(&part.stream, pending.versions)?;
+            if let Err(mismatch) = part.expected.check(version) {
                 return Err(AppendError::WrongExpectedVersion {
                     stream: part.stream.clone(),
                     expected: mismatch.expected,
                     actual: mismatch.actual,
                 });
             }
-            current.push(head);
+            current.push(version);
         }
         // Nothing below can fail: a refused job adds nothing to the batch.
-        let first_position = *position;
+        let first_position = *pending.position;
         let mut written = Vec::with_capacity(request.streams.len());
-        for ((part, records), head) in request.streams.iter().zip(records).zip(current) {
-            let mut version = head.version;
+        for ((part, records), before) in request.streams.iter().zip(records).zip(current) {
+            let mut version = before;
             for mut record in records {
                 version += 1;
-                codec::seal_event(&mut record, *position, version, recorded_at);
-                batch.put_cf(global, codec::global_key(*position), &record);
-                batch.put_cf(
+                let position = *pending.position;
+                codec::seal_event(&mut record, position, version, pending.recorded_at);
+                pending
+                    .batch
+                    .put_cf(global, codec::global_key(position), &record);
+                pending.batch.put_cf(
                     streams,
                     codec::stream_key(part.stream.as_str(), version),
-                    codec::global_key(*position),
+                    codec::global_key(position),
                 );
-                *position += 1;
+                *pending.position += 1;
             }
-            let new_head = StreamHead {
-                version,
-                position: *position - 1,
-            };
-            batch.put_cf(
-                heads,
-                part.stream.as_str().as_bytes(),
-                codec::encode_head(new_head),
-            );
-            pending_heads.insert(part.stream.clone(), new_head);
+            pending.versions.insert(part.stream.clone(), version);
             written.push(StreamWritten {
                 stream: part.stream.clone(),
-                first_version: head.version + 1,
+                first_version: before + 1,
                 last_version: version,
             });
         }
         let outcome = AppendOutcome {
             streams: written,
             first_position,
-            last_position: *position - 1,
+            last_position: *pending.position - 1,
             deduplicated: false,
         };
         if let Some(id) = request.command_id {
-            batch.put_cf(
+            pending.batch.put_cf(
                 commands,
                 codec::command_key(id),
                 codec::encode_outcome(&outcome),
             );
-            pending_commands.insert(id, outcome.clone());
+            pending.commands.insert(id, outcome.clone());
         }
         Ok(Decision::Write(outcome))
+    }
+}
+
+/// What the jobs of one batch share while it is being built.
+struct Pending<'a> {
+    batch: &'a mut WriteBatch,
+    versions: &'a mut HashMap<StreamId, u64>,
+    commands: &'a mut HashMap<CommandId, AppendOutcome>,
+    position: &'a mut u64,
+    recorded_at: Timestamp,
+}
+
+/// The version of the last event in the `streams` index of `stream`, written
+/// or not yet synced (0 when the stream has none).
+pub(crate) fn last_indexed_version(
+    db: &DB,
+    shared: &Shared,
+    stream: &StreamId,
+) -> Result<u64, AppendError> {
+    let cf = shared.cf(db, CF_STREAMS)?;
+    let (lower, upper) = codec::stream_key_bounds(stream.as_str());
+    let mut read_options = ReadOptions::default();
+    read_options.set_iterate_lower_bound(lower);
+    read_options.set_iterate_upper_bound(upper);
+    match db
+        .iterator_cf_opt(cf, read_options, IteratorMode::End)
+        .next()
+    {
+        None => Ok(0),
+        Some(Ok((key, _))) => codec::parse_stream_key(&key)
+            .map(|(_, version)| version)
+            .ok_or_else(|| {
+                AppendError::Corrupt(crate::Corruption {
+                    keyspace: CF_STREAMS,
+                    key: key.to_vec(),
+                    kind: crate::CorruptionKind::MalformedKey,
+                })
+            }),
+        Some(Err(e)) => Err(AppendError::Io(e.into_string())),
+    }
+}
+
+/// Makes batches durable and answers them, under `Durability::Sync`.
+pub(crate) struct Syncer {
+    pub db: Arc<DB>,
+    pub shared: Arc<Shared>,
+    pub receiver: Receiver<Written>,
+}
+
+impl Syncer {
+    pub(crate) fn run(self) {
+        while let Ok(first) = self.receiver.recv() {
+            let mut batches = vec![first];
+            while batches.len() < SYNC_QUEUE_BATCHES_MAX {
+                match self.receiver.try_recv() {
+                    Ok(written) => batches.push(written),
+                    Err(_) => break,
+                }
+            }
+            if self.shared.poisoned.load(Ordering::SeqCst) {
+                for written in batches {
+                    fail(&self.shared, written, "an earlier write or sync failed");
+                }
+                continue;
+            }
+            let writes = batches.iter().any(|w| w.appends > 0);
+            // One sync covers every batch written before it started.
+            match if writes {
+                self.db.flush_wal(true)
+            } else {
+                Ok(())
+            } {
+                Ok(()) => {
+                    if writes {
+                        self.shared.stats_syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    complete(&self.shared, batches)
+                }
+                Err(e) => {
+                    let message = e.into_string();
+                    for written in batches {
+                        fail(&self.shared, written, &message);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Advances the head past durable batches (in order), then answers them.
+fn complete(shared: &Shared, batches: Vec<Written>) {
+    let mut head = None;
+    for written in &batches {
+        if written.appends > 0 {
+            head = Some(written.last_position);
+        }
+        shared
+            .stats_appends
+            .fetch_add(written.appends, Ordering::Relaxed);
+        shared
+            .stats_events
+            .fetch_add(written.events, Ordering::Relaxed);
+        if written.appends > 0 {
+            shared.stats_batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if let Some(head) = head {
+        // Invariant 1: the head moves only after the batch is durable.
+        shared.head.store(head, Ordering::Release);
+    }
+    for written in batches {
+        for (reply, decision) in written.answers {
+            let answer = match decision {
+                Decision::Write(outcome) => Ok(outcome),
+                Decision::Done(result) => result,
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Poisons the store and answers a batch whose write or sync failed.
+fn fail(shared: &Shared, written: Written, message: &str) {
+    if !shared.poisoned.swap(true, Ordering::SeqCst) {
+        tracing::error!(error = %message, "event store write failed; the store is poisoned");
+    }
+    for (reply, decision) in written.answers {
+        let answer = match decision {
+            // Whether it reached the disk is unknown.
+            Decision::Write(_) => Err(AppendError::Io(message.to_owned())),
+            // Refusals decided against batches that did not land may be
+            // stale; the store cannot write anyway.
+            Decision::Done(_) => Err(AppendError::Poisoned),
+        };
+        let _ = reply.send(answer);
     }
 }

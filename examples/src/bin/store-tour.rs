@@ -6,8 +6,8 @@
 
 use eventfold_domain::{CommandId, ExpectedVersion, Metadata, NewEvent, StreamId};
 use eventfold_storage::{
-    AppendError, AppendRequest, Direction, EventStore, Filter, ReadModelBatch, RocksStore, Snapshot,
-    StoreOptions, StreamAppend, payload,
+    AppendError, AppendRequest, Direction, EventStore, Filter, ReadModelBatch, RocksStore,
+    Snapshot, StoreOptions, StreamAppend, payload,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,29 +33,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let alice = StreamId::new("account-alice")?;
     let bob = StreamId::new("account-bob")?;
 
-    store.append(&alice, ExpectedVersion::NoStream, vec![event(&AccountEvent::Opened { owner: "alice".into() })?])?;
-    store.append(&bob, ExpectedVersion::NoStream, vec![event(&AccountEvent::Opened { owner: "bob".into() })?])?;
-    let deposit = AppendRequest::single(alice.clone(), ExpectedVersion::Exact(1), vec![event(&AccountEvent::Deposited { amount: 100 })?])
-        .with_command_id(CommandId::from_name("deposit-alice-1"));
+    store.append(
+        &alice,
+        ExpectedVersion::NoStream,
+        vec![event(&AccountEvent::Opened {
+            owner: "alice".into(),
+        })?],
+    )?;
+    store.append(
+        &bob,
+        ExpectedVersion::NoStream,
+        vec![event(&AccountEvent::Opened {
+            owner: "bob".into(),
+        })?],
+    )?;
+    let deposit = AppendRequest::single(
+        alice.clone(),
+        ExpectedVersion::Exact(1),
+        vec![event(&AccountEvent::Deposited { amount: 100 })?],
+    )
+    .with_command_id(CommandId::from_name("deposit-alice-1"));
     let first = store.submit(deposit.clone()).wait()?;
     let retry = store.submit(deposit).wait()?;
-    println!("deposit at position {}; retry deduplicated: {} (position {})", first.last_position, retry.deduplicated, retry.last_position);
+    println!(
+        "deposit at position {}; retry deduplicated: {} (position {})",
+        first.last_position, retry.deduplicated, retry.last_position
+    );
 
-    match store.append(&alice, ExpectedVersion::Exact(1), vec![event(&AccountEvent::Deposited { amount: 5 })?]) {
-        Err(AppendError::WrongExpectedVersion { expected, actual, .. }) => println!("stale append refused: expected {expected}, stream is at {actual}"),
+    match store.append(
+        &alice,
+        ExpectedVersion::Exact(1),
+        vec![event(&AccountEvent::Deposited { amount: 5 })?],
+    ) {
+        Err(AppendError::WrongExpectedVersion {
+            expected, actual, ..
+        }) => println!("stale append refused: expected {expected}, stream is at {actual}"),
         other => println!("unexpected: {other:?}"),
     }
 
     // A transfer: both streams or neither.
     let transfer = AppendRequest {
         streams: vec![
-            StreamAppend { stream: alice.clone(), expected: ExpectedVersion::Exact(2), events: vec![event(&AccountEvent::Withdrawn { amount: 30 })?] },
-            StreamAppend { stream: bob.clone(), expected: ExpectedVersion::Exact(1), events: vec![event(&AccountEvent::Deposited { amount: 30 })?] },
+            StreamAppend {
+                stream: alice.clone(),
+                expected: ExpectedVersion::Exact(2),
+                events: vec![event(&AccountEvent::Withdrawn { amount: 30 })?],
+            },
+            StreamAppend {
+                stream: bob.clone(),
+                expected: ExpectedVersion::Exact(1),
+                events: vec![event(&AccountEvent::Deposited { amount: 30 })?],
+            },
         ],
         command_id: Some(CommandId::from_name("transfer-1")),
     };
     let moved = store.submit(transfer).wait()?;
-    println!("transfer wrote positions {}..={}", moved.first_position, moved.last_position);
+    println!(
+        "transfer wrote positions {}..={}",
+        moved.first_position, moved.last_position
+    );
 
     for e in store.read_stream(&alice, 1, Direction::Forward, 100)? {
         let decoded: AccountEvent = payload::decode(&e.payload)?;
@@ -75,20 +111,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut batch = ReadModelBatch::new();
     for (account, balance) in &balances {
-        batch.put("balances", account.as_bytes().to_vec(), balance.to_be_bytes().to_vec());
+        batch.put(
+            "balances",
+            account.as_bytes().to_vec(),
+            balance.to_be_bytes().to_vec(),
+        );
     }
     batch.set_checkpoint("balances", slice.next_position - 1);
     store.commit_read_model(batch)?;
-    println!("balances {balances:?} at checkpoint {:?}", store.checkpoint("balances")?);
+    println!(
+        "balances {balances:?} at checkpoint {:?}",
+        store.checkpoint("balances")?
+    );
 
-    store.save_snapshot(&alice, &Snapshot { snapshot_version: 1, stream_version: 3, state: payload::encode(&70u64)? })?;
+    store.save_snapshot(
+        &alice,
+        &Snapshot {
+            snapshot_version: 1,
+            stream_version: 3,
+            state: payload::encode(&70u64)?,
+        },
+    )?;
 
     let report = store.verify()?;
-    println!("verify: {} events, {} streams, {} faults", report.events, report.streams, report.faults.len());
+    println!(
+        "verify: {} events, {} streams, {} faults",
+        report.events,
+        report.streams,
+        report.faults.len()
+    );
     let backup = dir.path().join("backup");
     let id = store.backup(&backup)?;
     RocksStore::restore(&backup, dir.path().join("restored"))?;
     let restored = RocksStore::open(dir.path().join("restored"), StoreOptions::default())?;
-    println!("backup {id} restored with head {} (live head {})", restored.head(), store.head());
+    println!(
+        "backup {id} restored with head {} (live head {})",
+        restored.head(),
+        store.head()
+    );
     Ok(())
 }

@@ -4,6 +4,7 @@ use crate::error::{AppendError, ReadError, WriteError};
 use eventfold_domain::{CommandId, ExpectedVersion, NewEvent, RecordedEvent, StreamId, Timestamp};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The events to append to one stream, with the version the stream must have.
@@ -426,4 +427,23 @@ pub trait EventStore: Send + Sync {
 
     /// The writer's counters.
     fn writer_stats(&self) -> WriterStats;
+
+    /// The outcome of the append that carried command id `id`, if one was
+    /// applied and is durable.
+    fn command_outcome(&self, id: CommandId) -> Result<Option<AppendOutcome>, ReadError>;
+
+    /// Registers the listener told of every durable batch, replacing any
+    /// earlier one. See [`CommitListener`].
+    fn set_commit_listener(&self, listener: Arc<dyn CommitListener>);
+}
+
+/// Told of every batch of events once it is durable, in position order.
+///
+/// Called on the store's writer (or syncer) thread after the committed head
+/// has passed the events and before their appenders are answered, so it must
+/// not block: hand the events on through a bounded, non-blocking channel.
+pub trait CommitListener: Send + Sync + 'static {
+    /// `events` are consecutive in the global log and follow those of the
+    /// previous call.
+    fn committed(&self, events: &[RecordedEvent]);
 }

@@ -55,9 +55,9 @@ mod rocks;
 mod validate;
 
 pub use api::{
-    AppendOutcome, AppendRequest, Direction, EventStore, Fault, Filter, GlobalSlice, PendingAppend,
-    ReadModelBatch, ReadModelEntry, ReadModelOp, Snapshot, StreamAppend, StreamWritten,
-    VerifyReport, WriterStats,
+    AppendOutcome, AppendRequest, CommitListener, Direction, EventStore, Fault, Filter,
+    GlobalSlice, PendingAppend, ReadModelBatch, ReadModelEntry, ReadModelOp, Snapshot,
+    StreamAppend, StreamWritten, VerifyReport, WriterStats,
 };
 pub use codec::payload;
 pub use error::{

@@ -43,6 +43,7 @@ struct State {
 #[derive(Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
+    listener: Arc<std::sync::RwLock<Option<Arc<dyn CommitListener>>>>,
     poisoned: Arc<AtomicBool>,
     options: Arc<StoreOptions>,
 }
@@ -63,6 +64,7 @@ impl MemoryStore {
     pub fn with_options(options: StoreOptions) -> Self {
         Self {
             state: Arc::default(),
+            listener: Arc::default(),
             poisoned: Arc::default(),
             options: Arc::new(options),
         }
@@ -73,6 +75,7 @@ impl MemoryStore {
     pub fn reopen(&self) -> Self {
         Self {
             state: Arc::clone(&self.state),
+            listener: Arc::default(),
             poisoned: Arc::default(),
             options: Arc::clone(&self.options),
         }
@@ -175,6 +178,16 @@ impl MemoryStore {
         state.stats.batches += 1;
         state.stats.appends += 1;
         state.stats.events += outcome.last_position - outcome.first_position + 1;
+        // Under the lock, so that listeners see batches in position order.
+        if let Some(listener) = self
+            .listener
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let first = (outcome.first_position - 1) as usize;
+            listener.committed(&state.log[first..]);
+        }
         Ok(outcome)
     }
 
@@ -405,5 +418,16 @@ impl EventStore for MemoryStore {
 
     fn writer_stats(&self) -> WriterStats {
         self.lock().stats
+    }
+
+    fn command_outcome(&self, id: CommandId) -> Result<Option<AppendOutcome>, ReadError> {
+        Ok(self.lock().commands.get(&id).map(|outcome| AppendOutcome {
+            deduplicated: true,
+            ..outcome.clone()
+        }))
+    }
+
+    fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) {
+        *self.listener.write().unwrap_or_else(|p| p.into_inner()) = Some(listener);
     }
 }

@@ -12,7 +12,7 @@ use crate::codec;
 use crate::error::{AppendError, Corruption, CorruptionKind, OpenError, ReadError, WriteError};
 use crate::options::{Durability, StoreOptions};
 use crate::validate;
-use eventfold_domain::{RecordedEvent, StreamId, Timestamp};
+use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
 use rocksdb::backup::{BackupEngine, BackupEngineOptions, RestoreOptions};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Env,
@@ -60,6 +60,17 @@ pub(crate) struct Shared {
     pub stats_syncs: AtomicU64,
     pub stats_appends: AtomicU64,
     pub stats_events: AtomicU64,
+    /// Told of every durable batch; read once per batch by the writer.
+    pub listener: std::sync::RwLock<Option<Arc<dyn CommitListener>>>,
+}
+
+impl Shared {
+    pub(crate) fn listener(&self) -> Option<Arc<dyn CommitListener>> {
+        self.listener
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Shared {
@@ -215,6 +226,7 @@ impl RocksStore {
             stats_syncs: AtomicU64::new(0),
             stats_appends: AtomicU64::new(0),
             stats_events: AtomicU64::new(0),
+            listener: std::sync::RwLock::new(None),
         });
         let (sender, receiver) = sync_channel(options.queue_appends_max.max(1));
         let mut threads = Vec::with_capacity(2);
@@ -708,6 +720,30 @@ impl EventStore for RocksStore {
 
     fn verify(&self) -> Result<VerifyReport, ReadError> {
         verify::run(self)
+    }
+
+    fn command_outcome(&self, id: CommandId) -> Result<Option<AppendOutcome>, ReadError> {
+        let key = codec::command_key(id);
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_IDEMPOTENCY)?, key)
+            .map_err(engine)?
+        {
+            // An outcome past the head is written but not yet durable.
+            Some(bytes) => Ok(Some(codec::decode_outcome(&key, &bytes)?)
+                .filter(|o| o.last_position <= self.head())),
+            None => Ok(None),
+        }
+    }
+
+    fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) {
+        *self
+            .inner
+            .shared
+            .listener
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
     }
 
     fn writer_stats(&self) -> WriterStats {

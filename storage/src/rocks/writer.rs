@@ -23,7 +23,7 @@ use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
 use crate::options::{Durability, StoreOptions};
-use eventfold_domain::{CommandId, StreamId, Timestamp};
+use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,8 +61,10 @@ pub(crate) struct Written {
     /// The last position the batch holds.
     last_position: u64,
     appends: u64,
-    events: u64,
+    event_count: u64,
     answers: Vec<(Reply, Decision)>,
+    /// The events written, for the commit listener (empty without one).
+    events: Vec<RecordedEvent>,
 }
 
 /// How one job of a batch was decided.
@@ -156,11 +158,13 @@ impl Writer {
         let mut pending_versions: HashMap<StreamId, u64> = HashMap::new();
         let mut pending_commands: HashMap<CommandId, AppendOutcome> = HashMap::new();
         let mut position = self.next_position;
+        let listening = self.shared.listener().is_some();
         let mut written = Written {
             last_position: 0,
             appends: 0,
-            events: 0,
+            event_count: 0,
             answers: Vec::with_capacity(jobs.len()),
+            events: Vec::new(),
         };
         for job in jobs {
             let Job {
@@ -175,14 +179,15 @@ impl Writer {
                 commands: &mut pending_commands,
                 position: &mut position,
                 recorded_at,
+                events: listening.then_some(&mut written.events),
             };
-            let decision = match self.decide(&request, records, &mut pending) {
+            let decision = match self.decide(request, records, &mut pending) {
                 Ok(decision) => decision,
                 Err(error) => Decision::Done(Err(error)),
             };
             if let Decision::Write(outcome) = &decision {
                 written.appends += 1;
-                written.events += outcome.last_position - outcome.first_position + 1;
+                written.event_count += outcome.last_position - outcome.first_position + 1;
             }
             written.answers.push((reply, decision));
         }
@@ -279,7 +284,7 @@ impl Writer {
 
     fn decide(
         &mut self,
-        request: &AppendRequest,
+        request: AppendRequest,
         records: Vec<Vec<Vec<u8>>>,
         pending: &mut Pending<'_>,
     ) -> Result<Decision, AppendError> {
@@ -307,12 +312,25 @@ impl Writer {
         // Nothing below can fail: a refused job adds nothing to the batch.
         let first_position = *pending.position;
         let mut written = Vec::with_capacity(request.streams.len());
-        for ((part, records), before) in request.streams.iter().zip(records).zip(current) {
+        let command_id = request.command_id;
+        for ((part, records), before) in request.streams.into_iter().zip(records).zip(current) {
             let mut version = before;
-            for mut record in records {
+            for (mut record, event) in records.into_iter().zip(part.events) {
                 version += 1;
                 let position = *pending.position;
                 codec::seal_event(&mut record, position, version, pending.recorded_at);
+                if let Some(events) = pending.events.as_deref_mut() {
+                    events.push(RecordedEvent {
+                        stream_id: part.stream.clone(),
+                        version,
+                        position,
+                        recorded_at: pending.recorded_at,
+                        event_type: event.event_type,
+                        schema_version: event.schema_version,
+                        payload: event.payload,
+                        metadata: event.metadata,
+                    });
+                }
                 pending
                     .batch
                     .put_cf(global, codec::global_key(position), &record);
@@ -325,7 +343,7 @@ impl Writer {
             }
             pending.versions.insert(part.stream.clone(), version);
             written.push(StreamWritten {
-                stream: part.stream.clone(),
+                stream: part.stream,
                 first_version: before + 1,
                 last_version: version,
             });
@@ -336,7 +354,7 @@ impl Writer {
             last_position: *pending.position - 1,
             deduplicated: false,
         };
-        if let Some(id) = request.command_id {
+        if let Some(id) = command_id {
             pending.batch.put_cf(
                 commands,
                 codec::command_key(id),
@@ -355,6 +373,8 @@ struct Pending<'a> {
     commands: &'a mut HashMap<CommandId, AppendOutcome>,
     position: &'a mut u64,
     recorded_at: Timestamp,
+    /// Collects the events for the commit listener, when there is one.
+    events: Option<&'a mut Vec<RecordedEvent>>,
 }
 
 /// The version of the last event in the `streams` index of `stream`, written
@@ -446,7 +466,7 @@ fn complete(shared: &Shared, batches: Vec<Written>) {
             .fetch_add(written.appends, Ordering::Relaxed);
         shared
             .stats_events
-            .fetch_add(written.events, Ordering::Relaxed);
+            .fetch_add(written.event_count, Ordering::Relaxed);
         if written.appends > 0 {
             shared.stats_batches.fetch_add(1, Ordering::Relaxed);
         }
@@ -454,6 +474,13 @@ fn complete(shared: &Shared, batches: Vec<Written>) {
     if let Some(head) = head {
         // Invariant 1: the head moves only after the batch is durable.
         shared.head.store(head, Ordering::Release);
+    }
+    if let Some(listener) = shared.listener() {
+        for written in &batches {
+            if !written.events.is_empty() {
+                listener.committed(&written.events);
+            }
+        }
     }
     for written in batches {
         for (reply, decision) in written.answers {

@@ -835,6 +835,91 @@ pub fn reopen_keeps_everything<B: Backend>(b: &mut B) {
     assert_eq!((report.events, report.streams), (21, 3));
 }
 
+pub fn command_outcomes_are_durable<B: Backend>(b: &mut B) {
+    let store = b.open(StoreOptions::default());
+    let cmd = CommandId::from_name("open-1");
+    assert_eq!(store.command_outcome(cmd).unwrap(), None);
+    let request =
+        AppendRequest::single(sid("acc-1"), ExpectedVersion::NoStream, vec![ev("O", b"")])
+            .with_command_id(cmd);
+    let outcome = store.submit(request).wait().unwrap();
+    let store = b.reopen(store);
+    let found = store
+        .command_outcome(cmd)
+        .unwrap()
+        .expect("applied command is recorded");
+    assert!(found.deduplicated);
+    assert_eq!(
+        (found.first_position, found.last_position, found.streams),
+        (
+            outcome.first_position,
+            outcome.last_position,
+            outcome.streams
+        )
+    );
+    assert_eq!(
+        store
+            .command_outcome(CommandId::from_name("other"))
+            .unwrap(),
+        None
+    );
+}
+
+/// Collects what a commit listener is told.
+#[derive(Default)]
+pub struct Collector(std::sync::Mutex<Vec<RecordedEvent>>);
+
+impl CommitListener for Collector {
+    fn committed(&self, events: &[RecordedEvent]) {
+        self.0.lock().unwrap().extend_from_slice(events);
+    }
+}
+
+pub fn commit_listener_sees_every_durable_event_in_order<B: Backend>(b: &mut B) {
+    let store = b.open(StoreOptions::default());
+    store
+        .append(
+            &sid("before-1"),
+            ExpectedVersion::Any,
+            vec![ev("E", b"early")],
+        )
+        .unwrap();
+    let collector = Arc::new(Collector::default());
+    store.set_commit_listener(collector.clone());
+    let handles: Vec<_> = (0..4u8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u8 {
+                    let events = vec![ev("E", &[t, i]), ev("F", &[t, i])];
+                    store
+                        .append(&sid(&format!("s-{t}")), ExpectedVersion::Any, events)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // A refused append tells the listener nothing.
+    assert!(
+        store
+            .append(&sid("s-0"), ExpectedVersion::NoStream, vec![ev("E", b"")])
+            .is_err()
+    );
+    let seen = collector.0.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (2..=201).collect::<Vec<_>>()
+    );
+    let stored = store.read_all(2, 1000, &Filter::all()).unwrap().events;
+    assert_eq!(
+        seen, stored,
+        "the listener gets the events exactly as stored"
+    );
+}
+
 /// Expands to one test per conformance case, for the backend `$make`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -845,7 +930,8 @@ macro_rules! conformance_suite {
             global_read_bounds, filtered_global_reads, temporal_reads, metadata_round_trips, snapshots,
             checkpoints, read_models_commit_with_checkpoint, limits_are_typed_errors_and_write_nothing,
             failed_write_poisons_until_reopen, concurrent_exact_appends_one_wins,
-            concurrent_appends_stay_gapless, reopen_keeps_everything);
+            concurrent_appends_stay_gapless, reopen_keeps_everything, command_outcomes_are_durable,
+            commit_listener_sees_every_durable_event_in_order);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         mod conformance_cases {

@@ -18,13 +18,17 @@
 //! ```
 #![deny(missing_docs)]
 
+mod aggregate;
 mod event;
+mod fixture;
 mod ids;
 mod stream;
 mod time;
 mod version;
 
+pub use aggregate::{Aggregate, DomainEvent};
 pub use event::{Headers, Metadata, NewEvent, RecordedEvent};
+pub use fixture::{AggregateFixture, FixtureOutcome};
 pub use ids::{CausationId, CommandId, CorrelationId, EventId};
 pub use stream::{STREAM_ID_BYTES_MAX, StreamId, StreamIdError};
 pub use time::Timestamp;

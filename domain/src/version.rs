@@ -1,5 +1,6 @@
 //! Optimistic concurrency: what an append expects of its stream.
 
+use crate::ids::EventId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -19,6 +20,16 @@ pub enum ExpectedVersion {
     /// The stream's version must be exactly this. `Exact(0)` is the same as
     /// [`ExpectedVersion::NoStream`].
     Exact(u64),
+    /// The stream's version must be `version` *and* its last event must be
+    /// `event_id`. A writer that pipelines appends chains each to the last
+    /// event of the one before: if that one failed, a foreign event in its
+    /// place cannot make the version match by coincidence.
+    After {
+        /// The stream's version.
+        version: u64,
+        /// The id of the stream's last event (the event at `version`).
+        event_id: EventId,
+    },
 }
 
 /// The stream's version did not match the expectation.
@@ -32,13 +43,16 @@ pub struct VersionMismatch {
 
 impl ExpectedVersion {
     /// Checks the expectation against the stream's `actual` version
-    /// (0 when the stream does not exist).
+    /// (0 when the stream does not exist). For [`ExpectedVersion::After`] this
+    /// checks the version only; see [`ExpectedVersion::check_with_last`].
     pub fn check(self, actual: u64) -> Result<(), VersionMismatch> {
         let ok = match self {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => actual == 0,
             ExpectedVersion::StreamExists => actual > 0,
             ExpectedVersion::Exact(version) => actual == version,
+            // The store also checks the event id.
+            ExpectedVersion::After { version, .. } => actual == version,
         };
         if ok {
             Ok(())
@@ -51,6 +65,27 @@ impl ExpectedVersion {
     }
 }
 
+impl ExpectedVersion {
+    /// Checks the expectation against the stream's `actual` version and the
+    /// id of its last event (`None` when the stream does not exist).
+    pub fn check_with_last(
+        self,
+        actual: u64,
+        last_event: Option<EventId>,
+    ) -> Result<(), VersionMismatch> {
+        self.check(actual)?;
+        match self {
+            ExpectedVersion::After { event_id, .. } if last_event != Some(event_id) => {
+                Err(VersionMismatch {
+                    expected: self,
+                    actual,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for ExpectedVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -58,6 +93,9 @@ impl fmt::Display for ExpectedVersion {
             ExpectedVersion::NoStream => f.write_str("no stream"),
             ExpectedVersion::StreamExists => f.write_str("an existing stream"),
             ExpectedVersion::Exact(version) => write!(f, "version {version}"),
+            ExpectedVersion::After { version, event_id } => {
+                write!(f, "version {version} ending with event {event_id}")
+            }
         }
     }
 }
@@ -85,5 +123,18 @@ mod tests {
         assert!(Exact(3).check(3).is_ok());
         assert!(Exact(3).check(4).is_err());
         assert!(Exact(3).check(2).is_err());
+    }
+
+    #[test]
+    fn after_checks_the_last_event_too() {
+        let id = EventId::random();
+        let after = ExpectedVersion::After {
+            version: 2,
+            event_id: id,
+        };
+        assert!(after.check_with_last(2, Some(id)).is_ok());
+        assert!(after.check_with_last(2, Some(EventId::random())).is_err());
+        assert!(after.check_with_last(2, None).is_err());
+        assert!(after.check_with_last(3, Some(id)).is_err());
     }
 }

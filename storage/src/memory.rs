@@ -115,11 +115,12 @@ impl MemoryStore {
             return Ok(outcome);
         }
         for part in &request.streams {
-            let actual = state
-                .streams
-                .get(&part.stream)
-                .map_or(0, |v| v.len() as u64);
-            if let Err(mismatch) = part.expected.check(actual) {
+            let positions = state.streams.get(&part.stream);
+            let actual = positions.map_or(0, |v| v.len() as u64);
+            let last_event = positions
+                .and_then(|v| v.last())
+                .map(|p| state.log[(p - 1) as usize].metadata.event_id);
+            if let Err(mismatch) = part.expected.check_with_last(actual, last_event) {
                 return Err(AppendError::WrongExpectedVersion {
                     stream: part.stream.clone(),
                     expected: mismatch.expected,

@@ -23,7 +23,7 @@ use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
 use crate::options::{Durability, StoreOptions};
-use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
+use eventfold_domain::{CommandId, EventId, RecordedEvent, StreamId, Timestamp};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +47,14 @@ pub(crate) struct Job {
     /// Encoded bytes of all records.
     pub bytes: usize,
     pub reply: Reply,
+}
+
+/// A stream's version and the id of its last event, as the writer knows them
+/// (including batches written but not yet synced).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tip {
+    pub version: u64,
+    pub last_event: Option<EventId>,
 }
 
 /// What the writer's queue carries.
@@ -82,8 +90,8 @@ pub(crate) struct Writer {
     syncer: Option<SyncSender<Written>>,
     next_position: u64,
     last_recorded_at: Timestamp,
-    /// Stream versions including batches written but not yet synced.
-    versions: HashMap<StreamId, u64>,
+    /// Stream tips including batches written but not yet synced.
+    versions: HashMap<StreamId, Tip>,
 }
 
 impl Writer {
@@ -155,7 +163,7 @@ impl Writer {
         }
         let recorded_at = Timestamp::now().max(self.last_recorded_at);
         let mut batch = WriteBatch::default();
-        let mut pending_versions: HashMap<StreamId, u64> = HashMap::new();
+        let mut pending_versions: HashMap<StreamId, Tip> = HashMap::new();
         let mut pending_commands: HashMap<CommandId, AppendOutcome> = HashMap::new();
         let mut position = self.next_position;
         let listening = self.shared.listener().is_some();
@@ -244,23 +252,23 @@ impl Writer {
             .map_err(|e| e.into_string())
     }
 
-    /// The stream's version including batches written but not yet synced.
-    fn current_version(
+    /// The stream's tip including batches written but not yet synced.
+    fn current_tip(
         &mut self,
         stream: &StreamId,
-        pending: &HashMap<StreamId, u64>,
-    ) -> Result<u64, AppendError> {
-        if let Some(version) = pending.get(stream).or_else(|| self.versions.get(stream)) {
-            return Ok(*version);
+        pending: &HashMap<StreamId, Tip>,
+    ) -> Result<Tip, AppendError> {
+        if let Some(tip) = pending.get(stream).or_else(|| self.versions.get(stream)) {
+            return Ok(*tip);
         }
-        let version = last_indexed_version(&self.db, &self.shared, stream)?;
-        if version > 0 {
+        let tip = last_indexed_tip(&self.db, &self.shared, stream)?;
+        if tip.version > 0 {
             if self.versions.len() >= VERSION_CACHE_STREAMS_MAX {
                 self.versions.clear();
             }
-            self.versions.insert(stream.clone(), version);
+            self.versions.insert(stream.clone(), tip);
         }
-        Ok(version)
+        Ok(tip)
     }
 
     fn applied_command(
@@ -299,8 +307,9 @@ impl Writer {
         }
         let mut current = Vec::with_capacity(request.streams.len());
         for part in &request.streams {
-            let version = self.current_version(&part.stream, pending.versions)?;
-            if let Err(mismatch) = part.expected.check(version) {
+            let tip = self.current_tip(&part.stream, pending.versions)?;
+            let version = tip.version;
+            if let Err(mismatch) = part.expected.check_with_last(version, tip.last_event) {
                 return Err(AppendError::WrongExpectedVersion {
                     stream: part.stream.clone(),
                     expected: mismatch.expected,
@@ -315,8 +324,10 @@ impl Writer {
         let command_id = request.command_id;
         for ((part, records), before) in request.streams.into_iter().zip(records).zip(current) {
             let mut version = before;
+            let mut last_event = None;
             for (mut record, event) in records.into_iter().zip(part.events) {
                 version += 1;
+                last_event = Some(event.metadata.event_id);
                 let position = *pending.position;
                 codec::seal_event(&mut record, position, version, pending.recorded_at);
                 if let Some(events) = pending.events.as_deref_mut() {
@@ -341,7 +352,13 @@ impl Writer {
                 );
                 *pending.position += 1;
             }
-            pending.versions.insert(part.stream.clone(), version);
+            pending.versions.insert(
+                part.stream.clone(),
+                Tip {
+                    version,
+                    last_event,
+                },
+            );
             written.push(StreamWritten {
                 stream: part.stream,
                 first_version: before + 1,
@@ -369,7 +386,7 @@ impl Writer {
 /// What the jobs of one batch share while it is being built.
 struct Pending<'a> {
     batch: &'a mut WriteBatch,
-    versions: &'a mut HashMap<StreamId, u64>,
+    versions: &'a mut HashMap<StreamId, Tip>,
     commands: &'a mut HashMap<CommandId, AppendOutcome>,
     position: &'a mut u64,
     recorded_at: Timestamp,
@@ -377,34 +394,59 @@ struct Pending<'a> {
     events: Option<&'a mut Vec<RecordedEvent>>,
 }
 
-/// The version of the last event in the `streams` index of `stream`, written
-/// or not yet synced (0 when the stream has none).
-pub(crate) fn last_indexed_version(
+/// The version and event id of the last event in the `streams` index of
+/// `stream`, written or not yet synced (version 0 when the stream has none).
+pub(crate) fn last_indexed_tip(
     db: &DB,
     shared: &Shared,
     stream: &StreamId,
-) -> Result<u64, AppendError> {
+) -> Result<Tip, AppendError> {
     let cf = shared.cf(db, CF_STREAMS)?;
     let (lower, upper) = codec::stream_key_bounds(stream.as_str());
     let mut read_options = ReadOptions::default();
     read_options.set_iterate_lower_bound(lower);
     read_options.set_iterate_upper_bound(upper);
-    match db
+    let (key, value) = match db
         .iterator_cf_opt(cf, read_options, IteratorMode::End)
         .next()
     {
-        None => Ok(0),
-        Some(Ok((key, _))) => codec::parse_stream_key(&key)
-            .map(|(_, version)| version)
-            .ok_or_else(|| {
-                AppendError::Corrupt(crate::Corruption {
-                    keyspace: CF_STREAMS,
-                    key: key.to_vec(),
-                    kind: crate::CorruptionKind::MalformedKey,
-                })
-            }),
-        Some(Err(e)) => Err(AppendError::Io(e.into_string())),
-    }
+        None => {
+            return Ok(Tip {
+                version: 0,
+                last_event: None,
+            });
+        }
+        Some(Ok(entry)) => entry,
+        Some(Err(e)) => return Err(AppendError::Io(e.into_string())),
+    };
+    let malformed = || {
+        AppendError::Corrupt(crate::Corruption {
+            keyspace: CF_STREAMS,
+            key: key.to_vec(),
+            kind: crate::CorruptionKind::MalformedKey,
+        })
+    };
+    let (_, version) = codec::parse_stream_key(&key).ok_or_else(malformed)?;
+    let position = codec::decode_stream_index(&key, &value)?;
+    let global = shared.cf(db, CF_GLOBAL)?;
+    let global_key = codec::global_key(position);
+    let record = db
+        .get_pinned_cf(global, global_key)
+        .map_err(|e| AppendError::Io(e.into_string()))?
+        .ok_or_else(|| {
+            AppendError::Corrupt(crate::Corruption {
+                keyspace: CF_STREAMS,
+                key: key.to_vec(),
+                kind: crate::CorruptionKind::Inconsistent(format!(
+                    "points at missing position {position}"
+                )),
+            })
+        })?;
+    let event = codec::decode_event(CF_GLOBAL, &global_key, &record)?;
+    Ok(Tip {
+        version,
+        last_event: Some(event.metadata.event_id),
+    })
 }
 
 /// Makes batches durable and answers them, under `Durability::Sync`.

@@ -124,6 +124,72 @@ pub fn expected_version_semantics<B: Backend>(b: &mut B) {
     assert_eq!(store.stream_version(&s).unwrap(), 4);
 }
 
+pub fn after_chains_an_append_to_the_last_event<B: Backend>(b: &mut B) {
+    let store = b.open(StoreOptions::default());
+    let s = sid("acc-1");
+    let first = ev("E", b"1");
+    let first_id = first.metadata.event_id;
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![first])
+        .unwrap();
+    // A foreign event takes version 2.
+    store
+        .append(&s, ExpectedVersion::Any, vec![ev("E", b"foreign")])
+        .unwrap();
+    let planned = ev("E", b"planned");
+    let planned_id = planned.metadata.event_id;
+    // An append chained to an event that never landed fails, although the
+    // version alone would match.
+    let chained = ExpectedVersion::After {
+        version: 2,
+        event_id: planned_id,
+    };
+    assert!(is_conflict(
+        &store.append(&s, chained, vec![ev("E", b"x")]),
+        2
+    ));
+    let wrong_tip = ExpectedVersion::After {
+        version: 2,
+        event_id: first_id,
+    };
+    assert!(is_conflict(
+        &store.append(&s, wrong_tip, vec![ev("E", b"x")]),
+        2
+    ));
+    let store = b.reopen(store);
+    let tip = store
+        .read_stream(&s, u64::MAX, Direction::Backward, 1)
+        .unwrap()[0]
+        .metadata
+        .event_id;
+    let out = store
+        .append(
+            &s,
+            ExpectedVersion::After {
+                version: 2,
+                event_id: tip,
+            },
+            vec![planned],
+        )
+        .unwrap();
+    assert_eq!(out.last_version(), 3);
+    let next = ExpectedVersion::After {
+        version: 3,
+        event_id: planned_id,
+    };
+    assert_eq!(
+        store
+            .append(&s, next, vec![ev("E", b"4")])
+            .unwrap()
+            .last_version(),
+        4
+    );
+    assert!(is_conflict(
+        &store.append(&sid("new-1"), next, vec![ev("E", b"x")]),
+        0
+    ));
+}
+
 pub fn multi_event_append_is_contiguous<B: Backend>(b: &mut B) {
     let store = b.open(StoreOptions::default());
     let s = sid("acc-1");
@@ -925,7 +991,7 @@ pub fn commit_listener_sees_every_durable_event_in_order<B: Backend>(b: &mut B) 
 macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance_suite!(@cases $make;
-            expected_version_semantics, multi_event_append_is_contiguous, multi_stream_append_is_atomic,
+            expected_version_semantics, after_chains_an_append_to_the_last_event, multi_event_append_is_contiguous, multi_stream_append_is_atomic,
             idempotent_append_survives_reopen, positions_are_gapless_and_head_is_last, stream_read_bounds,
             global_read_bounds, filtered_global_reads, temporal_reads, metadata_round_trips, snapshots,
             checkpoints, read_models_commit_with_checkpoint, limits_are_typed_errors_and_write_nothing,

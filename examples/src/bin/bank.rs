@@ -1,0 +1,308 @@
+//! The bank: WORKLOADS.md W1 (or W3 with `--hot`) through the runtime.
+//!
+//! Opens `--accounts` accounts, then `--clients` concurrent clients issue
+//! `--commands` deposits to uniformly random accounts (fixed seed), each a
+//! full round trip through the handle. Prints commands/s, latency
+//! percentiles, peak RSS and events per fsync, then the raw-RocksDB
+//! group-commit baseline with the same count on the same disk.
+//!
+//! `cargo run --release -p eventfold-examples --bin bank -- --help`
+
+use clap::{Parser, ValueEnum};
+use eventfold_examples::{Account, AccountCommand};
+use eventfold_runtime::storage::{Durability, Filter};
+use eventfold_runtime::{Runtime, RuntimeHandle};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    Sync,
+    Buffered,
+    Nowal,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "The eventfold bank: opens accounts, then runs a deposit load and reports it")]
+struct Args {
+    /// Accounts to open (N).
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+    /// Deposits to issue (K).
+    #[arg(long, default_value_t = 200_000)]
+    commands: u64,
+    /// Concurrent clients (C).
+    #[arg(long, default_value_t = 64)]
+    clients: u64,
+    /// Durability of the store.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+    durability: DurabilityArg,
+    /// W3: every deposit goes to one account.
+    #[arg(long)]
+    hot: bool,
+    /// Seed of the account choice.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Skip the raw-RocksDB baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn progress(total: u64, label: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let style =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(label.to_owned());
+    bar
+}
+
+/// Runs `total` commands from `clients` threads; returns elapsed time and latencies.
+fn drive(
+    runtime: &RuntimeHandle,
+    clients: u64,
+    total: u64,
+    bar: &ProgressBar,
+    command: impl Fn(u64, &mut SmallRng) -> (String, AccountCommand) + Send + Sync + 'static,
+    seed: u64,
+) -> Result<(Duration, Histogram<u64>), String> {
+    let command = Arc::new(command);
+    let done = Arc::new(AtomicU64::new(0));
+    let barrier = Arc::new(Barrier::new(clients as usize + 1));
+    let per_client = total.div_ceil(clients);
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (runtime, command, done, barrier) = (
+                runtime.clone(),
+                Arc::clone(&command),
+                Arc::clone(&done),
+                Arc::clone(&barrier),
+            );
+            std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+                let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(c));
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .map_err(|e| e.to_string())?;
+                barrier.wait();
+                let start_index = c * per_client;
+                for i in start_index..(start_index + per_client).min(total) {
+                    let (id, cmd) = command(i, &mut rng);
+                    let started = Instant::now();
+                    runtime
+                        .execute_blocking::<Account>(&id, cmd)
+                        .map_err(|e| format!("command on {id} failed: {e}"))?;
+                    latency.saturating_record(started.elapsed().as_micros() as u64);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(latency)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    while handles.iter().any(|h| !h.is_finished()) {
+        bar.set_position(done.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let elapsed = started.elapsed();
+    bar.set_position(done.load(Ordering::Relaxed));
+    bar.finish();
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    for handle in handles {
+        let h = handle
+            .join()
+            .map_err(|_| "a client thread panicked".to_owned())??;
+        latency.add(h).map_err(|e| e.to_string())?;
+    }
+    Ok((elapsed, latency))
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    if args.clients == 0 || args.accounts == 0 {
+        return Err("--clients and --accounts must be at least 1".into());
+    }
+    let durability = match args.durability {
+        DurabilityArg::Sync => Durability::Sync,
+        DurabilityArg::Buffered => Durability::Buffered,
+        DurabilityArg::Nowal => Durability::NoWal,
+    };
+    let workload = if args.hot {
+        "W3 (one hot account)"
+    } else {
+        "W1 (random accounts)"
+    };
+    println!(
+        "eventfold bank: {workload}, {} accounts, {} deposits, {} clients, {durability:?} durability, {} cores",
+        args.accounts,
+        args.commands,
+        args.clients,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let runtime = Runtime::builder()
+        .temporary()
+        .durability(durability)
+        .aggregate::<Account>()
+        .start()?;
+
+    let bar = progress(args.accounts, "open", args.quiet);
+    let (open_time, _) = drive(
+        &runtime,
+        args.clients.min(args.accounts),
+        args.accounts,
+        &bar,
+        |i, _| {
+            (
+                i.to_string(),
+                AccountCommand::Open {
+                    owner: format!("owner-{i}"),
+                },
+            )
+        },
+        args.seed,
+    )?;
+    println!("opened {} accounts in {:.2?}", args.accounts, open_time);
+
+    let before = runtime.store().writer_stats();
+    let accounts = args.accounts;
+    let hot = args.hot;
+    let bar = progress(args.commands, "deposit", args.quiet);
+    let (elapsed, latency) = drive(
+        &runtime,
+        args.clients,
+        args.commands,
+        &bar,
+        move |_, rng| {
+            let id = if hot { 0 } else { rng.gen_range(0..accounts) };
+            (
+                id.to_string(),
+                AccountCommand::Deposit {
+                    amount: rng.gen_range(1..=100),
+                },
+            )
+        },
+        args.seed,
+    )?;
+    let after = runtime.store().writer_stats();
+    let per_second = args.commands as f64 / elapsed.as_secs_f64();
+    let syncs = after.syncs - before.syncs;
+    let events_per_fsync =
+        (syncs > 0).then(|| (after.events - before.events) as f64 / syncs as f64);
+    let events_per_write =
+        (after.events - before.events) as f64 / (after.batches - before.batches).max(1) as f64;
+
+    // Check: every acknowledged command is in the store.
+    let expected_events = args.accounts + args.commands;
+    let head = runtime.store().head();
+    let deposits = {
+        let mut count = 0u64;
+        let mut from = 1;
+        let filter = Filter::event_types(["Deposited"]);
+        while from <= head {
+            let slice = runtime.store().read_all(from, 65_536, &filter)?;
+            count += slice.events.len() as u64;
+            from = slice.next_position;
+        }
+        count
+    };
+    runtime.shutdown_blocking()?;
+
+    let rss = peak_rss_mib();
+    println!();
+    println!("{:<28} {:>14}", "figure", "eventfold");
+    println!("{:<28} {:>14.0}", "commands/s", per_second);
+    for (name, q) in [
+        ("latency p50 (us)", 0.5),
+        ("latency p99 (us)", 0.99),
+        ("latency p99.9 (us)", 0.999),
+    ] {
+        println!("{name:<28} {:>14}", latency.value_at_quantile(q));
+    }
+    println!("{:<28} {:>14}", "latency max (us)", latency.max());
+    if let Some(rss) = rss {
+        println!("{:<28} {:>14.1}", "peak RSS (MiB)", rss);
+    }
+    match events_per_fsync {
+        Some(n) => println!("{:<28} {:>14.1}", "events/fsync", n),
+        None => println!("{:<28} {:>14}", "events/fsync", "no fsync"),
+    }
+    println!("{:<28} {:>14.1}", "events/write batch", events_per_write);
+    println!(
+        "{:<28} {:>14}",
+        "events stored / expected",
+        format!("{head}/{expected_events}")
+    );
+    if head != expected_events || deposits != args.commands {
+        return Err(format!(
+            "lost events: {head} stored, {expected_events} expected, {deposits} deposits"
+        )
+        .into());
+    }
+
+    let mut baseline = None;
+    if !args.no_baseline {
+        let dir = tempfile::tempdir()?;
+        let raw = eventfold_benches::raw_group_commit(
+            dir.path(),
+            args.clients as usize,
+            args.commands,
+            durability,
+        );
+        println!(
+            "{:<28} {:>14.0}   (raw RocksDB, {} threads, one group-commit writer, same count, same disk)",
+            "baseline commands/s",
+            raw.per_second(),
+            args.clients
+        );
+        println!(
+            "{:<28} {:>14.2}",
+            "ratio to baseline",
+            per_second / raw.per_second()
+        );
+        baseline = Some(raw.per_second());
+    }
+    if let Some(path) = args.json {
+        let json = serde_json::json!({
+            "workload": if args.hot { "W3" } else { "W1" },
+            "durability": format!("{durability:?}"),
+            "accounts": args.accounts,
+            "commands": args.commands,
+            "clients": args.clients,
+            "commands_per_second": per_second,
+            "latency_us_p50": latency.value_at_quantile(0.5),
+            "latency_us_p99": latency.value_at_quantile(0.99),
+            "latency_us_p999": latency.value_at_quantile(0.999),
+            "latency_us_max": latency.max(),
+            "peak_rss_mib": rss,
+            "events_per_fsync": events_per_fsync,
+            "baseline_per_second": baseline,
+            "ratio_to_baseline": baseline.map(|b| per_second / b),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,691 @@
+//! The aggregate actor: one per live aggregate, owning its stream.
+//!
+//! **Deciding.** A command is decided (`Aggregate::handle`) on the actor's
+//! *pending* state: the durable state plus the events of appends still in
+//! flight. Its events are applied to the pending state at once and appended
+//! with `ExpectedVersion::Exact(version before them)`, and the actor goes on
+//! to the next command without waiting: one hot aggregate keeps many appends
+//! in the writer's queue (pipelining, at most `actor_in_flight_commands_max`).
+//!
+//! **Answering.** Answers leave in the order commands were decided, each only
+//! once its append is durable (invariant 2 as the caller sees it: nothing is
+//! acknowledged before it is durable). A refusal or an empty decision made on
+//! pending state waits behind the appends it was decided on.
+//!
+//! **Failure.** If an append fails, every later command that was decided on
+//! it fails (`PrecedingAppendFailed`; their own appends fail their version
+//! check in the store), new commands are held, and once nothing is in flight
+//! the actor reloads its state from the store: a failed append leaves no
+//! trace in the state. A panic in `handle` or `apply` fails that command and
+//! reloads the same way (supervision by restart).
+//!
+//! **Blocking.** Loading (activation, reload), command-id look-ups and
+//! snapshot writes are blocking store calls: they run on the shard runtime's
+//! blocking pool (`blocking_threads_per_shard_max`), never on the shard's
+//! thread. While a load or look-up runs the actor takes no other message
+//! (`ctx.wait`), so commands queue in its bounded mailbox.
+
+use crate::error::{CommandError, LoadError, panic_message};
+use crate::metric_names::{
+    ACTIVATIONS_TOTAL, APPEND_LATENCY_SECONDS, COMMAND_LATENCY_SECONDS, PASSIVATIONS_TOTAL,
+    REJECTIONS_TOTAL,
+};
+use crate::outcome::{CommandOutcome, ExecuteOptions};
+use crate::shard::{CommandResult, Execute, Reply, Shard, Shared, Stopped, refuse};
+use actix::prelude::*;
+use eventfold_domain::{
+    Aggregate, CausationId, CommandId, DomainEvent, EventId, ExpectedVersion, Metadata, NewEvent,
+    StreamId,
+};
+use eventfold_storage::{
+    AppendError, AppendOutcome, AppendRequest, Direction, EventStore, Snapshot, payload,
+};
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Events read per store call while loading an aggregate.
+pub(crate) const LOAD_CHUNK_EVENTS: usize = 4096;
+
+/// Stop once nothing is in flight.
+pub(crate) struct Passivate;
+
+impl Message for Passivate {
+    type Result = ();
+}
+
+enum EntryState<A: Aggregate> {
+    /// The append is in the writer's hands.
+    Waiting {
+        events: Vec<A::Event>,
+        submitted: Instant,
+    },
+    /// The answer is known; it leaves when every earlier entry has.
+    Done(CommandResult<A>),
+    /// A retry (same command id) of the append entry `seq`, still in flight.
+    DuplicateOf(u64),
+}
+
+struct Entry<A: Aggregate> {
+    seq: u64,
+    reply: Reply<A>,
+    received: Instant,
+    command_id: Option<CommandId>,
+    /// True for entries whose answer comes from an append.
+    appended: bool,
+    state: EntryState<A>,
+}
+
+pub(crate) struct AggregateActor<A: Aggregate> {
+    stream: StreamId,
+    generation: u64,
+    shard: Addr<Shard>,
+    shared: Arc<Shared>,
+    /// The pending state: durable events plus those in flight.
+    state: A,
+    /// The version of the pending state.
+    version: u64,
+    /// The id of the event at `version`, when known: each append is chained
+    /// to it (`ExpectedVersion::After`), so that an append decided on events
+    /// that never landed cannot match a stream that a foreign write has
+    /// brought to the same version.
+    last_event: Option<EventId>,
+    /// The stream version the last snapshot holds.
+    snapshot_version: u64,
+    /// False while loading or looking up a command id.
+    ready: bool,
+    /// An append failed or user code panicked: reload once nothing is in flight.
+    reload_needed: bool,
+    in_flight: VecDeque<Entry<A>>,
+    next_seq: u64,
+    /// Commands that arrived while a reload was pending.
+    held: VecDeque<Execute<A>>,
+    passivating: bool,
+}
+
+impl<A: Aggregate> AggregateActor<A> {
+    pub(crate) fn new(
+        stream: StreamId,
+        generation: u64,
+        shard: Addr<Shard>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            stream,
+            generation,
+            shard,
+            shared,
+            state: A::default(),
+            version: 0,
+            last_event: None,
+            snapshot_version: 0,
+            ready: false,
+            reload_needed: false,
+            in_flight: VecDeque::new(),
+            next_seq: 0,
+            held: VecDeque::new(),
+            passivating: false,
+        }
+    }
+
+    /// Loads the state from the store, holding every message until done.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        self.ready = false;
+        self.reload_needed = false;
+        let store = Arc::clone(&self.shared.store);
+        let stream = self.stream.clone();
+        let task = tokio::task::spawn_blocking(move || load::<A>(&*store, &stream));
+        ctx.wait(task.into_actor(self).map(|joined, actor, ctx| {
+            let loaded = joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string())));
+            match loaded {
+                Ok(loaded) => {
+                    actor.state = loaded.state;
+                    actor.version = loaded.version;
+                    actor.last_event = loaded.last_event;
+                    actor.snapshot_version = loaded.snapshot_version;
+                    actor.ready = true;
+                    actor.release_held(ctx);
+                }
+                Err(error) => {
+                    tracing::error!(stream = %actor.stream, %error, "aggregate could not be loaded");
+                    for held in actor.held.drain(..) {
+                        let _ = held.reply.send(Err(CommandError::Load(error.clone())));
+                    }
+                    // The shard activates a fresh actor for the next command.
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn release_held(&mut self, ctx: &mut Context<Self>) {
+        while self.ready && !self.reload_needed {
+            match self.held.pop_front() {
+                Some(msg) => self.process(msg, ctx),
+                None => break,
+            }
+        }
+        self.drain(ctx);
+    }
+
+    fn process(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+        if Instant::now() >= msg.deadline {
+            // The caller has already been told the outcome is unknown.
+            return refuse::<A>(
+                msg.reply,
+                CommandError::Timeout(msg.deadline - msg.received),
+                "timeout",
+            );
+        }
+        let Some(id) = msg.options.command_id else {
+            return self.decide(msg, ctx);
+        };
+        let original = self
+            .in_flight
+            .iter()
+            .find(|e| e.command_id == Some(id) && matches!(e.state, EntryState::Waiting { .. }));
+        if let Some(original) = original {
+            let of = original.seq;
+            self.push_entry(
+                msg.reply,
+                msg.received,
+                Some(id),
+                false,
+                EntryState::DuplicateOf(of),
+            );
+            return;
+        }
+        // A retry of a command applied earlier: answer with the original.
+        self.ready = false;
+        let store = Arc::clone(&self.shared.store);
+        let task = tokio::task::spawn_blocking(move || applied::<A>(&*store, id));
+        ctx.wait(task.into_actor(self).map(move |joined, actor, ctx| {
+            actor.ready = true;
+            match joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string()))) {
+                Ok(Some(outcome)) => {
+                    actor.push_done(msg.reply, msg.received, Some(id), Ok(outcome))
+                }
+                Ok(None) => actor.decide(msg, ctx),
+                Err(error) => actor.push_done(
+                    msg.reply,
+                    msg.received,
+                    Some(id),
+                    Err(CommandError::Load(error)),
+                ),
+            }
+            actor.release_held(ctx);
+        }));
+    }
+
+    fn decide(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+        let Execute {
+            command,
+            options,
+            received,
+            reply,
+            ..
+        } = msg;
+        let span = tracing::debug_span!(
+            "command",
+            kind = A::KIND,
+            stream = %self.stream,
+            correlation_id = tracing::field::Empty,
+        );
+        if let Some(id) = options.correlation_id {
+            span.record("correlation_id", tracing::field::display(id));
+        }
+        let _entered = span.enter();
+        if let Some(expected) = options.expected_version
+            && let Err(mismatch) = expected.check(self.version)
+        {
+            let error = CommandError::WrongExpectedVersion {
+                expected,
+                actual: mismatch.actual,
+            };
+            return self.push_done(reply, received, options.command_id, Err(error));
+        }
+        if self.in_flight.len() >= self.shared.settings.actor_in_flight_commands_max {
+            return refuse::<A>(
+                reply,
+                CommandError::Overloaded("too many commands in flight for this aggregate"),
+                "overloaded",
+            );
+        }
+        let state = &self.state;
+        match catch_unwind(AssertUnwindSafe(|| state.handle(command))) {
+            Err(panic) => {
+                let _ = reply.send(Err(CommandError::Panicked(panic_message(panic))));
+                self.restart(ctx);
+            }
+            Ok(Err(error)) => self.push_done(
+                reply,
+                received,
+                options.command_id,
+                Err(CommandError::Rejected(error)),
+            ),
+            Ok(Ok(events)) if events.is_empty() => {
+                let outcome = CommandOutcome {
+                    version: self.version,
+                    position: None,
+                    events,
+                    deduplicated: false,
+                };
+                self.push_done(reply, received, options.command_id, Ok(outcome));
+            }
+            Ok(Ok(events)) => self.append(events, options, reply, received, ctx),
+        }
+    }
+
+    fn append(
+        &mut self,
+        events: Vec<A::Event>,
+        options: ExecuteOptions,
+        reply: Reply<A>,
+        received: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let causation_id = options.causation_id.or_else(|| {
+            options
+                .command_id
+                .map(|id| CausationId::from_bytes(id.to_bytes()))
+        });
+        let mut new_events = Vec::with_capacity(events.len());
+        for event in &events {
+            let bytes = match payload::encode(event) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    return self.push_done(
+                        reply,
+                        received,
+                        options.command_id,
+                        Err(CommandError::Encode(e.to_string())),
+                    );
+                }
+            };
+            new_events.push(NewEvent {
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                payload: bytes,
+                metadata: Metadata {
+                    event_id: EventId::random(),
+                    correlation_id: options.correlation_id,
+                    causation_id,
+                    headers: Vec::new(),
+                },
+            });
+        }
+        let state = &mut self.state;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
+            for event in &events {
+                state.apply(event);
+            }
+        })) {
+            let _ = reply.send(Err(CommandError::Panicked(panic_message(panic))));
+            return self.restart(ctx);
+        }
+        let expected = match self.last_event {
+            Some(event_id) => ExpectedVersion::After {
+                version: self.version,
+                event_id,
+            },
+            None => ExpectedVersion::Exact(self.version),
+        };
+        self.version += events.len() as u64;
+        self.last_event = new_events.last().map(|e| e.metadata.event_id);
+        let mut request = AppendRequest::single(self.stream.clone(), expected, new_events);
+        request.command_id = options.command_id;
+        let pending = self.shared.store.submit(request);
+        let seq = self.push_entry(
+            reply,
+            received,
+            options.command_id,
+            true,
+            EntryState::Waiting {
+                events,
+                submitted: Instant::now(),
+            },
+        );
+        ctx.spawn(
+            pending
+                .into_actor(self)
+                .map(move |result, actor, ctx| actor.appended(seq, result, ctx)),
+        );
+    }
+
+    fn push_entry(
+        &mut self,
+        reply: Reply<A>,
+        received: Instant,
+        command_id: Option<CommandId>,
+        appended: bool,
+        state: EntryState<A>,
+    ) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight.push_back(Entry {
+            seq,
+            reply,
+            received,
+            command_id,
+            appended,
+            state,
+        });
+        seq
+    }
+
+    /// An answer known now; it still leaves behind earlier entries.
+    fn push_done(
+        &mut self,
+        reply: Reply<A>,
+        received: Instant,
+        command_id: Option<CommandId>,
+        result: CommandResult<A>,
+    ) {
+        if self.in_flight.is_empty() {
+            answer::<A>(reply, received, result);
+        } else {
+            self.push_entry(reply, received, command_id, false, EntryState::Done(result));
+        }
+    }
+
+    fn appended(
+        &mut self,
+        seq: u64,
+        result: Result<AppendOutcome, AppendError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(index) = self.in_flight.iter().position(|e| e.seq == seq) else {
+            return;
+        };
+        let preceding_failed = self.reload_needed;
+        let state = std::mem::replace(
+            &mut self.in_flight[index].state,
+            EntryState::DuplicateOf(seq),
+        );
+        let EntryState::Waiting { events, submitted } = state else {
+            self.in_flight[index].state = state;
+            return;
+        };
+        metrics::histogram!(APPEND_LATENCY_SECONDS, "kind" => A::KIND)
+            .record(submitted.elapsed().as_secs_f64());
+        let answer: CommandResult<A> = match result {
+            Ok(outcome) if !outcome.deduplicated => Ok(CommandOutcome {
+                version: outcome.last_version(),
+                position: Some(outcome.last_position),
+                events,
+                deduplicated: false,
+            }),
+            Ok(outcome) => {
+                // Another path applied this command id first: our events were
+                // not written, so the pending state is wrong.
+                self.reload_needed = true;
+                Ok(CommandOutcome {
+                    version: outcome.last_version(),
+                    position: Some(outcome.last_position),
+                    events: Vec::new(),
+                    deduplicated: true,
+                })
+            }
+            Err(error) => {
+                self.reload_needed = true;
+                Err(if preceding_failed {
+                    CommandError::PrecedingAppendFailed
+                } else {
+                    match error {
+                        AppendError::WrongExpectedVersion {
+                            expected, actual, ..
+                        } => CommandError::WrongExpectedVersion { expected, actual },
+                        AppendError::Overloaded { .. } => {
+                            CommandError::Overloaded("the store's write queue is full")
+                        }
+                        other => CommandError::Store(other),
+                    }
+                })
+            }
+        };
+        // Retries of this command that arrived while it was in flight.
+        let duplicate = || -> CommandResult<A> {
+            match &answer {
+                Ok(outcome) => Ok(CommandOutcome {
+                    deduplicated: true,
+                    ..outcome.clone()
+                }),
+                Err(_) => Err(CommandError::PrecedingAppendFailed),
+            }
+        };
+        for entry in self.in_flight.iter_mut().skip(index + 1) {
+            if matches!(entry.state, EntryState::DuplicateOf(of) if of == seq) {
+                entry.state = EntryState::Done(duplicate());
+            }
+        }
+        if self.reload_needed {
+            // Decisions made on the failed events are void.
+            for entry in self.in_flight.iter_mut().skip(index + 1) {
+                if !entry.appended {
+                    entry.state = EntryState::Done(Err(CommandError::PrecedingAppendFailed));
+                }
+            }
+        }
+        self.in_flight[index].state = EntryState::Done(answer);
+        self.drain(ctx);
+    }
+
+    /// Sends every answer at the front whose turn has come; when nothing is
+    /// in flight, reloads, snapshots or stops as needed.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while matches!(
+            self.in_flight.front(),
+            Some(Entry {
+                state: EntryState::Done(_),
+                ..
+            })
+        ) {
+            if let Some(entry) = self.in_flight.pop_front()
+                && let EntryState::Done(result) = entry.state
+            {
+                answer::<A>(entry.reply, entry.received, result);
+            }
+        }
+        if !self.in_flight.is_empty() || !self.ready {
+            return;
+        }
+        if self.reload_needed {
+            return self.load(ctx);
+        }
+        self.maybe_snapshot();
+        if self.passivating && self.held.is_empty() {
+            ctx.stop();
+        }
+    }
+
+    fn restart(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!(stream = %self.stream, "aggregate code panicked; reloading from the store");
+        self.reload_needed = true;
+        self.drain(ctx);
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let Some(every) = self.shared.settings.snapshot_every_events else {
+            return;
+        };
+        if self.version < self.snapshot_version.saturating_add(every) {
+            return;
+        }
+        match payload::encode(&self.state) {
+            Ok(state) => {
+                let snapshot = Snapshot {
+                    snapshot_version: A::SNAPSHOT_VERSION,
+                    stream_version: self.version,
+                    state,
+                };
+                self.snapshot_version = self.version;
+                let store = Arc::clone(&self.shared.store);
+                let stream = self.stream.clone();
+                // Not awaited: a lost snapshot only costs a longer replay.
+                drop(tokio::task::spawn_blocking(move || {
+                    if let Err(error) = store.save_snapshot(&stream, &snapshot) {
+                        tracing::warn!(%stream, %error, "snapshot not saved");
+                    }
+                }));
+            }
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, %error, "state could not be encoded for a snapshot")
+            }
+        }
+    }
+}
+
+/// Sends an answer and records its latency.
+fn answer<A: Aggregate>(reply: Reply<A>, received: Instant, result: CommandResult<A>) {
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(_) => "error",
+    };
+    metrics::histogram!(COMMAND_LATENCY_SECONDS, "kind" => A::KIND, "result" => label)
+        .record(received.elapsed().as_secs_f64());
+    let _ = reply.send(result);
+}
+
+impl<A: Aggregate> Actor for AggregateActor<A> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::counter!(ACTIVATIONS_TOTAL, "kind" => A::KIND).increment(1);
+        self.load(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::counter!(PASSIVATIONS_TOTAL, "kind" => A::KIND).increment(1);
+        for msg in self.held.drain(..) {
+            refuse::<A>(msg.reply, CommandError::ShutDown, "shut_down");
+        }
+        self.shard.do_send(Stopped {
+            stream: self.stream.clone(),
+            generation: self.generation,
+        });
+    }
+}
+
+impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+        if !self.ready || self.reload_needed || !self.held.is_empty() {
+            if self.held.len() >= self.shared.settings.actor_mailbox_commands_max {
+                metrics::counter!(REJECTIONS_TOTAL, "reason" => "overloaded").increment(1);
+                let _ = msg
+                    .reply
+                    .send(Err(CommandError::Overloaded("aggregate is reloading")));
+                return;
+            }
+            self.held.push_back(msg);
+            return;
+        }
+        self.process(msg, ctx);
+    }
+}
+
+impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
+        self.passivating = true;
+        self.drain(ctx);
+    }
+}
+
+struct Loaded<A> {
+    state: A,
+    version: u64,
+    /// The id of the last event read (unknown when the state came from a
+    /// snapshot with no events after it).
+    last_event: Option<eventfold_domain::EventId>,
+    snapshot_version: u64,
+}
+
+fn decode_event<A: Aggregate>(
+    event: &eventfold_domain::RecordedEvent,
+) -> Result<A::Event, LoadError> {
+    payload::decode::<A::Event>(&event.payload).map_err(|e| LoadError::Decode {
+        stream: event.stream_id.to_string(),
+        version: event.version,
+        reason: e.to_string(),
+    })
+}
+
+/// The aggregate's state: its latest snapshot of the current snapshot
+/// version (if any) plus every event after it. Blocking.
+fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamId) -> Result<Loaded<A>, LoadError> {
+    let mut state = A::default();
+    let mut version = 0;
+    let mut last_event = None;
+    let mut snapshot_version = 0;
+    if let Some(snapshot) = store.load_snapshot(stream)?
+        && snapshot.snapshot_version == A::SNAPSHOT_VERSION
+    {
+        match payload::decode::<A>(&snapshot.state) {
+            Ok(decoded) => {
+                state = decoded;
+                version = snapshot.stream_version;
+                snapshot_version = version;
+            }
+            Err(error) => tracing::warn!(%stream, %error, "snapshot ignored: it does not decode"),
+        }
+    }
+    loop {
+        let events =
+            store.read_stream(stream, version + 1, Direction::Forward, LOAD_CHUNK_EVENTS)?;
+        let Some(last) = events.last() else { break };
+        let last_version = last.version;
+        last_event = Some(last.metadata.event_id);
+        let decoded = events
+            .iter()
+            .map(decode_event::<A>)
+            .collect::<Result<Vec<_>, _>>()?;
+        catch_unwind(AssertUnwindSafe(|| {
+            for event in &decoded {
+                state.apply(event);
+            }
+        }))
+        .map_err(|panic| LoadError::Panicked(panic_message(panic)))?;
+        version = last_version;
+    }
+    Ok(Loaded {
+        state,
+        version,
+        last_event,
+        snapshot_version,
+    })
+}
+
+/// The original outcome of command `id`, if it was applied. Blocking.
+fn applied<A: Aggregate>(
+    store: &dyn EventStore,
+    id: CommandId,
+) -> Result<Option<CommandOutcome<A::Event>>, LoadError> {
+    let Some(outcome) = store.command_outcome(id)? else {
+        return Ok(None);
+    };
+    let Some(written) = outcome.streams.first() else {
+        return Ok(None);
+    };
+    let count = (written.last_version - written.first_version + 1) as usize;
+    let recorded = store.read_stream(
+        &written.stream,
+        written.first_version,
+        Direction::Forward,
+        count,
+    )?;
+    let events = recorded
+        .iter()
+        .map(decode_event::<A>)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(CommandOutcome {
+        version: written.last_version,
+        position: Some(outcome.last_position),
+        events,
+        deduplicated: true,
+    }))
+}

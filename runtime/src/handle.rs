@@ -1,0 +1,313 @@
+//! The embedding handle.
+
+use crate::bus::{EventBatch, EventBus};
+use crate::error::{CommandError, ShutdownError};
+use crate::metric_names::{REJECTIONS_TOTAL, WRITE_BATCH_EVENTS};
+use crate::outcome::{CommandOutcome, ExecuteOptions};
+use crate::shard::{CommandResult, Drain, Execute, Shard, Shared};
+use actix::dev::SendError;
+use actix::prelude::*;
+use eventfold_domain::{Aggregate, StreamId};
+use eventfold_storage::{EventStore, RocksStore};
+use std::collections::HashSet;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The running actor system: stopped at shutdown or when the last handle drops.
+pub(crate) struct SystemThread {
+    pub system: actix_rt::System,
+    pub thread: JoinHandle<()>,
+}
+
+pub(crate) struct Inner {
+    pub shards: Vec<Addr<Shard>>,
+    pub shared: Arc<Shared>,
+    pub kinds: HashSet<&'static str>,
+    pub bus: EventBus,
+    pub accepting: AtomicBool,
+    pub system: Mutex<Option<SystemThread>>,
+    /// Set when the store is RocksDB, to close it at shutdown.
+    pub rocks: Option<RocksStore>,
+    /// The temporary directory of an embedded default store, removed last.
+    pub _temp: Option<tempfile::TempDir>,
+}
+
+impl Inner {
+    fn stop_system(&self) -> Result<(), ShutdownError> {
+        let running = self.system.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(running) = running {
+            running.system.stop();
+            running
+                .thread
+                .join()
+                .map_err(|_| ShutdownError::SystemPanicked)?;
+        }
+        if let Some(store) = &self.rocks {
+            store.close();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Without `shutdown`, commands in flight are answered `ShutDown`;
+        // everything acknowledged is already durable.
+        self.accepting.store(false, Ordering::SeqCst);
+        if self.stop_system().is_err() {
+            tracing::error!("the actor system thread panicked");
+        }
+    }
+}
+
+/// The handle to a running eventfold runtime: `Send + Sync + Clone`, usable
+/// from any thread and any async executor.
+///
+/// ```
+/// use eventfold_runtime::{Runtime, domain::{Aggregate, DomainEvent}};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Counter { value: u64 }
+/// #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// struct Added(u64);
+/// impl DomainEvent for Added { fn event_type(&self) -> &'static str { "Added" } }
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("zero")]
+/// struct Zero;
+/// impl Aggregate for Counter {
+///     const KIND: &'static str = "counter";
+///     type Command = u64;
+///     type Event = Added;
+///     type Error = Zero;
+///     fn handle(&self, n: u64) -> Result<Vec<Added>, Zero> {
+///         if n == 0 { Err(Zero) } else { Ok(vec![Added(n)]) }
+///     }
+///     fn apply(&mut self, Added(n): &Added) { self.value += n; }
+/// }
+///
+/// let runtime = Runtime::builder().temporary().aggregate::<Counter>().start()?;
+/// let outcome = runtime.execute_blocking::<Counter>("c1", 5)?;
+/// assert_eq!((outcome.version, outcome.events), (1, vec![Added(5)]));
+/// runtime.shutdown_blocking()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    inner: Arc<Inner>,
+}
+
+/// Where a dispatched command's answer comes, and how long to wait for it.
+type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration);
+
+/// Waits for a reply or a timer, whichever comes first; any executor.
+struct Answer<T> {
+    reply: oneshot::Receiver<T>,
+    timer: futures_timer::Delay,
+}
+
+impl<T> Future for Answer<T> {
+    type Output = Option<Result<T, ()>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(result) = Pin::new(&mut self.reply).poll(cx) {
+            return Poll::Ready(Some(result.map_err(|_| ())));
+        }
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl RuntimeHandle {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Routes a command to its shard; returns where its answer will come.
+    fn dispatch<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> Result<Dispatched<A>, CommandError<A::Error>> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            metrics::counter!(REJECTIONS_TOTAL, "reason" => "shut_down").increment(1);
+            return Err(CommandError::ShutDown);
+        }
+        if !self.inner.kinds.contains(A::KIND) {
+            return Err(CommandError::NotRegistered(A::KIND));
+        }
+        let stream = StreamId::new(format!("{}-{id}", A::KIND)).map_err(CommandError::InvalidId)?;
+        let timeout = options
+            .timeout
+            .unwrap_or(self.inner.shared.settings.command_timeout);
+        let received = Instant::now();
+        let (reply, receiver) = oneshot::channel();
+        let shard = &self.inner.shards[shard_of(&stream, self.inner.shards.len())];
+        let message = Execute::<A> {
+            stream,
+            command,
+            options,
+            deadline: received + timeout,
+            received,
+            reply,
+        };
+        match shard.try_send(message) {
+            Ok(()) => Ok((receiver, timeout)),
+            Err(SendError::Full(_)) => {
+                metrics::counter!(REJECTIONS_TOTAL, "reason" => "overloaded").increment(1);
+                Err(CommandError::Overloaded("shard mailbox is full"))
+            }
+            Err(SendError::Closed(_)) => Err(CommandError::ShutDown),
+        }
+    }
+
+    /// Executes `command` on the aggregate `A` with id `id` (its stream is
+    /// `{A::KIND}-{id}`) and returns the outcome once its events are durable.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.execute_with::<A>(id, command, ExecuteOptions::default())
+            .await
+    }
+
+    /// [`RuntimeHandle::execute`] with options (command id, correlation and
+    /// causation ids, expected version, timeout).
+    pub async fn execute_with<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let (reply, timeout) = self.dispatch::<A>(id, command, options)?;
+        let answer = Answer {
+            reply,
+            timer: futures_timer::Delay::new(timeout),
+        };
+        match answer.await {
+            Some(Ok(result)) => result,
+            Some(Err(())) => Err(CommandError::ShutDown),
+            None => Err(CommandError::Timeout(timeout)),
+        }
+    }
+
+    /// [`RuntimeHandle::execute`] for plain threads: blocks the calling
+    /// thread. Do not call it from an async task or an actor.
+    pub fn execute_blocking<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.execute_blocking_with::<A>(id, command, ExecuteOptions::default())
+    }
+
+    /// [`RuntimeHandle::execute_with`] for plain threads.
+    pub fn execute_blocking_with<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let (reply, timeout) = self.dispatch::<A>(id, command, options)?;
+        match reply.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(oneshot::RecvTimeoutError::Timeout) => Err(CommandError::Timeout(timeout)),
+            Err(oneshot::RecvTimeoutError::Disconnected) => Err(CommandError::ShutDown),
+        }
+    }
+
+    /// The event store, for reads.
+    pub fn store(&self) -> &dyn EventStore {
+        &*self.inner.shared.store
+    }
+
+    /// Receives every batch of durable events from now on, in position order.
+    /// See [`crate::bus`] for what happens to a subscriber that falls behind.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EventBatch> {
+        self.inner.bus.subscribe()
+    }
+
+    /// Aggregate actors resident now, over all shards.
+    pub fn resident_actors(&self) -> u64 {
+        self.inner.shared.resident.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Stops taking commands (later calls fail with `ShutDown`), lets every
+    /// aggregate finish the commands it has taken and its appends become
+    /// durable, closes the store and stops the actor threads. Commands
+    /// acknowledged before are never lost.
+    pub async fn shutdown(&self) -> Result<(), ShutdownError> {
+        let (done, finished) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
+        // Joining threads blocks; do it off the caller's executor.
+        std::thread::spawn(move || {
+            let _ = done.send(shutdown_now(&inner));
+        });
+        finished.await.unwrap_or(Err(ShutdownError::SystemPanicked))
+    }
+
+    /// [`RuntimeHandle::shutdown`] for plain threads.
+    pub fn shutdown_blocking(&self) -> Result<(), ShutdownError> {
+        shutdown_now(&self.inner)
+    }
+}
+
+fn shutdown_now(inner: &Inner) -> Result<(), ShutdownError> {
+    if inner.accepting.swap(false, Ordering::SeqCst) {
+        let waits: Vec<_> = inner
+            .shards
+            .iter()
+            .map(|shard| {
+                let (done, drained) = oneshot::channel();
+                shard.do_send(Drain { done });
+                drained
+            })
+            .collect();
+        for drained in waits {
+            // A shard whose thread is gone has nothing left to drain.
+            let _ = drained.recv();
+        }
+    }
+    inner.stop_system()
+}
+
+/// The shard of a stream: a hash of its id.
+pub(crate) fn shard_of(stream: &StreamId, shards: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    stream.as_str().hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}
+
+/// Samples the writer's batch size once a second into a histogram.
+pub(crate) struct Monitor {
+    pub store: Arc<dyn EventStore>,
+    pub last: eventfold_storage::WriterStats,
+}
+
+impl Actor for Monitor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_secs(1), |monitor, _| {
+            let now = monitor.store.writer_stats();
+            let batches = now.batches - monitor.last.batches;
+            if batches > 0 {
+                let events = now.events - monitor.last.events;
+                metrics::histogram!(WRITE_BATCH_EVENTS).record(events as f64 / batches as f64);
+            }
+            monitor.last = now;
+        });
+    }
+}

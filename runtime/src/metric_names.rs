@@ -1,0 +1,19 @@
+//! Names of the metrics the runtime records through the `metrics` facade.
+//! Install any `metrics` recorder (Prometheus, statsd, …) to collect them.
+
+/// Histogram, seconds: from `execute` being called to the outcome. Labels:
+/// `kind`, `result` (`ok`, `rejected`, `error`).
+pub const COMMAND_LATENCY_SECONDS: &str = "eventfold_command_latency_seconds";
+/// Histogram, seconds: from submitting an append to it being durable. Label: `kind`.
+pub const APPEND_LATENCY_SECONDS: &str = "eventfold_append_latency_seconds";
+/// Histogram, events: events per WriteBatch, sampled each second.
+pub const WRITE_BATCH_EVENTS: &str = "eventfold_write_batch_events";
+/// Gauge: aggregate actors resident over all shards.
+pub const RESIDENT_ACTORS: &str = "eventfold_resident_actors";
+/// Counter: aggregate actors activated (loaded from the store). Label: `kind`.
+pub const ACTIVATIONS_TOTAL: &str = "eventfold_activations_total";
+/// Counter: aggregate actors passivated. Label: `kind`.
+pub const PASSIVATIONS_TOTAL: &str = "eventfold_passivations_total";
+/// Counter: commands refused before being decided. Label: `reason`
+/// (`overloaded`, `timeout`, `shut_down`).
+pub const REJECTIONS_TOTAL: &str = "eventfold_rejections_total";

@@ -1,0 +1,314 @@
+//! A shard: one actix Arbiter (thread) hosting a share of the aggregates.
+//!
+//! The handle routes each command to the shard chosen by a hash of its stream
+//! id. The shard owns the only map from stream id to live aggregate actor, so
+//! there is exactly one live actor per aggregate (invariant 3): it activates
+//! actors on demand, passivates idle ones and the least recently used past
+//! the shard's share of `resident_actors_max`, and while an actor is stopping
+//! holds the commands for its stream until it has stopped, so that the next
+//! actor loads a stream no earlier actor is still writing to.
+
+use crate::actor::{AggregateActor, Passivate};
+use crate::error::CommandError;
+use crate::metric_names::{REJECTIONS_TOTAL, RESIDENT_ACTORS};
+use crate::outcome::{CommandOutcome, ExecuteOptions};
+use crate::settings::Settings;
+use actix::dev::SendError;
+use actix::prelude::*;
+use eventfold_domain::{Aggregate, StreamId};
+use eventfold_storage::EventStore;
+use lru::LruCache;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the shards and actors of one runtime share.
+pub(crate) struct Shared {
+    pub store: Arc<dyn EventStore>,
+    pub settings: Settings,
+    pub resident: AtomicI64,
+}
+
+/// A command's result, as the caller receives it.
+pub(crate) type CommandResult<A> =
+    Result<CommandOutcome<<A as Aggregate>::Event>, CommandError<<A as Aggregate>::Error>>;
+
+/// Where a command's result goes.
+pub(crate) type Reply<A> = oneshot::Sender<CommandResult<A>>;
+
+/// A command on its way to its aggregate.
+pub(crate) struct Execute<A: Aggregate> {
+    pub stream: StreamId,
+    pub command: A::Command,
+    pub options: ExecuteOptions,
+    /// Past it the caller has given up: the command is dropped undecided.
+    pub deadline: Instant,
+    /// When `execute` was called.
+    pub received: Instant,
+    pub reply: Reply<A>,
+}
+
+impl<A: Aggregate> Message for Execute<A> {
+    type Result = ();
+}
+
+/// Answers a command refused before it reached its aggregate.
+pub(crate) fn refuse<A: Aggregate>(
+    reply: Reply<A>,
+    error: CommandError<A::Error>,
+    reason: &'static str,
+) {
+    metrics::counter!(REJECTIONS_TOTAL, "reason" => reason).increment(1);
+    let _ = reply.send(Err(error));
+}
+
+/// Sent by an aggregate actor when it has stopped.
+pub(crate) struct Stopped {
+    pub stream: StreamId,
+    pub generation: u64,
+}
+
+impl Message for Stopped {
+    type Result = ();
+}
+
+/// Asks the shard to passivate every actor and answer once all have stopped.
+pub(crate) struct Drain {
+    pub done: oneshot::Sender<()>,
+}
+
+impl Message for Drain {
+    type Result = ();
+}
+
+/// A resident actor, whatever its aggregate type.
+trait ResidentActor {
+    fn passivate(&self);
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<A: Aggregate> ResidentActor for Addr<AggregateActor<A>> {
+    fn passivate(&self) {
+        // Bypasses the mailbox bound: passivation must not be refused.
+        self.do_send(Passivate);
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+struct Resident {
+    actor: Box<dyn ResidentActor>,
+    generation: u64,
+    last_used: Instant,
+}
+
+/// A command held until its stream's stopping actor has stopped.
+type Held = Box<dyn FnOnce(&mut Shard, &mut Context<Shard>)>;
+
+pub(crate) struct Shard {
+    shared: Arc<Shared>,
+    resident: LruCache<StreamId, Resident>,
+    resident_max: usize,
+    /// Streams whose actor is stopping: its generation and the held commands.
+    stopping: HashMap<StreamId, (u64, Vec<Held>)>,
+    next_generation: u64,
+    draining: bool,
+    drained: Vec<oneshot::Sender<()>>,
+}
+
+impl Shard {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let resident_max = shared.settings.resident_per_shard();
+        Self {
+            shared,
+            resident: LruCache::unbounded(),
+            resident_max,
+            stopping: HashMap::new(),
+            next_generation: 1,
+            draining: false,
+            drained: Vec::new(),
+        }
+    }
+
+    fn dispatch<A: Aggregate>(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+        if self.draining {
+            return refuse::<A>(msg.reply, CommandError::ShutDown, "shut_down");
+        }
+        let held_max = self.shared.settings.actor_mailbox_commands_max;
+        if let Some((_, held)) = self.stopping.get_mut(&msg.stream) {
+            if held.len() >= held_max {
+                return refuse::<A>(
+                    msg.reply,
+                    CommandError::Overloaded("aggregate is passivating"),
+                    "overloaded",
+                );
+            }
+            held.push(Box::new(move |shard, ctx| shard.dispatch(msg, ctx)));
+            return;
+        }
+        let addr = match self.resident.get_mut(&msg.stream) {
+            Some(resident) => {
+                resident.last_used = Instant::now();
+                match resident
+                    .actor
+                    .as_any()
+                    .downcast_ref::<Addr<AggregateActor<A>>>()
+                {
+                    Some(addr) => addr.clone(),
+                    // Kinds are unique per runtime, so a stream id names one type.
+                    None => {
+                        return refuse::<A>(
+                            msg.reply,
+                            CommandError::NotRegistered(A::KIND),
+                            "not_registered",
+                        );
+                    }
+                }
+            }
+            None => self.activate::<A>(msg.stream.clone(), ctx),
+        };
+        match addr.try_send(msg) {
+            Ok(()) => {}
+            Err(SendError::Full(msg)) => refuse::<A>(
+                msg.reply,
+                CommandError::Overloaded("aggregate mailbox is full"),
+                "overloaded",
+            ),
+            Err(SendError::Closed(msg)) => {
+                // The actor stopped by itself (a failed load); start afresh.
+                // Its own `Stopped` notice will count it out.
+                self.resident.pop(&msg.stream);
+                let addr = self.activate::<A>(msg.stream.clone(), ctx);
+                if let Err(SendError::Full(msg) | SendError::Closed(msg)) = addr.try_send(msg) {
+                    refuse::<A>(
+                        msg.reply,
+                        CommandError::Overloaded("aggregate mailbox is full"),
+                        "overloaded",
+                    );
+                }
+            }
+        }
+    }
+
+    fn activate<A: Aggregate>(
+        &mut self,
+        stream: StreamId,
+        ctx: &mut Context<Self>,
+    ) -> Addr<AggregateActor<A>> {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let shard = ctx.address();
+        let shared = Arc::clone(&self.shared);
+        let capacity = self.shared.settings.actor_mailbox_commands_max;
+        let actor_stream = stream.clone();
+        let addr = AggregateActor::<A>::create(move |actor_ctx| {
+            actor_ctx.set_mailbox_capacity(capacity);
+            AggregateActor::new(actor_stream, generation, shard, shared)
+        });
+        self.resident.put(
+            stream,
+            Resident {
+                actor: Box::new(addr.clone()),
+                generation,
+                last_used: Instant::now(),
+            },
+        );
+        let resident = self.shared.resident.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(RESIDENT_ACTORS).set(resident as f64);
+        while self.resident.len() > self.resident_max {
+            match self.resident.pop_lru() {
+                Some((stream, resident)) => self.begin_passivation(stream, resident),
+                None => break,
+            }
+        }
+        addr
+    }
+
+    fn begin_passivation(&mut self, stream: StreamId, resident: Resident) {
+        resident.actor.passivate();
+        self.stopping
+            .insert(stream, (resident.generation, Vec::new()));
+    }
+
+    fn passivate_idle(&mut self) {
+        let idle_after = self.shared.settings.passivation.idle_after;
+        while let Some((_, resident)) = self.resident.peek_lru() {
+            if resident.last_used.elapsed() < idle_after {
+                break;
+            }
+            if let Some((stream, resident)) = self.resident.pop_lru() {
+                self.begin_passivation(stream, resident);
+            }
+        }
+    }
+
+    fn check_drained(&mut self) {
+        if self.draining && self.resident.is_empty() && self.stopping.is_empty() {
+            for done in self.drained.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = (self.shared.settings.passivation.idle_after / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(10));
+        ctx.run_interval(every, |shard, _| shard.passivate_idle());
+    }
+}
+
+impl<A: Aggregate> Handler<Execute<A>> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+        self.dispatch(msg, ctx);
+    }
+}
+
+impl Handler<Stopped> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stopped, ctx: &mut Context<Self>) {
+        let resident = self.shared.resident.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!(RESIDENT_ACTORS).set(resident as f64);
+        let was_stopping = self
+            .stopping
+            .get(&msg.stream)
+            .is_some_and(|(generation, _)| *generation == msg.generation);
+        if was_stopping {
+            if let Some((_, held)) = self.stopping.remove(&msg.stream) {
+                for command in held {
+                    command(self, ctx);
+                }
+            }
+        } else if self
+            .resident
+            .peek(&msg.stream)
+            .is_some_and(|r| r.generation == msg.generation)
+        {
+            // It stopped by itself (a failed load).
+            self.resident.pop(&msg.stream);
+        }
+        self.check_drained();
+    }
+}
+
+impl Handler<Drain> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Drain, _: &mut Context<Self>) {
+        self.draining = true;
+        self.drained.push(msg.done);
+        while let Some((stream, resident)) = self.resident.pop_lru() {
+            self.begin_passivation(stream, resident);
+        }
+        self.check_drained();
+    }
+}

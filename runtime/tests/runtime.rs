@@ -1,0 +1,794 @@
+//! The runtime through its public handle.
+
+use eventfold_runtime::domain::*;
+use eventfold_runtime::storage::*;
+use eventfold_runtime::*;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// A test aggregate whose state can be checked through a command.
+#[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+struct Tally {
+    total: u64,
+    count: u64,
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Add(u64),
+    /// Succeeds without events iff the state is exactly this.
+    Check {
+        total: u64,
+        count: u64,
+    },
+    Panic,
+    PanicInApply,
+    /// Blocks the shard's thread: only for tests of overload and timeouts.
+    Sleep(Duration),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+enum Ev {
+    Added(u64),
+    Poison,
+}
+
+impl DomainEvent for Ev {
+    fn event_type(&self) -> &'static str {
+        match self {
+            Ev::Added(_) => "Added",
+            Ev::Poison => "Poison",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum TallyError {
+    #[error("zero")]
+    Zero,
+    #[error("state is total {total}, count {count}")]
+    Mismatch { total: u64, count: u64 },
+}
+
+impl Aggregate for Tally {
+    const KIND: &'static str = "tally";
+    type Command = Cmd;
+    type Event = Ev;
+    type Error = TallyError;
+
+    fn handle(&self, command: Cmd) -> Result<Vec<Ev>, TallyError> {
+        match command {
+            Cmd::Add(0) => Err(TallyError::Zero),
+            Cmd::Add(n) => Ok(vec![Ev::Added(n)]),
+            Cmd::Check { total, count } if (total, count) == (self.total, self.count) => Ok(vec![]),
+            Cmd::Check { .. } => Err(TallyError::Mismatch {
+                total: self.total,
+                count: self.count,
+            }),
+            Cmd::Panic => panic!("boom in handle"),
+            Cmd::PanicInApply => Ok(vec![Ev::Poison]),
+            Cmd::Sleep(d) => {
+                std::thread::sleep(d);
+                Ok(vec![])
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &Ev) {
+        match event {
+            Ev::Added(n) => {
+                self.total += n;
+                self.count += 1;
+            }
+            Ev::Poison => panic!("poison in apply"),
+        }
+    }
+}
+
+/// The same stream kind with another snapshot version.
+#[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+struct TallyV2 {
+    total: u64,
+    count: u64,
+}
+
+impl Aggregate for TallyV2 {
+    const KIND: &'static str = "tally";
+    const SNAPSHOT_VERSION: u32 = 2;
+    type Command = Cmd;
+    type Event = Ev;
+    type Error = TallyError;
+    fn handle(&self, command: Cmd) -> Result<Vec<Ev>, TallyError> {
+        Tally {
+            total: self.total,
+            count: self.count,
+        }
+        .handle(command)
+    }
+    fn apply(&mut self, event: &Ev) {
+        if let Ev::Added(n) = event {
+            self.total += n;
+            self.count += 1;
+        }
+    }
+}
+
+fn runtime() -> RuntimeHandle {
+    Runtime::builder()
+        .temporary()
+        .shards(2)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap()
+}
+
+fn check(rt: &RuntimeHandle, id: &str, total: u64, count: u64) {
+    match rt.execute_blocking::<Tally>(id, Cmd::Check { total, count }) {
+        Ok(outcome) => assert!(outcome.events.is_empty()),
+        Err(e) => panic!("state of {id} is not ({total}, {count}): {e}"),
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new(format!("tally-{id}")).unwrap()
+}
+
+#[test]
+fn concurrent_commands_to_one_id_are_applied_in_order_with_no_lost_update() {
+    let rt = runtime();
+    let threads = 8;
+    let per_thread = 100u64;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads as u64)
+        .map(|t| {
+            let (rt, barrier) = (rt.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..per_thread)
+                    .map(|i| {
+                        rt.execute_blocking::<Tally>("hot", Cmd::Add(t * 1000 + i + 1))
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    let mut total = 0;
+    for handle in handles {
+        let outcomes = handle.join().unwrap();
+        // One caller's commands are applied in the order it sent them.
+        assert!(
+            outcomes
+                .windows(2)
+                .all(|w| w[0].version < w[1].version && w[0].position < w[1].position)
+        );
+        for outcome in outcomes {
+            let Ev::Added(n) = outcome.events[0] else {
+                panic!("unexpected event")
+            };
+            total += n;
+            versions.push(outcome.version);
+        }
+    }
+    versions.sort_unstable();
+    let n = threads as u64 * per_thread;
+    assert_eq!(
+        versions,
+        (1..=n).collect::<Vec<_>>(),
+        "every version exactly once"
+    );
+    check(&rt, "hot", total, n);
+    assert_eq!(
+        rt.store()
+            .read_stream(&stream("hot"), 1, Direction::Forward, 10_000)
+            .unwrap()
+            .len() as u64,
+        n
+    );
+    rt.shutdown_blocking().unwrap();
+}
+
+#[test]
+fn one_hot_aggregate_pipelines_its_appends() {
+    let rt = runtime();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let outcomes = tokio.block_on(async {
+        let tasks: Vec<_> = (1..=200u64)
+            .map(|i| {
+                let rt = rt.clone();
+                tokio::spawn(async move { rt.execute::<Tally>("hot", Cmd::Add(i)).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap().unwrap());
+        }
+        outcomes
+    });
+    assert_eq!(outcomes.len(), 200);
+    let stats = rt.store().writer_stats();
+    // Without pipelining every append of one aggregate would be its own batch.
+    assert!(stats.batches < 200, "{stats:?}");
+    check(&rt, "hot", (1..=200).sum(), 200);
+}
+
+#[test]
+fn passivation_by_idle_time_and_by_count_preserves_state() {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .passivation(Passivation {
+            idle_after: Duration::from_millis(200),
+            resident_actors_max: 4,
+        })
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    for round in 1..=3u64 {
+        for id in 0..12 {
+            rt.execute_blocking::<Tally>(&id.to_string(), Cmd::Add(id + 1))
+                .unwrap();
+        }
+        wait_until("at most 4 actors are resident", || {
+            rt.resident_actors() <= 4
+        });
+        for id in 0..12 {
+            check(&rt, &id.to_string(), (id + 1) * round, round);
+        }
+    }
+    wait_until("idle actors are passivated", || rt.resident_actors() == 0);
+    let outcome = rt.execute_blocking::<Tally>("3", Cmd::Add(1)).unwrap();
+    assert_eq!(
+        outcome.version, 4,
+        "a reactivated actor continues its stream"
+    );
+    check(&rt, "3", 4 * 3 + 1, 4);
+}
+
+#[test]
+fn a_panic_fails_that_command_and_the_actor_restarts_from_the_store() {
+    let rt = runtime();
+    rt.execute_blocking::<Tally>("p", Cmd::Add(5)).unwrap();
+    let bystander = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            for i in 1..=50 {
+                rt.execute_blocking::<Tally>("bystander", Cmd::Add(i))
+                    .unwrap();
+            }
+        })
+    };
+    assert!(
+        matches!(rt.execute_blocking::<Tally>("p", Cmd::Panic), Err(CommandError::Panicked(m)) if m.contains("boom"))
+    );
+    assert!(
+        matches!(rt.execute_blocking::<Tally>("p", Cmd::PanicInApply), Err(CommandError::Panicked(m)) if m.contains("poison"))
+    );
+    check(&rt, "p", 5, 1);
+    assert_eq!(
+        rt.execute_blocking::<Tally>("p", Cmd::Add(2))
+            .unwrap()
+            .version,
+        2
+    );
+    bystander.join().unwrap();
+    check(&rt, "bystander", (1..=50).sum(), 50);
+    assert!(matches!(
+        rt.execute_blocking::<Tally>("p", Cmd::Add(0)),
+        Err(CommandError::Rejected(TallyError::Zero))
+    ));
+}
+
+#[test]
+fn a_retried_command_id_returns_the_original_outcome_and_appends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Runtime::builder()
+            .path(dir.path())
+            .shards(1)
+            .aggregate::<Tally>()
+            .start()
+            .unwrap()
+    };
+    let rt = start();
+    let once = ExecuteOptions::new().command_id(CommandId::from_name("add-5"));
+    let first = rt
+        .execute_blocking_with::<Tally>("i", Cmd::Add(5), once.clone())
+        .unwrap();
+    let retry = rt
+        .execute_blocking_with::<Tally>("i", Cmd::Add(5), once.clone())
+        .unwrap();
+    assert!(!first.deduplicated && retry.deduplicated);
+    assert_eq!(
+        (retry.version, retry.position, &retry.events),
+        (first.version, first.position, &first.events)
+    );
+    // Retries that arrive while the original is in flight.
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let twice = ExecuteOptions::new().command_id(CommandId::from_name("add-7"));
+    let (a, b) = tokio.block_on(async {
+        let a = rt.execute_with::<Tally>("i", Cmd::Add(7), twice.clone());
+        let b = rt.execute_with::<Tally>("i", Cmd::Add(7), twice.clone());
+        futures_join(a, b).await
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.version, a.position), (b.version, b.position));
+    assert!(a.deduplicated != b.deduplicated);
+    rt.shutdown_blocking().unwrap();
+    drop(rt);
+    // After a restart the original comes from the store.
+    let rt = start();
+    let again = rt
+        .execute_blocking_with::<Tally>("i", Cmd::Add(5), once)
+        .unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(
+        (again.version, again.position, again.events),
+        (first.version, first.position, first.events)
+    );
+    check(&rt, "i", 12, 2);
+    assert_eq!(
+        rt.store()
+            .read_stream(&stream("i"), 1, Direction::Forward, 100)
+            .unwrap()
+            .len(),
+        2
+    );
+    rt.shutdown_blocking().unwrap();
+}
+
+/// Polls two futures to completion on the current task.
+async fn futures_join<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none()
+            && let std::task::Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            ra = Some(v);
+        }
+        if rb.is_none()
+            && let std::task::Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            rb = Some(v);
+        }
+        if ra.is_some() && rb.is_some() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    (ra.expect("ready"), rb.expect("ready"))
+}
+
+#[test]
+fn full_mailboxes_answer_overloaded() {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .mailboxes(4, 2)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let blocker = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            rt.execute_blocking::<Tally>("slow", Cmd::Sleep(Duration::from_millis(500)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let results: Vec<_> = (0..40)
+        .map(|i| {
+            let rt = rt.clone();
+            std::thread::spawn(move || rt.execute_blocking::<Tally>(&format!("x{i}"), Cmd::Add(1)))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    blocker.join().unwrap().unwrap();
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(CommandError::Overloaded(_))))
+        .count();
+    assert!(overloaded > 0, "a full mailbox must refuse");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(CommandError::Overloaded(_))))
+    );
+    let written = rt.store().head() as usize;
+    assert_eq!(
+        written,
+        results.iter().filter(|r| r.is_ok()).count(),
+        "refused commands wrote nothing"
+    );
+}
+
+#[test]
+fn a_timeout_says_the_outcome_is_unknown_and_a_late_command_is_dropped() {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let blocker = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            rt.execute_blocking::<Tally>("t", Cmd::Sleep(Duration::from_millis(400)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let quick = ExecuteOptions::new()
+        .timeout(Duration::from_millis(50))
+        .command_id(CommandId::from_name("late"));
+    let error = rt
+        .execute_blocking_with::<Tally>("t", Cmd::Add(7), quick.clone())
+        .unwrap_err();
+    assert!(matches!(error, CommandError::Timeout(_)));
+    let message = error.to_string();
+    assert!(
+        message.contains("unknown") && message.contains("same command id"),
+        "{message}"
+    );
+    blocker.join().unwrap().unwrap();
+    // The late command was dropped undecided once its deadline had passed.
+    check(&rt, "t", 0, 0);
+    // Retrying with the same command id is safe.
+    let retry = rt
+        .execute_blocking_with::<Tally>(
+            "t",
+            Cmd::Add(7),
+            ExecuteOptions::new().command_id(CommandId::from_name("late")),
+        )
+        .unwrap();
+    assert_eq!(retry.version, 1);
+    check(&rt, "t", 7, 1);
+}
+
+#[test]
+fn activation_from_snapshot_plus_tail_equals_full_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .path(dir.path())
+        .snapshot_every_events(Some(10))
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    for i in 1..=35u64 {
+        rt.execute_blocking::<Tally>("s", Cmd::Add(i)).unwrap();
+    }
+    rt.shutdown_blocking().unwrap();
+    drop(rt);
+    let rt = Runtime::builder()
+        .path(dir.path())
+        .snapshot_every_events(None)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let snapshot = rt
+        .store()
+        .load_snapshot(&stream("s"))
+        .unwrap()
+        .expect("a snapshot was written");
+    assert_eq!(
+        (snapshot.snapshot_version, snapshot.stream_version),
+        (1, 30)
+    );
+    let from_snapshot: Tally = payload::decode(&snapshot.state).unwrap();
+    assert_eq!(
+        from_snapshot,
+        Tally {
+            total: (1..=30).sum(),
+            count: 30
+        }
+    );
+    // Full replay of the stored events, with the fixture.
+    let events: Vec<Ev> = rt
+        .store()
+        .read_stream(&stream("s"), 1, Direction::Forward, 100)
+        .unwrap()
+        .iter()
+        .map(|e| payload::decode(&e.payload).unwrap())
+        .collect();
+    let replayed = AggregateFixture::<Tally>::given(events).when(Cmd::Check { total: 0, count: 0 });
+    let Err(TallyError::Mismatch { total, count }) = replayed.result() else {
+        panic!("replay")
+    };
+    // The actor activates from the snapshot plus five events: the same state.
+    check(&rt, "s", *total, *count);
+    assert_eq!((*total, *count), ((1..=35).sum(), 35));
+    rt.shutdown_blocking().unwrap();
+    drop(rt);
+    // A snapshot of another version is ignored: the aggregate replays.
+    let rt = Runtime::builder()
+        .path(dir.path())
+        .aggregate::<TallyV2>()
+        .start()
+        .unwrap();
+    let outcome = rt.execute_blocking::<TallyV2>(
+        "s",
+        Cmd::Check {
+            total: (1..=35).sum(),
+            count: 35,
+        },
+    );
+    assert!(outcome.is_ok(), "{outcome:?}");
+    rt.shutdown_blocking().unwrap();
+}
+
+#[test]
+fn shutdown_loses_no_acknowledged_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .path(dir.path())
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let rt = rt.clone();
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                for i in 1.. {
+                    match rt.execute_blocking::<Tally>(&format!("c{c}"), Cmd::Add(i)) {
+                        Ok(outcome) => acknowledged.push((outcome.version, outcome.position)),
+                        Err(CommandError::ShutDown) => break,
+                        Err(other) => panic!("unexpected error {other}"),
+                    }
+                }
+                (c, acknowledged)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    rt.shutdown_blocking().unwrap();
+    let results: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(matches!(
+        rt.execute_blocking::<Tally>("c0", Cmd::Add(1)),
+        Err(CommandError::ShutDown)
+    ));
+    drop(rt);
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut total = 0;
+    for (c, acknowledged) in results {
+        let events = store
+            .read_stream(&stream(&format!("c{c}")), 1, Direction::Forward, 1_000_000)
+            .unwrap();
+        for (version, position) in &acknowledged {
+            let event = &events[(*version - 1) as usize];
+            assert_eq!(Some(event.position), *position);
+        }
+        total += acknowledged.len();
+    }
+    assert!(total > 0);
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[test]
+fn a_failed_append_leaves_the_state_unchanged() {
+    // A conflicting write behind the actor's back.
+    let rt = runtime();
+    rt.execute_blocking::<Tally>("f", Cmd::Add(5)).unwrap();
+    let foreign = NewEvent::new(
+        "Added",
+        1,
+        payload::encode(&Ev::Added(100)).unwrap(),
+        Metadata::new(),
+    );
+    rt.store()
+        .append(&stream("f"), ExpectedVersion::Any, vec![foreign])
+        .unwrap();
+    let refused = rt.execute_blocking::<Tally>("f", Cmd::Add(7));
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::WrongExpectedVersion { actual: 2, .. })
+        ),
+        "{refused:?}"
+    );
+    check(&rt, "f", 105, 2);
+    assert_eq!(
+        rt.execute_blocking::<Tally>("f", Cmd::Add(1))
+            .unwrap()
+            .version,
+        3
+    );
+
+    // An injected write failure.
+    let faults = FaultInjector::new();
+    let rt = Runtime::builder()
+        .temporary()
+        .store_options(StoreOptions {
+            faults: Some(faults.clone()),
+            ..StoreOptions::default()
+        })
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    rt.execute_blocking::<Tally>("g", Cmd::Add(5)).unwrap();
+    faults.fail_next_writes(1);
+    assert!(matches!(
+        rt.execute_blocking::<Tally>("g", Cmd::Add(7)),
+        Err(CommandError::Store(AppendError::Io(_)))
+    ));
+    check(&rt, "g", 5, 1);
+    assert!(matches!(
+        rt.execute_blocking::<Tally>("g", Cmd::Add(1)),
+        Err(CommandError::Store(AppendError::Poisoned))
+    ));
+}
+
+#[test]
+fn commands_decided_on_a_failed_append_fail_too() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .shards(1)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    rt.execute_blocking::<Tally>("q", Cmd::Add(1)).unwrap();
+    // A foreign write makes the actor's next append conflict.
+    let foreign = NewEvent::new(
+        "Added",
+        1,
+        payload::encode(&Ev::Added(1000)).unwrap(),
+        Metadata::new(),
+    );
+    rt.store()
+        .append(&stream("q"), ExpectedVersion::Any, vec![foreign])
+        .unwrap();
+    // Hold the only shard so that five commands reach the actor together and
+    // are decided one on another before any append completes.
+    let blocker = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            rt.execute_blocking::<Tally>("z", Cmd::Sleep(Duration::from_millis(300)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            let rt = rt.clone();
+            std::thread::spawn(move || rt.execute_blocking::<Tally>("q", Cmd::Add(10)))
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    blocker.join().unwrap().unwrap();
+    let conflicts = results
+        .iter()
+        .filter(|r| matches!(r, Err(CommandError::WrongExpectedVersion { .. })))
+        .count();
+    let voided = results
+        .iter()
+        .filter(|r| matches!(r, Err(CommandError::PrecedingAppendFailed)))
+        .count();
+    assert_eq!((conflicts, voided), (1, 4), "{results:?}");
+    // None of the five left a trace; the foreign event is in the state.
+    check(&rt, "q", 1001, 2);
+    assert_eq!(
+        rt.execute_blocking::<Tally>("q", Cmd::Add(10))
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[test]
+fn events_reach_the_bus_only_once_durable_and_in_order() {
+    let rt = runtime();
+    let mut bus = rt.subscribe();
+    for i in 1..=20u64 {
+        rt.execute_blocking::<Tally>(&format!("b{}", i % 3), Cmd::Add(i))
+            .unwrap();
+    }
+    let mut positions = Vec::new();
+    while positions.len() < 20 {
+        let batch = bus.try_recv().expect("every durable batch is published");
+        for event in batch.iter() {
+            assert!(event.position <= rt.store().head());
+            positions.push(event.position);
+        }
+    }
+    assert_eq!(positions, (1..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    #[derive(Default, Serialize, Deserialize)]
+    struct Unregistered;
+    impl Aggregate for Unregistered {
+        const KIND: &'static str = "nope";
+        type Command = ();
+        type Event = Ev;
+        type Error = TallyError;
+        fn handle(&self, _: ()) -> Result<Vec<Ev>, TallyError> {
+            Ok(vec![])
+        }
+        fn apply(&mut self, _: &Ev) {}
+    }
+    let rt = runtime();
+    assert!(matches!(
+        rt.execute_blocking::<Unregistered>("x", ()),
+        Err(CommandError::NotRegistered("nope"))
+    ));
+    assert!(matches!(
+        rt.execute_blocking::<Tally>("a\0b", Cmd::Add(1)),
+        Err(CommandError::InvalidId(_))
+    ));
+    let dup = Runtime::builder()
+        .in_memory()
+        .aggregate::<Tally>()
+        .aggregate::<TallyV2>()
+        .start();
+    assert!(matches!(dup, Err(StartError::Kind("tally"))));
+    assert!(matches!(
+        Runtime::builder().in_memory().shards(0).start(),
+        Err(StartError::Setting(_))
+    ));
+}
+
+#[test]
+fn the_handle_works_from_any_executor() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let outcome = multi
+        .block_on(rt.execute::<Tally>("e", Cmd::Add(1)))
+        .unwrap();
+    assert_eq!(outcome.version, 1);
+    // A bare executor without tokio: the timer and reply are runtime-agnostic.
+    let outcome = block_on(rt.execute::<Tally>("e", Cmd::Add(2))).unwrap();
+    assert_eq!(outcome.version, 2);
+    multi.block_on(rt.shutdown()).unwrap();
+    assert!(matches!(
+        block_on(rt.execute::<Tally>("e", Cmd::Add(3))),
+        Err(CommandError::ShutDown)
+    ));
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}

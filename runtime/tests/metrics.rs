@@ -30,7 +30,11 @@ impl Aggregate for Counter {
     type Event = Added;
     type Error = Zero;
     fn handle(&self, n: u64) -> Result<Vec<Added>, Zero> {
-        if n == 0 { Err(Zero) } else { Ok(vec![Added(n)]) }
+        if n == 0 {
+            Err(Zero)
+        } else {
+            Ok(vec![Added(n)])
+        }
     }
     fn apply(&mut self, Added(n): &Added) {
         self.0 += n;
@@ -41,29 +45,49 @@ impl Aggregate for Counter {
 fn commands_activations_passivations_and_rejections_are_recorded() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    recorder.install().expect("the only recorder of this test binary");
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
     let runtime = Runtime::builder()
         .temporary()
-        .passivation(Passivation { idle_after: Duration::from_millis(50), resident_actors_max: 100 })
+        .passivation(Passivation {
+            idle_after: Duration::from_millis(50),
+            resident_actors_max: 100,
+        })
         .aggregate::<Counter>()
         .start()
         .unwrap();
     for i in 1..=10 {
-        runtime.execute_blocking::<Counter>(&format!("c{}", i % 3), i).unwrap();
+        runtime
+            .execute_blocking::<Counter>(&format!("c{}", i % 3), i)
+            .unwrap();
     }
-    assert!(matches!(runtime.execute_blocking::<Counter>("c1", 0), Err(CommandError::Rejected(Zero))));
+    assert!(matches!(
+        runtime.execute_blocking::<Counter>("c1", 0),
+        Err(CommandError::Rejected(Zero))
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while runtime.resident_actors() > 0 {
-        assert!(std::time::Instant::now() < deadline, "actors were not passivated");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "actors were not passivated"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // The batch-size sampler runs once a second.
     std::thread::sleep(Duration::from_millis(1200));
     runtime.shutdown_blocking().unwrap();
-    assert!(matches!(runtime.execute_blocking::<Counter>("c1", 1), Err(CommandError::ShutDown)));
+    assert!(matches!(
+        runtime.execute_blocking::<Counter>("c1", 1),
+        Err(CommandError::ShutDown)
+    ));
 
     let snapshot = snapshotter.snapshot().into_vec();
-    let find = |name: &'static str| snapshot.iter().filter(move |(key, ..)| key.key().name() == name);
+    let find = |name: &'static str| {
+        snapshot
+            .iter()
+            .filter(move |(key, ..)| key.key().name() == name)
+    };
     let histogram_count = |name: &'static str| {
         find(name)
             .map(|(_, _, _, value)| match value {
@@ -87,7 +111,10 @@ fn commands_activations_passivations_and_rejections_are_recorded() {
     assert_eq!(counter_sum(PASSIVATIONS_TOTAL), 3);
     assert_eq!(counter_sum(REJECTIONS_TOTAL), 1, "the call after shutdown");
     assert!(find(RESIDENT_ACTORS).next().is_some());
-    let rejected = find(COMMAND_LATENCY_SECONDS)
-        .any(|(key, ..)| key.key().labels().any(|l| l.key() == "result" && l.value() == "rejected"));
+    let rejected = find(COMMAND_LATENCY_SECONDS).any(|(key, ..)| {
+        key.key()
+            .labels()
+            .any(|l| l.key() == "result" && l.value() == "rejected")
+    });
     assert!(rejected, "a refused command is labelled");
 }

@@ -393,10 +393,10 @@ fn full_mailboxes_answer_overloaded() {
     let blocker = {
         let rt = rt.clone();
         std::thread::spawn(move || {
-            rt.execute_blocking::<Tally>("slow", Cmd::Sleep(Duration::from_millis(500)))
+            rt.execute_blocking::<Tally>("slow", Cmd::Sleep(Duration::from_millis(1500)))
         })
     };
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     let results: Vec<_> = (0..40)
         .map(|i| {
             let rt = rt.clone();
@@ -436,10 +436,10 @@ fn a_timeout_says_the_outcome_is_unknown_and_a_late_command_is_dropped() {
     let blocker = {
         let rt = rt.clone();
         std::thread::spawn(move || {
-            rt.execute_blocking::<Tally>("t", Cmd::Sleep(Duration::from_millis(400)))
+            rt.execute_blocking::<Tally>("t", Cmd::Sleep(Duration::from_millis(1000)))
         })
     };
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(200));
     let quick = ExecuteOptions::new()
         .timeout(Duration::from_millis(50))
         .command_id(CommandId::from_name("late"));
@@ -664,10 +664,10 @@ fn commands_decided_on_a_failed_append_fail_too() {
     let blocker = {
         let rt = rt.clone();
         std::thread::spawn(move || {
-            rt.execute_blocking::<Tally>("z", Cmd::Sleep(Duration::from_millis(300)))
+            rt.execute_blocking::<Tally>("z", Cmd::Sleep(Duration::from_millis(1000)))
         })
     };
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(200));
     let clients: Vec<_> = (0..5)
         .map(|_| {
             let rt = rt.clone();

@@ -138,6 +138,22 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Keeps the shard of `id` busy for `held` (a `Sleep` command blocks its
+/// thread), then waits `settle` so that the hold has begun.
+fn hold_shard(
+    rt: &RuntimeHandle,
+    id: &'static str,
+    held: Duration,
+    settle: Duration,
+) -> std::thread::JoinHandle<()> {
+    let rt = rt.clone();
+    let handle = std::thread::spawn(move || {
+        rt.execute_blocking::<Tally>(id, Cmd::Sleep(held)).unwrap();
+    });
+    std::thread::sleep(settle);
+    handle
+}
+
 fn stream(id: &str) -> StreamId {
     StreamId::new(format!("tally-{id}")).unwrap()
 }
@@ -324,7 +340,7 @@ fn a_retried_command_id_returns_the_original_outcome_and_appends_nothing() {
     let (a, b) = tokio.block_on(async {
         let a = rt.execute_with::<Tally>("i", Cmd::Add(7), twice.clone());
         let b = rt.execute_with::<Tally>("i", Cmd::Add(7), twice.clone());
-        futures_join(a, b).await
+        futures::future::join(a, b).await
     });
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!((a.version, a.position), (b.version, b.position));
@@ -352,35 +368,6 @@ fn a_retried_command_id_returns_the_original_outcome_and_appends_nothing() {
     rt.shutdown_blocking().unwrap();
 }
 
-/// Polls two futures to completion on the current task.
-async fn futures_join<A: std::future::Future, B: std::future::Future>(
-    a: A,
-    b: B,
-) -> (A::Output, B::Output) {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    let (mut ra, mut rb) = (None, None);
-    std::future::poll_fn(|cx| {
-        if ra.is_none()
-            && let std::task::Poll::Ready(v) = a.as_mut().poll(cx)
-        {
-            ra = Some(v);
-        }
-        if rb.is_none()
-            && let std::task::Poll::Ready(v) = b.as_mut().poll(cx)
-        {
-            rb = Some(v);
-        }
-        if ra.is_some() && rb.is_some() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    (ra.expect("ready"), rb.expect("ready"))
-}
-
 #[test]
 fn full_mailboxes_answer_overloaded() {
     let rt = Runtime::builder()
@@ -390,13 +377,12 @@ fn full_mailboxes_answer_overloaded() {
         .aggregate::<Tally>()
         .start()
         .unwrap();
-    let blocker = {
-        let rt = rt.clone();
-        std::thread::spawn(move || {
-            rt.execute_blocking::<Tally>("slow", Cmd::Sleep(Duration::from_millis(1500)))
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    let blocker = hold_shard(
+        &rt,
+        "slow",
+        Duration::from_millis(1500),
+        Duration::from_millis(300),
+    );
     let results: Vec<_> = (0..40)
         .map(|i| {
             let rt = rt.clone();
@@ -406,7 +392,7 @@ fn full_mailboxes_answer_overloaded() {
         .into_iter()
         .map(|h| h.join().unwrap())
         .collect();
-    blocker.join().unwrap().unwrap();
+    blocker.join().unwrap();
     let overloaded = results
         .iter()
         .filter(|r| matches!(r, Err(CommandError::Overloaded(_))))
@@ -433,13 +419,12 @@ fn a_timeout_says_the_outcome_is_unknown_and_a_late_command_is_dropped() {
         .aggregate::<Tally>()
         .start()
         .unwrap();
-    let blocker = {
-        let rt = rt.clone();
-        std::thread::spawn(move || {
-            rt.execute_blocking::<Tally>("t", Cmd::Sleep(Duration::from_millis(1000)))
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
+    let blocker = hold_shard(
+        &rt,
+        "t",
+        Duration::from_millis(1000),
+        Duration::from_millis(200),
+    );
     let quick = ExecuteOptions::new()
         .timeout(Duration::from_millis(50))
         .command_id(CommandId::from_name("late"));
@@ -452,7 +437,7 @@ fn a_timeout_says_the_outcome_is_unknown_and_a_late_command_is_dropped() {
         message.contains("unknown") && message.contains("same command id"),
         "{message}"
     );
-    blocker.join().unwrap().unwrap();
+    blocker.join().unwrap();
     // The late command was dropped undecided once its deadline had passed.
     check(&rt, "t", 0, 0);
     // Retrying with the same command id is safe.
@@ -661,13 +646,12 @@ fn commands_decided_on_a_failed_append_fail_too() {
         .unwrap();
     // Hold the only shard so that five commands reach the actor together and
     // are decided one on another before any append completes.
-    let blocker = {
-        let rt = rt.clone();
-        std::thread::spawn(move || {
-            rt.execute_blocking::<Tally>("z", Cmd::Sleep(Duration::from_millis(1000)))
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
+    let blocker = hold_shard(
+        &rt,
+        "z",
+        Duration::from_millis(1000),
+        Duration::from_millis(200),
+    );
     let clients: Vec<_> = (0..5)
         .map(|_| {
             let rt = rt.clone();
@@ -675,7 +659,7 @@ fn commands_decided_on_a_failed_append_fail_too() {
         })
         .collect();
     let results: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
-    blocker.join().unwrap().unwrap();
+    blocker.join().unwrap();
     let conflicts = results
         .iter()
         .filter(|r| matches!(r, Err(CommandError::WrongExpectedVersion { .. })))
@@ -765,30 +749,11 @@ fn the_handle_works_from_any_executor() {
         .unwrap();
     assert_eq!(outcome.version, 1);
     // A bare executor without tokio: the timer and reply are runtime-agnostic.
-    let outcome = block_on(rt.execute::<Tally>("e", Cmd::Add(2))).unwrap();
+    let outcome = futures::executor::block_on(rt.execute::<Tally>("e", Cmd::Add(2))).unwrap();
     assert_eq!(outcome.version, 2);
     multi.block_on(rt.shutdown()).unwrap();
     assert!(matches!(
-        block_on(rt.execute::<Tally>("e", Cmd::Add(3))),
+        futures::executor::block_on(rt.execute::<Tally>("e", Cmd::Add(3))),
         Err(CommandError::ShutDown)
     ));
-}
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(output) => return output,
-            Poll::Pending => std::thread::park(),
-        }
-    }
 }

@@ -37,8 +37,12 @@ impl EventBus {
 }
 
 impl CommitListener for EventBus {
-    fn committed(&self, events: &[RecordedEvent]) {
+    fn committed(&self, events: Arc<[RecordedEvent]>) {
         // No subscriber is not an error: the events are in the store.
-        let _ = self.sender.send(Arc::from(events));
+        let _ = self.sender.send(events);
+    }
+
+    fn interested(&self) -> bool {
+        self.sender.receiver_count() > 0
     }
 }

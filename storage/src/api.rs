@@ -444,6 +444,12 @@ pub trait EventStore: Send + Sync {
 /// not block: hand the events on through a bounded, non-blocking channel.
 pub trait CommitListener: Send + Sync + 'static {
     /// `events` are consecutive in the global log and follow those of the
-    /// previous call.
-    fn committed(&self, events: &[RecordedEvent]);
+    /// previous call (for as long as the listener is interested).
+    fn committed(&self, events: Arc<[RecordedEvent]>);
+
+    /// Whether the listener wants events now; the writer skips building them
+    /// for batches written while it does not. Checked once per batch.
+    fn interested(&self) -> bool {
+        true
+    }
 }

@@ -185,9 +185,10 @@ impl MemoryStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
+            && listener.interested()
         {
             let first = (outcome.first_position - 1) as usize;
-            listener.committed(&state.log[first..]);
+            listener.committed(Arc::from(&state.log[first..]));
         }
         Ok(outcome)
     }

@@ -57,6 +57,9 @@ struct Args {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Shards (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 fn progress(total: u64, label: &str, quiet: bool) -> ProgressBar {

@@ -166,7 +166,7 @@ impl Writer {
         let mut pending_versions: HashMap<StreamId, Tip> = HashMap::new();
         let mut pending_commands: HashMap<CommandId, AppendOutcome> = HashMap::new();
         let mut position = self.next_position;
-        let listening = self.shared.listener().is_some();
+        let listening = self.shared.listener().is_some_and(|l| l.interested());
         let mut written = Written {
             last_position: 0,
             appends: 0,
@@ -517,15 +517,18 @@ fn complete(shared: &Shared, batches: Vec<Written>) {
         // Invariant 1: the head moves only after the batch is durable.
         shared.head.store(head, Ordering::Release);
     }
-    if let Some(listener) = shared.listener() {
-        for written in &batches {
-            if !written.events.is_empty() {
-                listener.committed(&written.events);
-            }
-        }
-    }
+    let listener = shared.listener();
+    let mut answers = Vec::with_capacity(batches.len());
     for written in batches {
-        for (reply, decision) in written.answers {
+        if let Some(listener) = &listener
+            && !written.events.is_empty()
+        {
+            listener.committed(Arc::from(written.events));
+        }
+        answers.push(written.answers);
+    }
+    for answers in answers {
+        for (reply, decision) in answers {
             let answer = match decision {
                 Decision::Write(outcome) => Ok(outcome),
                 Decision::Done(result) => result,

@@ -936,8 +936,8 @@ pub fn command_outcomes_are_durable<B: Backend>(b: &mut B) {
 pub struct Collector(std::sync::Mutex<Vec<RecordedEvent>>);
 
 impl CommitListener for Collector {
-    fn committed(&self, events: &[RecordedEvent]) {
-        self.0.lock().unwrap().extend_from_slice(events);
+    fn committed(&self, events: Arc<[RecordedEvent]>) {
+        self.0.lock().unwrap().extend_from_slice(&events);
     }
 }
 

@@ -159,6 +159,12 @@ fn stream(id: &str) -> StreamId {
 }
 
 #[test]
+fn the_handle_is_send_sync_and_clone() {
+    fn embeddable<T: Send + Sync + Clone + 'static>() {}
+    embeddable::<RuntimeHandle>();
+}
+
+#[test]
 fn concurrent_commands_to_one_id_are_applied_in_order_with_no_lost_update() {
     let rt = runtime();
     let threads = 8;

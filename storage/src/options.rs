@@ -94,6 +94,7 @@ impl StoreOptions {
 #[derive(Clone, Debug, Default)]
 pub struct FaultInjector {
     writes_to_fail: Arc<AtomicU64>,
+    syncs_to_fail: Arc<AtomicU64>,
 }
 
 impl FaultInjector {
@@ -110,6 +111,19 @@ impl FaultInjector {
     /// Consumes one pending failure: true if this write must fail.
     pub fn should_fail(&self) -> bool {
         self.writes_to_fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Makes the next `count` WAL syncs fail (under `Durability::Sync`):
+    /// the batch is written, but not known to be durable.
+    pub fn fail_next_syncs(&self, count: u64) {
+        self.syncs_to_fail.store(count, Ordering::SeqCst);
+    }
+
+    /// Consumes one pending sync failure: true if this sync must fail.
+    pub fn should_fail_sync(&self) -> bool {
+        self.syncs_to_fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
     }

@@ -145,6 +145,57 @@ fn truncated_values_and_broken_indexes_are_reported_with_their_keys() {
     ));
 }
 
+// Guards invariant 1: a batch that is written to RocksDB but whose WAL sync
+// failed sits in the memtable; no read may return it.
+#[test]
+fn written_but_unsynced_events_are_never_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let store = RocksStore::open(
+        dir.path(),
+        StoreOptions {
+            faults: Some(faults.clone()),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let s = sid("acc-1");
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![ev("E", b"durable")])
+        .unwrap();
+    faults.fail_next_syncs(1);
+    let lost = store.append(
+        &s,
+        ExpectedVersion::Exact(1),
+        vec![ev("E", b"unsynced"), ev("E", b"unsynced")],
+    );
+    assert!(matches!(lost, Err(AppendError::Io(_))), "{lost:?}");
+    assert_eq!(store.head(), 1);
+    assert_eq!(store.stream_version(&s).unwrap(), 1);
+    let forward = store.read_stream(&s, 1, Direction::Forward, 10).unwrap();
+    let backward = store
+        .read_stream(&s, u64::MAX, Direction::Backward, 10)
+        .unwrap();
+    assert_eq!((forward.len(), backward.len()), (1, 1));
+    assert_eq!(
+        store.read_all(1, 10, &Filter::all()).unwrap().events.len(),
+        1
+    );
+    assert_eq!(
+        store
+            .read_stream_until(&s, eventfold_domain::Timestamp::now(), 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    let report = store.verify().unwrap();
+    assert!(report.is_clean() && report.events == 1, "{report:?}");
+    assert!(matches!(
+        store.append(&s, ExpectedVersion::Any, vec![ev("E", b"")]),
+        Err(AppendError::Poisoned)
+    ));
+}
+
 #[test]
 fn every_durability_keeps_appends_across_a_clean_reopen() {
     for durability in [Durability::Sync, Durability::Buffered, Durability::NoWal] {

@@ -235,6 +235,7 @@ impl RocksStore {
             let syncer = Syncer {
                 db: Arc::clone(&db),
                 shared: Arc::clone(&shared),
+                options: Arc::clone(&options),
                 receiver: from_writer,
             };
             threads.push(spawn("eventfold-syncer", move || syncer.run())?);

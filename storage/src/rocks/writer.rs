@@ -453,6 +453,7 @@ pub(crate) fn last_indexed_tip(
 pub(crate) struct Syncer {
     pub db: Arc<DB>,
     pub shared: Arc<Shared>,
+    pub options: Arc<StoreOptions>,
     pub receiver: Receiver<Written>,
 }
 
@@ -474,19 +475,26 @@ impl Syncer {
             }
             let writes = batches.iter().any(|w| w.appends > 0);
             // One sync covers every batch written before it started.
-            match if writes {
-                self.db.flush_wal(true)
-            } else {
+            let synced = if !writes {
                 Ok(())
-            } {
+            } else if self
+                .options
+                .faults
+                .as_ref()
+                .is_some_and(|f| f.should_fail_sync())
+            {
+                Err("injected sync failure".to_owned())
+            } else {
+                self.db.flush_wal(true).map_err(|e| e.into_string())
+            };
+            match synced {
                 Ok(()) => {
                     if writes {
                         self.shared.stats_syncs.fetch_add(1, Ordering::Relaxed);
                     }
                     complete(&self.shared, batches)
                 }
-                Err(e) => {
-                    let message = e.into_string();
+                Err(message) => {
                     for written in batches {
                         fail(&self.shared, written, &message);
                     }

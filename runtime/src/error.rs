@@ -108,6 +108,41 @@ pub enum StartError {
     Kind(&'static str),
 }
 
+/// Why a projection operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// No projection or handler of this name is registered.
+    #[error("no projection named {0}")]
+    Unknown(String),
+    /// The name is an event handler, which keeps no read model.
+    #[error("{0} is an event handler, not a projection")]
+    NotAProjection(String),
+    /// The projection had not reached the position within the timeout.
+    #[error("the projection had not reached position {position} within {timeout:?}")]
+    Timeout {
+        /// The position waited for.
+        position: u64,
+        /// How long it waited.
+        timeout: std::time::Duration,
+    },
+    /// The projection is stopped (its error policy stopped it).
+    #[error("the projection is stopped: {0}")]
+    Stopped(String),
+    /// A parked event could not be retried or skipped.
+    #[error("parked event: {0}")]
+    Parked(String),
+    /// A rebuild of this projection is already running.
+    #[error("a rebuild of {0} is already running")]
+    RebuildRunning(String),
+    /// The store could not be read or written.
+    #[error("store: {0}")]
+    Store(String),
+    /// The runtime is shut down.
+    #[error("the runtime is shut down")]
+    ShutDown,
+}
+
 /// Why shutdown did not complete cleanly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,9 +1,10 @@
 //! The embedding handle.
 
 use crate::bus::{EventBatch, EventBus};
-use crate::error::{CommandError, ShutdownError};
+use crate::error::{CommandError, ProjectionError, ShutdownError};
 use crate::metric_names::{REJECTIONS_TOTAL, WRITE_BATCH_EVENTS};
 use crate::outcome::{CommandOutcome, ExecuteOptions};
+use crate::projection::{ConsumerState, ConsumerStatus, ParkedEvent, ReadModelView};
 use crate::shard::{CommandResult, Drain, Execute, Shard, Shared};
 use actix::dev::SendError;
 use actix::prelude::*;
@@ -34,12 +35,16 @@ pub(crate) struct Inner {
     pub system: Mutex<Option<SystemThread>>,
     /// Set when the store is RocksDB, to close it at shutdown.
     pub rocks: Option<RocksStore>,
+    /// Projections and event handlers.
+    pub registry: Arc<crate::registry::Registry>,
     /// The temporary directory of an embedded default store, removed last.
     pub _temp: Option<tempfile::TempDir>,
 }
 
 impl Inner {
     fn stop_system(&self) -> Result<(), ShutdownError> {
+        // Consumers commit what they have handled before the store closes.
+        self.registry.stop_all();
         let running = self.system.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(running) = running {
             running.system.stop();
@@ -107,19 +112,20 @@ pub struct RuntimeHandle {
 type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration);
 
 /// Waits for a reply or a timer, whichever comes first; any executor.
-struct Answer<T> {
-    reply: oneshot::Receiver<T>,
+struct Answer<F> {
+    reply: F,
     timer: futures_timer::Delay,
 }
 
-impl<T> Future for Answer<T> {
-    type Output = Option<Result<T, ()>>;
+impl<F: Future + Unpin> Future for Answer<F> {
+    type Output = Option<F::Output>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(result) = Pin::new(&mut self.reply).poll(cx) {
-            return Poll::Ready(Some(result.map_err(|_| ())));
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(result) = Pin::new(&mut this.reply).poll(cx) {
+            return Poll::Ready(Some(result));
         }
-        match Pin::new(&mut self.timer).poll(cx) {
+        match Pin::new(&mut this.timer).poll(cx) {
             Poll::Ready(()) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -198,7 +204,7 @@ impl RuntimeHandle {
         };
         match answer.await {
             Some(Ok(result)) => result,
-            Some(Err(())) => Err(CommandError::ShutDown),
+            Some(Err(_)) => Err(CommandError::ShutDown),
             None => Err(CommandError::Timeout(timeout)),
         }
     }
@@ -239,6 +245,91 @@ impl RuntimeHandle {
         self.inner.bus.subscribe()
     }
 
+    /// The read model of a projection, at its active version.
+    pub fn query(&self, projection: &str) -> Result<ReadModelView, ProjectionError> {
+        let model = self.inner.registry.active_model(projection)?;
+        Ok(ReadModelView {
+            store: Arc::clone(&self.inner.shared.store),
+            model,
+        })
+    }
+
+    /// Waits until `projection` has committed every event up to `position`
+    /// (such as [`CommandOutcome::position`]): read-your-writes.
+    pub async fn wait_for(
+        &self,
+        projection: &str,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        let (_, consumers) = self.inner.registry.consumers(projection)?;
+        let deadline = Instant::now() + timeout;
+        for consumer in consumers {
+            let mut processed = consumer.processed.subscribe();
+            loop {
+                if *processed.borrow_and_update() >= position {
+                    break;
+                }
+                if let ConsumerState::Stopped(reason) = consumer.state() {
+                    return Err(ProjectionError::Stopped(reason));
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(ProjectionError::Timeout { position, timeout });
+                }
+                // Re-checks the state at least every 50 ms.
+                let changed = Answer {
+                    reply: Box::pin(processed.changed()),
+                    timer: futures_timer::Delay::new(remaining.min(Duration::from_millis(50))),
+                };
+                changed.await;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`RuntimeHandle::wait_for`] for plain threads.
+    pub fn wait_for_blocking(
+        &self,
+        projection: &str,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        futures::executor::block_on(self.wait_for(projection, position, timeout))
+    }
+
+    /// The status of each consumer of a projection or handler: every
+    /// partition, and a rebuild while it runs.
+    pub fn projection_status(&self, name: &str) -> Result<Vec<ConsumerStatus>, ProjectionError> {
+        self.inner.registry.status(name)
+    }
+
+    /// The events parked by a projection or handler, in position order.
+    pub fn parked_events(&self, name: &str) -> Result<Vec<ParkedEvent>, ProjectionError> {
+        self.inner.registry.parked(name)
+    }
+
+    /// Retries a parked event (then the events of its stream held behind
+    /// it); blocks until the consumer has tried. Do not call it from an
+    /// async task.
+    pub fn retry_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+        self.inner.registry.resolve_parked(name, position, false)
+    }
+
+    /// Drops a parked event without handling it, then retries the events of
+    /// its stream held behind it. Blocks like [`RuntimeHandle::retry_parked`].
+    pub fn skip_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+        self.inner.registry.resolve_parked(name, position, true)
+    }
+
+    /// Rebuilds a projection: a new version of its read model is built from
+    /// position 0 while queries keep reading the current one, and becomes the
+    /// active version atomically once it has caught up. Returns the new
+    /// version; [`RuntimeHandle::projection_status`] shows its progress.
+    pub fn rebuild(&self, name: &str) -> Result<u32, ProjectionError> {
+        self.inner.registry.rebuild(name)
+    }
+
     /// Aggregate actors resident now, over all shards.
     pub fn resident_actors(&self) -> u64 {
         self.inner.shared.resident.load(Ordering::Relaxed).max(0) as u64
@@ -246,8 +337,10 @@ impl RuntimeHandle {
 
     /// Stops taking commands (later calls fail with `ShutDown`), lets every
     /// aggregate finish the commands it has taken and its appends become
-    /// durable, closes the store and stops the actor threads. Commands
-    /// acknowledged before are never lost.
+    /// durable, lets projections commit what they have handled, closes the
+    /// store's writer and stops the actor threads. Commands acknowledged
+    /// before are never lost. The store's files are released when the last
+    /// handle is dropped; reads through [`RuntimeHandle::store`] work until then.
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
         let (done, finished) = oneshot::channel();
         let inner = Arc::clone(&self.inner);

@@ -86,19 +86,26 @@
 
 mod actor;
 pub mod bus;
+mod consumer;
 mod error;
 mod handle;
 pub mod metric_names;
 mod outcome;
+pub mod projection;
+mod registry;
 mod settings;
 mod shard;
 
 pub use bus::{EventBatch, EventBus};
-pub use error::{CommandError, LoadError, ShutdownError, StartError};
+pub use error::{CommandError, LoadError, ProjectionError, ShutdownError, StartError};
 pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;
 pub use handle::RuntimeHandle;
 pub use outcome::{CommandOutcome, ExecuteOptions};
+pub use projection::{
+    AfterRetries, ConsumerSettings, ConsumerState, ConsumerStatus, ErrorPolicy, EventHandler,
+    HandlerError, ParkedEvent, Projection, ReadModelTx, ReadModelView,
+};
 pub use settings::{Passivation, Settings};
 
 use actix::prelude::*;
@@ -135,6 +142,7 @@ impl Runtime {
             settings: Settings::default(),
             kinds: Vec::new(),
             memory: None,
+            consumers: Vec::new(),
         }
     }
 }
@@ -145,6 +153,7 @@ pub struct RuntimeBuilder {
     settings: Settings,
     kinds: Vec<&'static str>,
     memory: Option<MemoryStore>,
+    consumers: Vec<registry::Registration>,
 }
 
 impl RuntimeBuilder {
@@ -234,9 +243,62 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Registers a projection; `make` builds a handler for each partition
+    /// (and for each rebuild).
+    pub fn projection<P: Projection>(
+        mut self,
+        make: impl Fn() -> P + Send + Sync + 'static,
+        settings: ConsumerSettings,
+    ) -> Self {
+        let name = make().name().to_owned();
+        self.consumers.push(registry::Registration {
+            name,
+            settings,
+            make: Arc::new(move || consumer::Kind::Projection(Box::new(make()))),
+            projection: true,
+        });
+        self
+    }
+
+    /// Registers an event handler with side effects (at-least-once).
+    pub fn event_handler<H: EventHandler>(
+        mut self,
+        make: impl Fn() -> H + Send + Sync + 'static,
+        settings: ConsumerSettings,
+    ) -> Self {
+        let name = make().name().to_owned();
+        self.consumers.push(registry::Registration {
+            name,
+            settings,
+            make: Arc::new(move || consumer::Kind::Handler(Box::new(make()))),
+            projection: false,
+        });
+        self
+    }
+
     /// Opens the store and starts the actor system on its own threads.
     pub fn start(self) -> Result<RuntimeHandle, StartError> {
         self.settings.validate().map_err(StartError::Setting)?;
+        let mut names = HashSet::new();
+        for consumer in &self.consumers {
+            let name = consumer.name.as_str();
+            let invalid = name.is_empty()
+                || name.len() > 200
+                || name.contains(['\0', '#', '@', '$'])
+                || !names.insert(name);
+            if invalid {
+                return Err(StartError::Setting(format!(
+                    "projection or handler name {name:?}: names must be unique, 1 to 200 bytes, without NUL, '#', '@' or '$'"
+                )));
+            }
+            if consumer.settings.batch_events_max == 0
+                || consumer.settings.catch_up_chunk_events == 0
+            {
+                return Err(StartError::Setting(format!(
+                    "{name}: batch sizes must be at least 1"
+                )));
+            }
+        }
         let mut kinds = HashSet::new();
         for kind in &self.kinds {
             if kind.is_empty() || kind.contains('-') || !kinds.insert(*kind) {
@@ -274,7 +336,19 @@ impl RuntimeBuilder {
             settings: self.settings,
             resident: AtomicI64::new(0),
         });
-        let (shards, system) = start_system(Arc::clone(&shared))?;
+        let registry = Arc::new(registry::Registry::new(
+            Arc::clone(&store),
+            bus.clone(),
+            self.consumers,
+        ));
+        registry.start_all().map_err(StartError::System)?;
+        let (shards, system) = match start_system(Arc::clone(&shared)) {
+            Ok(started) => started,
+            Err(error) => {
+                registry.stop_all();
+                return Err(error);
+            }
+        };
         Ok(RuntimeHandle::new(Inner {
             shards,
             shared,
@@ -283,6 +357,7 @@ impl RuntimeBuilder {
             accepting: AtomicBool::new(true),
             system: Mutex::new(Some(system)),
             rocks,
+            registry,
             _temp: temp,
         }))
     }

@@ -17,3 +17,7 @@ pub const PASSIVATIONS_TOTAL: &str = "eventfold_passivations_total";
 /// Counter: commands refused before being decided. Label: `reason`
 /// (`overloaded`, `timeout`, `shut_down`).
 pub const REJECTIONS_TOTAL: &str = "eventfold_rejections_total";
+/// Gauge: the last position a consumer has committed. Label: `consumer`.
+pub const PROJECTION_CHECKPOINT: &str = "eventfold_projection_checkpoint";
+/// Gauge: head minus a consumer's checkpoint. Label: `consumer`.
+pub const PROJECTION_LAG: &str = "eventfold_projection_lag";

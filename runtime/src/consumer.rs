@@ -1,0 +1,542 @@
+//! The consumer actor: one projection (or partition, or rebuild) or event
+//! handler, on a thread of its own. See [`crate::projection`] for the model.
+//!
+//! **Architecture Invariant:** a projection's effects and its checkpoint are
+//! committed in one `ReadModelBatch`; parked events are written in the same
+//! batch. Positions are handled strictly in order, each at most once per run:
+//! `next` only moves forward, and a bus batch that starts past `next` sends
+//! the consumer back to reading the store.
+
+use crate::bus::{EventBatch, EventBus};
+use crate::error::panic_message;
+use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
+use crate::projection::*;
+use eventfold_domain::RecordedEvent;
+use eventfold_storage::{EventStore, Filter, ReadModelBatch, payload};
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// How long a live consumer waits for the bus before it looks at its mailbox.
+pub(crate) const LIVE_WAIT: Duration = Duration::from_millis(20);
+/// Without effects to commit, the checkpoint is still persisted after this
+/// many positions, so that a restart does not re-read far.
+pub(crate) const CHECKPOINT_PERSIST_EVENTS: u64 = 65_536;
+/// Most parked events a consumer lists or reloads at start.
+pub(crate) const PARKED_LIST_MAX: usize = 100_000;
+/// The read model holding each projection's active version.
+pub(crate) const ACTIVE_VERSIONS_MODEL: &str = "$projections";
+
+/// What the handle can ask of a consumer.
+pub(crate) enum Control {
+    Retry(u64, oneshot::Sender<Result<(), String>>),
+    Skip(u64, oneshot::Sender<Result<(), String>>),
+    Stop,
+}
+
+/// What the handle sees of a consumer without asking it.
+pub(crate) struct ConsumerShared {
+    pub id: String,
+    pub processed: watch::Sender<u64>,
+    pub state: Mutex<ConsumerState>,
+    pub parked: AtomicU64,
+    pub parked_model: String,
+}
+
+impl ConsumerShared {
+    pub(crate) fn state(&self) -> ConsumerState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn set_state(&self, state: ConsumerState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+    /// A rebuild that has been switched to.
+    pub(crate) fn set_live(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *state == ConsumerState::Rebuilding {
+            *state = ConsumerState::Live;
+        }
+    }
+}
+
+/// The handler a consumer drives.
+pub(crate) enum Kind {
+    Projection(Box<dyn Projection>),
+    Handler(Box<dyn EventHandler>),
+}
+
+impl Kind {
+    pub(crate) fn filter(&self) -> Filter {
+        match self {
+            Kind::Projection(p) => p.filter(),
+            Kind::Handler(h) => h.filter(),
+        }
+    }
+}
+
+/// When a rebuild's consumer reports that it has caught up.
+pub(crate) type CaughtUp = Option<std::sync::mpsc::Sender<()>>;
+
+pub(crate) struct Consumer {
+    pub shared: Arc<ConsumerShared>,
+    pub kind: Kind,
+    pub filter: Filter,
+    pub settings: ConsumerSettings,
+    pub store: Arc<dyn EventStore>,
+    pub bus: EventBus,
+    pub control: Receiver<Control>,
+    /// The read model this consumer writes (`name@vN`).
+    pub model: String,
+    /// `(index, count)` when partitioned.
+    pub partition: (usize, usize),
+    /// Told once when the consumer first reaches the head (rebuilds).
+    pub caught_up: CaughtUp,
+}
+
+struct Run {
+    next: u64,
+    persisted: u64,
+    pending: Pending,
+    undo: Undo,
+    parked: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pending_events: usize,
+    /// Streams with parked events, and how many.
+    held: HashMap<String, u64>,
+    live: bool,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+pub(crate) fn partition_of(stream: &str, partitions: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the assignment is stable across runs.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    stream.hash(&mut hasher);
+    (hasher.finish() % partitions.max(1) as u64) as usize
+}
+
+fn parked_key(position: u64) -> Vec<u8> {
+    position.to_be_bytes().to_vec()
+}
+
+impl Consumer {
+    pub(crate) fn run(mut self) {
+        let mut receiver = self.bus.subscribe();
+        let start = match self.store.checkpoint(&self.shared.id) {
+            Ok(checkpoint) => checkpoint.unwrap_or(0),
+            Err(error) => return self.stop(format!("checkpoint unreadable: {error}")),
+        };
+        let mut run = Run {
+            next: start + 1,
+            persisted: start,
+            pending: HashMap::new(),
+            undo: Vec::new(),
+            parked: Vec::new(),
+            pending_events: 0,
+            held: HashMap::new(),
+            live: false,
+        };
+        match self
+            .store
+            .read_model_scan(&self.shared.parked_model, b"", PARKED_LIST_MAX)
+        {
+            Ok(entries) => {
+                for (_, value) in entries {
+                    if let Ok(parked) = payload::decode::<ParkedEvent>(&value) {
+                        *run.held.entry(parked.stream).or_default() += 1;
+                        self.shared.parked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(error) => return self.stop(format!("dead letters unreadable: {error}")),
+        }
+        self.shared.processed.send_replace(start);
+        loop {
+            if !self.mailbox(&mut run) {
+                break;
+            }
+            let flow = if run.live {
+                self.step_live(&mut run, &mut receiver)
+            } else {
+                self.step_catch_up(&mut run)
+            };
+            if let Flow::Stop = flow {
+                // Stopped by the error policy or a store failure: answer the
+                // mailbox until told to stop.
+                while let Ok(message) = self.control.recv() {
+                    match message {
+                        Control::Stop => return,
+                        Control::Retry(_, reply) | Control::Skip(_, reply) => {
+                            let _ = reply.send(Err("the consumer is stopped".into()));
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        // A clean stop commits what is pending.
+        let through = run.next - 1;
+        let _ = self.commit(&mut run, through, true);
+    }
+
+    /// Handles control messages; false when told to stop.
+    fn mailbox(&mut self, run: &mut Run) -> bool {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Stop) => return false,
+                Ok(Control::Retry(position, reply)) => {
+                    let _ = reply.send(self.retry_parked(run, position, false));
+                }
+                Ok(Control::Skip(position, reply)) => {
+                    let _ = reply.send(self.retry_parked(run, position, true));
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return true,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn stop(&self, reason: String) {
+        tracing::error!(consumer = %self.shared.id, %reason, "consumer stopped");
+        self.shared.set_state(ConsumerState::Stopped(reason));
+    }
+
+    fn step_catch_up(&mut self, run: &mut Run) -> Flow {
+        let slice =
+            match self
+                .store
+                .read_all(run.next, self.settings.catch_up_chunk_events, &self.filter)
+            {
+                Ok(slice) => slice,
+                Err(error) => {
+                    self.stop(format!("catch-up read failed: {error}"));
+                    return Flow::Stop;
+                }
+            };
+        for event in &slice.events {
+            if let Flow::Stop = self.handle(run, event) {
+                return Flow::Stop;
+            }
+            run.next = event.position + 1;
+            if run.pending_events >= self.settings.batch_events_max
+                && self.commit(run, event.position, false).is_err()
+            {
+                return Flow::Stop;
+            }
+        }
+        run.next = run.next.max(slice.next_position);
+        if slice.next_position > slice.head {
+            // At the head: commit, then take live events.
+            if self.commit(run, run.next - 1, false).is_err() {
+                return Flow::Stop;
+            }
+            run.live = true;
+            if self.shared.state() == ConsumerState::CatchingUp {
+                self.shared.set_state(ConsumerState::Live);
+            }
+            if let Some(caught_up) = self.caught_up.take() {
+                let _ = caught_up.send(());
+            }
+        }
+        Flow::Continue
+    }
+
+    fn step_live(&mut self, run: &mut Run, receiver: &mut broadcast::Receiver<EventBatch>) -> Flow {
+        match receive(receiver, LIVE_WAIT) {
+            Some(Ok(batch)) => {
+                let first = batch.first().map_or(run.next, |e| e.position);
+                if first > run.next {
+                    // Events between were published while we were not listening.
+                    run.live = false;
+                    return Flow::Continue;
+                }
+                let from = run.next;
+                for event in batch.iter().filter(|e| e.position >= from) {
+                    if self.filter.matches(event)
+                        && let Flow::Stop = self.handle(run, event)
+                    {
+                        return Flow::Stop;
+                    }
+                    run.next = event.position + 1;
+                    if run.pending_events >= self.settings.batch_events_max
+                        && self.commit(run, event.position, false).is_err()
+                    {
+                        return Flow::Stop;
+                    }
+                }
+                if receiver.is_empty() && self.commit(run, run.next - 1, false).is_err() {
+                    return Flow::Stop;
+                }
+            }
+            Some(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                tracing::debug!(consumer = %self.shared.id, missed, "bus lagged; catching up from the store");
+                run.live = false;
+            }
+            Some(Err(broadcast::error::RecvError::Closed)) => {
+                self.stop("the event bus closed".into());
+                return Flow::Stop;
+            }
+            None => {
+                // Idle: the head may have moved past positions the bus never
+                // carried (written before we subscribed).
+                if self.store.head() >= run.next {
+                    run.live = false;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn mine(&self, event: &RecordedEvent) -> bool {
+        let (index, count) = self.partition;
+        count <= 1 || partition_of(event.stream_id.as_str(), count) == index
+    }
+
+    /// Handles one event under the error policy.
+    fn handle(&mut self, run: &mut Run, event: &RecordedEvent) -> Flow {
+        if !self.mine(event) {
+            return Flow::Continue;
+        }
+        let stream = event.stream_id.as_str();
+        if run.held.contains_key(stream) {
+            let parked = ParkedEvent {
+                position: event.position,
+                stream: stream.to_owned(),
+                reason: "held behind an earlier parked event of its stream".into(),
+                attempts: 0,
+            };
+            self.park(run, parked);
+            return Flow::Continue;
+        }
+        let policy = self.settings.error_policy.clone();
+        let mut backoff = policy.backoff_initial;
+        let mut last_error = String::new();
+        let attempts = policy.attempts_max.max(1);
+        for attempt in 1..=attempts {
+            match self.attempt(run, event) {
+                Ok(()) => {
+                    run.pending_events += 1;
+                    return Flow::Continue;
+                }
+                Err(error) => last_error = error,
+            }
+            if attempt < attempts {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(policy.backoff_max);
+            }
+        }
+        match policy.then {
+            AfterRetries::Park => {
+                tracing::warn!(consumer = %self.shared.id, position = event.position, error = %last_error, "event parked");
+                let parked = ParkedEvent {
+                    position: event.position,
+                    stream: stream.to_owned(),
+                    reason: last_error,
+                    attempts,
+                };
+                self.park(run, parked);
+                Flow::Continue
+            }
+            AfterRetries::Stop => {
+                // Effects of earlier events of this batch are committed.
+                let _ = self.commit(run, event.position - 1, true);
+                self.stop(format!("position {}: {last_error}", event.position));
+                Flow::Stop
+            }
+        }
+    }
+
+    /// One attempt: the handler's writes stay pending on success and are
+    /// undone on failure or panic.
+    fn attempt(&mut self, run: &mut Run, event: &RecordedEvent) -> Result<(), String> {
+        run.undo.clear();
+        let result = match &mut self.kind {
+            Kind::Projection(projection) => {
+                let mut tx = ReadModelTx {
+                    store: &*self.store,
+                    model: &self.model,
+                    pending: &mut run.pending,
+                    undo: &mut run.undo,
+                };
+                catch_unwind(AssertUnwindSafe(|| projection.apply(event, &mut tx)))
+            }
+            Kind::Handler(handler) => catch_unwind(AssertUnwindSafe(|| handler.handle(event))),
+        };
+        let outcome = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.0),
+            Err(panic) => Err(format!("the handler panicked: {}", panic_message(panic))),
+        };
+        if outcome.is_err() {
+            roll_back(&mut run.pending, &mut run.undo);
+        }
+        run.undo.clear();
+        outcome
+    }
+
+    fn park(&mut self, run: &mut Run, parked: ParkedEvent) {
+        match payload::encode(&parked) {
+            Ok(bytes) => {
+                *run.held.entry(parked.stream.clone()).or_default() += 1;
+                run.parked.push((parked_key(parked.position), Some(bytes)));
+                self.shared.parked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::error!(consumer = %self.shared.id, %error, "a parked event could not be encoded")
+            }
+        }
+    }
+
+    /// Commits effects, parked events and the checkpoint `through`, in one
+    /// batch. Without effects the checkpoint is persisted only now and then
+    /// (or when `force`), but `processed` always moves.
+    fn commit(&mut self, run: &mut Run, through: u64, force: bool) -> Result<(), ()> {
+        let effects = !run.pending.is_empty() || !run.parked.is_empty();
+        let due = through >= run.persisted + CHECKPOINT_PERSIST_EVENTS;
+        if effects || (force && through > run.persisted) || due {
+            let mut batch = ReadModelBatch::new();
+            drain_into(&mut run.pending, &self.model, &mut batch);
+            for (key, value) in run.parked.drain(..) {
+                match value {
+                    Some(value) => batch.put(&self.shared.parked_model, key, value),
+                    None => batch.delete(&self.shared.parked_model, key),
+                }
+            }
+            batch.set_checkpoint(&self.shared.id, through);
+            if let Err(error) = self.store.commit_read_model(batch) {
+                self.stop(format!("commit failed: {error}"));
+                return Err(());
+            }
+            run.persisted = through;
+        }
+        run.pending_events = 0;
+        if through > *self.shared.processed.borrow() {
+            self.shared.processed.send_replace(through);
+        }
+        let labels = [("consumer", self.shared.id.clone())];
+        metrics::gauge!(PROJECTION_CHECKPOINT, &labels).set(through as f64);
+        metrics::gauge!(PROJECTION_LAG, &labels)
+            .set(self.store.head().saturating_sub(through) as f64);
+        Ok(())
+    }
+
+    /// Retries (or skips) a parked event, then the events held behind it.
+    fn retry_parked(&mut self, run: &mut Run, position: u64, skip: bool) -> Result<(), String> {
+        // Start from a clean slate: what is pending is committed first.
+        let through = run.next - 1;
+        self.commit(run, through, false)
+            .map_err(|_| "commit failed".to_owned())?;
+        let model = self.shared.parked_model.clone();
+        let entries = self
+            .store
+            .read_model_scan(&model, b"", PARKED_LIST_MAX)
+            .map_err(|e| e.to_string())?;
+        let parked: Vec<ParkedEvent> = entries
+            .iter()
+            .filter_map(|(_, v)| payload::decode::<ParkedEvent>(v).ok())
+            .collect();
+        let Some(target) = parked.iter().find(|p| p.position == position).cloned() else {
+            return Err(format!("position {position} is not parked"));
+        };
+        if parked
+            .iter()
+            .any(|p| p.stream == target.stream && p.position < position)
+        {
+            return Err(format!(
+                "position {position} is held behind an earlier parked event of {}; retry or skip that first",
+                target.stream
+            ));
+        }
+        // The target, then every event held behind it, in order, until one fails.
+        let mut queue: Vec<ParkedEvent> = parked
+            .into_iter()
+            .filter(|p| p.stream == target.stream && p.position >= position)
+            .collect();
+        queue.sort_by_key(|p| p.position);
+        let mut result = Ok(());
+        for (i, entry) in queue.into_iter().enumerate() {
+            let skipping = skip && i == 0;
+            if !skipping {
+                let event = self
+                    .store
+                    .read_all(entry.position, 1, &Filter::all())
+                    .map_err(|e| e.to_string())?
+                    .events
+                    .into_iter()
+                    .next()
+                    .filter(|e| e.position == entry.position)
+                    .ok_or_else(|| format!("position {} is not in the store", entry.position))?;
+                if let Err(error) = self.attempt(run, &event) {
+                    let updated = ParkedEvent {
+                        reason: error.clone(),
+                        attempts: entry.attempts + 1,
+                        ..entry
+                    };
+                    if let Ok(bytes) = payload::encode(&updated) {
+                        run.parked.push((parked_key(updated.position), Some(bytes)));
+                    }
+                    result = if i == 0 { Err(error) } else { Ok(()) };
+                    break;
+                }
+            }
+            run.parked.push((parked_key(entry.position), None));
+            self.shared.parked.fetch_sub(1, Ordering::Relaxed);
+            if let Some(count) = run.held.get_mut(&entry.stream) {
+                *count -= 1;
+                if *count == 0 {
+                    run.held.remove(&entry.stream);
+                }
+            }
+        }
+        self.commit(run, through, true)
+            .map_err(|_| "commit failed".to_owned())?;
+        result
+    }
+}
+
+/// Waits up to `wait` for the next bus batch, on any thread.
+fn receive(
+    receiver: &mut broadcast::Receiver<EventBatch>,
+    wait: Duration,
+) -> Option<Result<EventBatch, broadcast::error::RecvError>> {
+    match receiver.try_recv() {
+        Ok(batch) => return Some(Ok(batch)),
+        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+            return Some(Err(broadcast::error::RecvError::Lagged(n)));
+        }
+        Err(broadcast::error::TryRecvError::Closed) => {
+            return Some(Err(broadcast::error::RecvError::Closed));
+        }
+        Err(broadcast::error::TryRecvError::Empty) => {}
+    }
+    futures::executor::block_on(async {
+        let mut timer = futures_timer::Delay::new(wait);
+        let mut next = std::pin::pin!(receiver.recv());
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(result) = next.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(result));
+            }
+            std::pin::Pin::new(&mut timer).poll(cx).map(|()| None)
+        })
+        .await
+    })
+}
+
+/// Reads parked events of a consumer.
+pub(crate) fn list_parked(store: &dyn EventStore, model: &str) -> Result<Vec<ParkedEvent>, String> {
+    let entries = store
+        .read_model_scan(model, b"", PARKED_LIST_MAX)
+        .map_err(|e| e.to_string())?;
+    entries
+        .iter()
+        .map(|(_, v)| payload::decode::<ParkedEvent>(v).map_err(|e| e.to_string()))
+        .collect()
+}

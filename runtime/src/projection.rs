@@ -1,0 +1,347 @@
+//! Projections and event handlers: the read side.
+//!
+//! A [`Projection`] keeps a read model in eventfold's own store: its writes
+//! (through [`ReadModelTx`]) and its checkpoint commit in one WriteBatch, so
+//! every event takes effect exactly once, across crashes and restarts. An
+//! [`EventHandler`] has side effects elsewhere: it gets every event at least
+//! once, with its global position to deduplicate by.
+//!
+//! Each consumer (a projection, one partition of a partitioned projection, or
+//! an event handler) runs as an actor on a thread of its own, because it
+//! reads the store (catch-up) and waits for the bus, which block:
+//!
+//! 1. **Catch-up.** From its checkpoint it reads the global log from the
+//!    store up to the committed head, in chunks.
+//! 2. **Live.** Having reached the head it takes batches from the bus. A gap
+//!    (a batch past the next position) or a lagged bus buffer sends it back to
+//!    catch-up: it never misses an event and never sees one twice.
+//!
+//! Events are handled in position order. Effects and the checkpoint are
+//! committed every `batch_events_max` events and whenever the consumer has
+//! nothing more to read.
+
+use eventfold_domain::{DomainEvent, RecordedEvent};
+use eventfold_storage::{EventStore, Filter, ReadError, ReadModelBatch, payload};
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Why a handler could not handle an event. The consumer's [`ErrorPolicy`]
+/// decides what happens next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+impl HandlerError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl From<ReadError> for HandlerError {
+    fn from(value: ReadError) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl From<payload::PayloadError> for HandlerError {
+    fn from(value: payload::PayloadError) -> Self {
+        Self(value.to_string())
+    }
+}
+
+/// Decodes a stored event's payload as the domain event type `E`.
+pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, HandlerError> {
+    Ok(payload::decode(&event.payload)?)
+}
+
+/// A read model kept in eventfold's store, updated exactly once per event.
+///
+/// ```
+/// use eventfold_runtime::projection::{HandlerError, Projection, ReadModelTx};
+/// use eventfold_runtime::domain::RecordedEvent;
+///
+/// /// Counts events per stream.
+/// struct Counts;
+/// impl Projection for Counts {
+///     fn name(&self) -> &str { "counts" }
+///     fn apply(&mut self, event: &RecordedEvent, model: &mut ReadModelTx<'_>) -> Result<(), HandlerError> {
+///         let key = event.stream_id.as_str().as_bytes();
+///         let n: u64 = model.get_as(key)?.unwrap_or(0);
+///         model.put_as(key, &(n + 1))
+///     }
+/// }
+/// ```
+pub trait Projection: Send + 'static {
+    /// The projection's name: its read model, checkpoint and dead letters
+    /// are named after it. Unique per runtime; no NUL, `#`, `@` or `$`.
+    fn name(&self) -> &str;
+
+    /// Which events it receives (default: all). Its checkpoint still moves
+    /// past the others.
+    fn filter(&self) -> Filter {
+        Filter::all()
+    }
+
+    /// Applies one event to the read model. On error every write this call
+    /// made is undone, and the error policy decides.
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        model: &mut ReadModelTx<'_>,
+    ) -> Result<(), HandlerError>;
+}
+
+/// A consumer with side effects outside eventfold: at-least-once delivery.
+/// After a crash it may see again the events after its last checkpoint;
+/// `event.position` is the key to deduplicate by.
+pub trait EventHandler: Send + 'static {
+    /// Unique per runtime, as for projections.
+    fn name(&self) -> &str;
+
+    /// Which events it receives (default: all).
+    fn filter(&self) -> Filter {
+        Filter::all()
+    }
+
+    /// Handles one event.
+    fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError>;
+}
+
+/// What a consumer does when its handler fails on an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorPolicy {
+    /// Attempts in all (the first included) before giving up on the event.
+    pub attempts_max: u32,
+    /// Wait before the second attempt; doubled each time.
+    pub backoff_initial: Duration,
+    /// The longest wait between attempts.
+    pub backoff_max: Duration,
+    /// What happens after the last attempt.
+    pub then: AfterRetries,
+}
+
+/// What happens to an event the handler keeps failing on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterRetries {
+    /// Park it in the dead-letter keyspace and go on. Later events of the
+    /// same stream are parked behind it (held) until it is retried or
+    /// skipped, so that a stream's events are never applied out of order.
+    Park,
+    /// Stop the consumer; its status says why. Nothing after the event is
+    /// handled until the runtime is restarted.
+    Stop,
+}
+
+impl Default for ErrorPolicy {
+    fn default() -> Self {
+        Self {
+            attempts_max: 3,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            then: AfterRetries::Park,
+        }
+    }
+}
+
+/// Settings of one consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// Most events handled per commit (effects and checkpoint in one batch).
+    pub batch_events_max: usize,
+    /// Most events read from the store per catch-up read.
+    pub catch_up_chunk_events: usize,
+    /// What happens when the handler fails.
+    pub error_policy: ErrorPolicy,
+    /// Partitions (separate actors, each with its own checkpoint) by a hash of
+    /// the stream id; 1 for none. Each partition keeps its streams' order.
+    pub partitions: usize,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            batch_events_max: 1024,
+            catch_up_chunk_events: 4096,
+            error_policy: ErrorPolicy::default(),
+            partitions: 1,
+        }
+    }
+}
+
+/// Writes not yet committed: key to new value (`None`: deleted).
+pub(crate) type Pending = HashMap<Vec<u8>, Option<Vec<u8>>>;
+/// How to undo one event's writes: key and its earlier pending entry.
+pub(crate) type Undo = Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>;
+
+/// The writes of one commit of a projection, with reads that see them.
+///
+/// Writes go to the projection's active read-model version; they become
+/// visible to queries when the batch commits with the checkpoint.
+pub struct ReadModelTx<'a> {
+    pub(crate) store: &'a dyn EventStore,
+    pub(crate) model: &'a str,
+    pub(crate) pending: &'a mut Pending,
+    /// Undo entries of the current event: key and its previous pending state.
+    pub(crate) undo: &'a mut Undo,
+}
+
+impl ReadModelTx<'_> {
+    /// The value of `key`, including this batch's writes.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.store.read_model_get(self.model, key)?),
+        }
+    }
+
+    /// The value of `key` decoded (bincode 2).
+    pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, HandlerError> {
+        self.get(key)?
+            .map(|bytes| Ok(payload::decode(&bytes)?))
+            .transpose()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        self.record(key, Some(value));
+    }
+
+    /// Sets `key` to the encoding (bincode 2) of `value`.
+    pub fn put_as<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), HandlerError> {
+        let bytes = payload::encode(value)?;
+        self.put(key, bytes);
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.record(key, None);
+    }
+
+    fn record(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        let previous = self.pending.insert(key.to_vec(), value);
+        self.undo.push((key.to_vec(), previous));
+    }
+}
+
+/// Undoes the writes of a failed event.
+pub(crate) fn roll_back(pending: &mut Pending, undo: &mut Undo) {
+    while let Some((key, previous)) = undo.pop() {
+        match previous {
+            Some(value) => {
+                pending.insert(key, value);
+            }
+            None => {
+                pending.remove(&key);
+            }
+        }
+    }
+}
+
+/// Adds pending writes to a batch for `model`.
+pub(crate) fn drain_into(
+    pending: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+    model: &str,
+    batch: &mut ReadModelBatch,
+) {
+    for (key, value) in pending.drain() {
+        match value {
+            Some(value) => batch.put(model, key, value),
+            None => batch.delete(model, key),
+        }
+    }
+}
+
+/// Where a consumer is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerState {
+    /// Reading the store towards the head.
+    CatchingUp,
+    /// At the head, taking events from the bus.
+    Live,
+    /// Stopped by its error policy, with the reason.
+    Stopped(String),
+    /// A rebuild of this version is catching up; queries read the old one.
+    Rebuilding,
+}
+
+/// A consumer's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerStatus {
+    /// The consumer's name (partitions: `name#i`; rebuilds: `name@vN`).
+    pub name: String,
+    /// The last position whose effects are committed.
+    pub checkpoint: u64,
+    /// The store's committed head when the status was taken.
+    pub head: u64,
+    /// `head - checkpoint`.
+    pub lag: u64,
+    /// Where it is.
+    pub state: ConsumerState,
+    /// Events parked in its dead-letter keyspace.
+    pub parked: u64,
+}
+
+/// An event parked after its handler kept failing, or held behind one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParkedEvent {
+    /// Its global position.
+    pub position: u64,
+    /// Its stream.
+    pub stream: String,
+    /// The last error, or which parked position it is held behind.
+    pub reason: String,
+    /// Attempts made (0 for an event held behind another).
+    pub attempts: u32,
+}
+
+/// A read model as queries see it: the projection's active version.
+///
+/// A view names one version: a view taken before a rebuild switches keeps
+/// reading the old version (whose keys are removed after the switch).
+pub struct ReadModelView {
+    pub(crate) store: std::sync::Arc<dyn EventStore>,
+    pub(crate) model: String,
+}
+
+impl ReadModelView {
+    /// The read model's name and version, such as `balances@v2`.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        self.store.read_model_get(&self.model, key)
+    }
+
+    /// The value of `key`, decoded (bincode 2) as `T`.
+    pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, HandlerError> {
+        self.get(key)?
+            .map(|bytes| Ok(payload::decode(&bytes)?))
+            .transpose()
+    }
+
+    /// Up to `max_count` entries whose keys start with `prefix`, in key order.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        max_count: usize,
+    ) -> Result<Vec<eventfold_storage::ReadModelEntry>, ReadError> {
+        self.store.read_model_scan(&self.model, prefix, max_count)
+    }
+
+    /// [`ReadModelView::scan`] with values decoded as `T`.
+    pub fn scan_as<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        max_count: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, HandlerError> {
+        self.scan(prefix, max_count)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, payload::decode(&v)?)))
+            .collect()
+    }
+}

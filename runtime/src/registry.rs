@@ -1,0 +1,363 @@
+//! Starts, stops and rebuilds the consumers (projections and handlers).
+
+use crate::bus::EventBus;
+use crate::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
+use crate::error::ProjectionError;
+use crate::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};
+use eventfold_storage::{EventStore, ReadModelBatch};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Control messages waiting per consumer.
+pub(crate) const CONTROL_QUEUE_MAX: usize = 64;
+/// Keys deleted per batch when an old read-model version is removed.
+pub(crate) const CLEANUP_BATCH_KEYS: usize = 10_000;
+
+/// A registered consumer: how to make its handler.
+pub(crate) struct Registration {
+    pub name: String,
+    pub settings: ConsumerSettings,
+    pub make: Arc<dyn Fn() -> Kind + Send + Sync>,
+    pub projection: bool,
+}
+
+/// The consumers of one version of one registration.
+pub(crate) struct Running {
+    pub version: u32,
+    pub consumers: Vec<Arc<ConsumerShared>>,
+    controls: Vec<SyncSender<Control>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    fn stop(self) {
+        for control in &self.controls {
+            let _ = control.send(Control::Stop);
+        }
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("a consumer thread panicked");
+            }
+        }
+    }
+}
+
+pub(crate) struct Registry {
+    store: Arc<dyn EventStore>,
+    bus: EventBus,
+    registrations: HashMap<String, Registration>,
+    running: Mutex<HashMap<String, Running>>,
+    rebuilding: Mutex<HashMap<String, Running>>,
+    coordinators: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub(crate) fn model_name(name: &str, version: u32) -> String {
+    format!("{name}@v{version}")
+}
+
+impl Registry {
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        bus: EventBus,
+        registrations: Vec<Registration>,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            registrations: registrations
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect(),
+            running: Mutex::new(HashMap::new()),
+            rebuilding: Mutex::new(HashMap::new()),
+            coordinators: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts every registered consumer at its active version.
+    pub(crate) fn start_all(&self) -> Result<(), String> {
+        for registration in self.registrations.values() {
+            let version = self.active_version(&registration.name)?;
+            let running = self.spawn(registration, version, None)?;
+            lock(&self.running).insert(registration.name.clone(), running);
+        }
+        Ok(())
+    }
+
+    fn active_version(&self, name: &str) -> Result<u32, String> {
+        match self
+            .store
+            .read_model_get(ACTIVE_VERSIONS_MODEL, name.as_bytes())
+        {
+            Ok(Some(bytes)) => bytes
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| format!("the active version of {name} is corrupt")),
+            Ok(None) => Ok(1),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    fn spawn(
+        &self,
+        registration: &Registration,
+        version: u32,
+        caught_up: Option<std::sync::mpsc::Sender<()>>,
+    ) -> Result<Running, String> {
+        let partitions = registration.settings.partitions.max(1);
+        let model = model_name(&registration.name, version);
+        let mut running = Running {
+            version,
+            consumers: Vec::with_capacity(partitions),
+            controls: Vec::with_capacity(partitions),
+            threads: Vec::with_capacity(partitions),
+        };
+        for index in 0..partitions {
+            let id = if partitions > 1 {
+                format!("{model}#{index}")
+            } else {
+                model.clone()
+            };
+            let (processed, _) = tokio::sync::watch::channel(0);
+            let state = if caught_up.is_some() {
+                ConsumerState::Rebuilding
+            } else {
+                ConsumerState::CatchingUp
+            };
+            let shared = Arc::new(ConsumerShared {
+                parked_model: format!("$parked.{id}"),
+                id: id.clone(),
+                processed,
+                state: Mutex::new(state),
+                parked: AtomicU64::new(0),
+            });
+            let (control, mailbox) = sync_channel(CONTROL_QUEUE_MAX);
+            let kind = (registration.make)();
+            let consumer = Consumer {
+                shared: Arc::clone(&shared),
+                filter: kind.filter(),
+                kind,
+                settings: registration.settings.clone(),
+                store: Arc::clone(&self.store),
+                bus: self.bus.clone(),
+                control: mailbox,
+                model: model.clone(),
+                partition: (index, partitions),
+                caught_up: caught_up.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("eventfold-consumer-{id}"))
+                .spawn(move || consumer.run())
+                .map_err(|e| e.to_string())?;
+            running.consumers.push(shared);
+            running.controls.push(control);
+            running.threads.push(thread);
+        }
+        Ok(running)
+    }
+
+    /// Stops every consumer after it has committed what it handled.
+    pub(crate) fn stop_all(&self) {
+        let rebuilding: Vec<_> = lock(&self.rebuilding).drain().collect();
+        for (_, running) in rebuilding {
+            running.stop();
+        }
+        let running: Vec<_> = lock(&self.running).drain().collect();
+        for (_, running) in running {
+            running.stop();
+        }
+        let coordinators = std::mem::take(&mut *lock(&self.coordinators));
+        for coordinator in coordinators {
+            let _ = coordinator.join();
+        }
+    }
+
+    fn registration(&self, name: &str) -> Result<&Registration, ProjectionError> {
+        self.registrations
+            .get(name)
+            .ok_or_else(|| ProjectionError::Unknown(name.to_owned()))
+    }
+
+    /// The active version's consumers.
+    pub(crate) fn consumers(
+        &self,
+        name: &str,
+    ) -> Result<(u32, Vec<Arc<ConsumerShared>>), ProjectionError> {
+        self.registration(name)?;
+        let running = lock(&self.running);
+        let current = running.get(name).ok_or(ProjectionError::ShutDown)?;
+        Ok((current.version, current.consumers.clone()))
+    }
+
+    /// The read model queries read now.
+    pub(crate) fn active_model(&self, name: &str) -> Result<String, ProjectionError> {
+        let registration = self.registration(name)?;
+        if !registration.projection {
+            return Err(ProjectionError::NotAProjection(name.to_owned()));
+        }
+        let (version, _) = self.consumers(name)?;
+        Ok(model_name(name, version))
+    }
+
+    pub(crate) fn status(&self, name: &str) -> Result<Vec<ConsumerStatus>, ProjectionError> {
+        let (_, mut consumers) = self.consumers(name)?;
+        if let Some(rebuild) = lock(&self.rebuilding).get(name) {
+            consumers.extend(rebuild.consumers.iter().cloned());
+        }
+        let head = self.store.head();
+        Ok(consumers
+            .iter()
+            .map(|c| {
+                let checkpoint = *c.processed.borrow();
+                ConsumerStatus {
+                    name: c.id.clone(),
+                    checkpoint,
+                    head,
+                    lag: head.saturating_sub(checkpoint),
+                    state: c.state(),
+                    parked: c.parked.load(Ordering::Relaxed),
+                }
+            })
+            .collect())
+    }
+
+    pub(crate) fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, ProjectionError> {
+        let (_, consumers) = self.consumers(name)?;
+        let mut all = Vec::new();
+        for consumer in consumers {
+            all.extend(
+                crate::consumer::list_parked(&*self.store, &consumer.parked_model)
+                    .map_err(ProjectionError::Store)?,
+            );
+        }
+        all.sort_by_key(|p| p.position);
+        Ok(all)
+    }
+
+    /// Asks the consumer holding a parked position to retry or skip it.
+    pub(crate) fn resolve_parked(
+        &self,
+        name: &str,
+        position: u64,
+        skip: bool,
+    ) -> Result<(), ProjectionError> {
+        let running = lock(&self.running);
+        let current = running
+            .get(name)
+            .ok_or_else(|| ProjectionError::Unknown(name.to_owned()))?;
+        let key = position.to_be_bytes();
+        for (consumer, control) in current.consumers.iter().zip(&current.controls) {
+            let parked = self
+                .store
+                .read_model_get(&consumer.parked_model, &key)
+                .map_err(|e| ProjectionError::Store(e.to_string()))?;
+            if parked.is_some() {
+                let (reply, answer) = oneshot::channel();
+                let message = if skip {
+                    Control::Skip(position, reply)
+                } else {
+                    Control::Retry(position, reply)
+                };
+                control
+                    .send(message)
+                    .map_err(|_| ProjectionError::ShutDown)?;
+                drop(running);
+                return match answer.recv() {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(reason)) => Err(ProjectionError::Parked(reason)),
+                    Err(_) => Err(ProjectionError::ShutDown),
+                };
+            }
+        }
+        Err(ProjectionError::Parked(format!(
+            "position {position} is not parked"
+        )))
+    }
+
+    /// Starts a rebuild into the next version; switches when it has caught up.
+    pub(crate) fn rebuild(self: &Arc<Self>, name: &str) -> Result<u32, ProjectionError> {
+        let registration = self.registration(name)?;
+        if !registration.projection {
+            return Err(ProjectionError::NotAProjection(name.to_owned()));
+        }
+        if lock(&self.rebuilding).contains_key(name) {
+            return Err(ProjectionError::RebuildRunning(name.to_owned()));
+        }
+        let (current, _) = self.consumers(name)?;
+        let version = current + 1;
+        let (caught_up, signals) = std::sync::mpsc::channel();
+        let running = self
+            .spawn(registration, version, Some(caught_up))
+            .map_err(ProjectionError::Store)?;
+        let partitions = running.consumers.len();
+        lock(&self.rebuilding).insert(name.to_owned(), running);
+        let registry = Arc::clone(self);
+        let name = name.to_owned();
+        let coordinator = std::thread::Builder::new()
+            .name(format!("eventfold-rebuild-{name}"))
+            .spawn(move || {
+                for _ in 0..partitions {
+                    // A consumer that stops before catching up drops its sender.
+                    if signals.recv().is_err() {
+                        return;
+                    }
+                }
+                if let Err(error) = registry.switch(&name, version) {
+                    tracing::error!(projection = %name, %error, "rebuild could not switch");
+                }
+            })
+            .map_err(|e| ProjectionError::Store(e.to_string()))?;
+        lock(&self.coordinators).push(coordinator);
+        Ok(version)
+    }
+
+    /// Makes `version` the active one in one write, stops the old consumers
+    /// and removes the old read model.
+    fn switch(&self, name: &str, version: u32) -> Result<(), String> {
+        let mut batch = ReadModelBatch::new();
+        batch.put(
+            ACTIVE_VERSIONS_MODEL,
+            name.as_bytes().to_vec(),
+            version.to_be_bytes().to_vec(),
+        );
+        self.store
+            .commit_read_model(batch)
+            .map_err(|e| e.to_string())?;
+        let new = lock(&self.rebuilding)
+            .remove(name)
+            .ok_or("the rebuild was stopped")?;
+        for consumer in &new.consumers {
+            consumer.set_live();
+        }
+        let old = lock(&self.running).insert(name.to_owned(), new);
+        if let Some(old) = old {
+            let old_model = model_name(name, old.version);
+            old.stop();
+            loop {
+                let keys = self
+                    .store
+                    .read_model_scan(&old_model, b"", CLEANUP_BATCH_KEYS)
+                    .map_err(|e| e.to_string())?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut batch = ReadModelBatch::new();
+                for (key, _) in keys {
+                    batch.delete(&old_model, key);
+                }
+                self.store
+                    .commit_read_model(batch)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        tracing::info!(projection = %name, version, "rebuild switched");
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -183,3 +183,48 @@ mod tests {
         assert_eq!(state.owner, "ann");
     }
 }
+
+/// The balances read model: the balance of each account (key: account
+/// stream id) and the total of all balances (key: `total`).
+pub mod balances {
+    use super::AccountEvent;
+    use eventfold_runtime::domain::RecordedEvent;
+    use eventfold_runtime::projection::{HandlerError, Projection, ReadModelTx, decode};
+    use eventfold_runtime::storage::Filter;
+
+    /// The projection's name.
+    pub const NAME: &str = "balances";
+    /// The key of the total.
+    pub const TOTAL_KEY: &[u8] = b"total";
+
+    /// Keeps the balances read model.
+    #[derive(Default)]
+    pub struct Balances;
+
+    impl Projection for Balances {
+        fn name(&self) -> &str {
+            NAME
+        }
+
+        fn filter(&self) -> Filter {
+            Filter::categories([<super::Account as eventfold_runtime::domain::Aggregate>::KIND])
+        }
+
+        fn apply(
+            &mut self,
+            event: &RecordedEvent,
+            model: &mut ReadModelTx<'_>,
+        ) -> Result<(), HandlerError> {
+            let delta: i128 = match decode::<AccountEvent>(event)? {
+                AccountEvent::Opened { .. } => 0,
+                AccountEvent::Deposited { amount } => i128::from(amount),
+                AccountEvent::Withdrawn { amount } => -i128::from(amount),
+            };
+            let key = event.stream_id.as_str().as_bytes();
+            let balance: i128 = model.get_as(key)?.unwrap_or(0);
+            model.put_as(key, &(balance + delta))?;
+            let total: i128 = model.get_as(TOTAL_KEY)?.unwrap_or(0);
+            model.put_as(TOTAL_KEY, &(total + delta))
+        }
+    }
+}

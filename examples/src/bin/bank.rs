@@ -9,9 +9,10 @@
 //! `cargo run --release -p eventfold-examples --bin bank -- --help`
 
 use clap::{Parser, ValueEnum};
+use eventfold_examples::balances::{self, Balances};
 use eventfold_examples::{Account, AccountCommand};
 use eventfold_runtime::storage::{Durability, Filter};
-use eventfold_runtime::{Runtime, RuntimeHandle};
+use eventfold_runtime::{ConsumerSettings, Runtime, RuntimeHandle};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
@@ -165,11 +166,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.clients,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let runtime = Runtime::builder()
+    let mut builder = Runtime::builder()
         .temporary()
         .durability(durability)
         .aggregate::<Account>()
-        .start()?;
+        .projection(|| Balances, ConsumerSettings::default());
+    if let Some(shards) = args.shards {
+        builder = builder.shards(shards);
+    }
+    let runtime = builder.start()?;
 
     let bar = progress(args.accounts, "open", args.quiet);
     let (open_time, _) = drive(
@@ -190,6 +195,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("opened {} accounts in {:.2?}", args.accounts, open_time);
 
     let before = runtime.store().writer_stats();
+    // Samples the balances projection's lag (events) while the load runs.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (runtime, sampling) = (runtime.clone(), Arc::clone(&sampling));
+        std::thread::spawn(move || {
+            let mut lag = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).ok();
+            while sampling.load(Ordering::Relaxed) {
+                if let (Some(h), Ok(status)) =
+                    (lag.as_mut(), runtime.projection_status(balances::NAME))
+                {
+                    h.saturating_record(status.iter().map(|s| s.lag).max().unwrap_or(0).max(1));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            lag
+        })
+    };
     let accounts = args.accounts;
     let hot = args.hot;
     let bar = progress(args.commands, "deposit", args.quiet);
@@ -210,6 +232,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.seed,
     )?;
     let after = runtime.store().writer_stats();
+    sampling.store(false, Ordering::Relaxed);
+    let lag = sampler.join().map_err(|_| "the lag sampler panicked")?;
+    // Read-your-writes: one more deposit, then its effect in the read model.
+    let last = runtime.execute_blocking::<Account>("0", AccountCommand::Deposit { amount: 1 })?;
+    let position = last.position.ok_or("a deposit writes an event")?;
+    let waited = Instant::now();
+    runtime.wait_for_blocking(balances::NAME, position, Duration::from_secs(60))?;
+    let caught_up_in = waited.elapsed();
+    let view = runtime.query(balances::NAME)?;
+    let total: i128 = view.get_as(balances::TOTAL_KEY)?.unwrap_or(0);
+    let first: i128 = view.get_as(b"acc-0")?.unwrap_or(0);
     let per_second = args.commands as f64 / elapsed.as_secs_f64();
     let syncs = after.syncs - before.syncs;
     let events_per_fsync =
@@ -218,7 +251,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (after.events - before.events) as f64 / (after.batches - before.batches).max(1) as f64;
 
     // Check: every acknowledged command is in the store.
-    let expected_events = args.accounts + args.commands;
+    let expected_events = args.accounts + args.commands + 1;
     let head = runtime.store().head();
     let deposits = {
         let mut count = 0u64;
@@ -230,6 +263,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             from = slice.next_position;
         }
         count
+    };
+    let stored_total = {
+        let mut sum = 0i128;
+        let mut from = 1;
+        let filter = Filter::event_types(["Deposited"]);
+        while from <= head {
+            let slice = runtime.store().read_all(from, 65_536, &filter)?;
+            for event in &slice.events {
+                if let eventfold_examples::AccountEvent::Deposited { amount } =
+                    eventfold_runtime::storage::payload::decode(&event.payload)?
+                {
+                    sum += i128::from(amount);
+                }
+            }
+            from = slice.next_position;
+        }
+        sum
     };
     runtime.shutdown_blocking()?;
 
@@ -258,7 +308,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "events stored / expected",
         format!("{head}/{expected_events}")
     );
-    if head != expected_events || deposits != args.commands {
+    let lag_p50 = lag.as_ref().map_or(0, |h| h.value_at_quantile(0.5));
+    let lag_max = lag.as_ref().map_or(0, |h| h.max());
+    println!("{:<28} {:>14}", "projection lag p50 (events)", lag_p50);
+    println!("{:<28} {:>14}", "projection lag max (events)", lag_max);
+    println!("{:<28} {:>14.2?}", "read-your-writes wait", caught_up_in);
+    println!("{:<28} {:>14}", "balances total", total);
+    println!("{:<28} {:>14}", "balance of acc-0", first);
+    if total != stored_total {
+        return Err(
+            format!("the balances projection says {total}, the log says {stored_total}").into(),
+        );
+    }
+    if head != expected_events || deposits != args.commands + 1 {
         return Err(format!(
             "lost events: {head} stored, {expected_events} expected, {deposits} deposits"
         )
@@ -301,6 +363,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "latency_us_max": latency.max(),
             "peak_rss_mib": rss,
             "events_per_fsync": events_per_fsync,
+            "projection_lag_events_p50": lag_p50,
+            "projection_lag_events_max": lag_max,
             "baseline_per_second": baseline,
             "ratio_to_baseline": baseline.map(|b| per_second / b),
         });

@@ -161,17 +161,21 @@ impl Registry {
 
     /// Stops every consumer after it has committed what it handled.
     pub(crate) fn stop_all(&self) {
+        // Rebuilds first, and their coordinators joined, so that no switch
+        // installs consumers after the running ones are stopped.
         let rebuilding: Vec<_> = lock(&self.rebuilding).drain().collect();
         for (_, running) in rebuilding {
             running.stop();
         }
+        let coordinators = std::mem::take(&mut *lock(&self.coordinators));
+        for coordinator in coordinators {
+            if coordinator.join().is_err() {
+                tracing::error!("a rebuild coordinator panicked");
+            }
+        }
         let running: Vec<_> = lock(&self.running).drain().collect();
         for (_, running) in running {
             running.stop();
-        }
-        let coordinators = std::mem::take(&mut *lock(&self.coordinators));
-        for coordinator in coordinators {
-            let _ = coordinator.join();
         }
     }
 

@@ -102,6 +102,7 @@ struct Run {
     next: u64,
     persisted: u64,
     pending: Pending,
+    cache: ReadCache,
     undo: Undo,
     parked: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pending_events: usize,
@@ -138,6 +139,10 @@ impl Consumer {
             next: start + 1,
             persisted: start,
             pending: HashMap::new(),
+            cache: ReadCache::new(
+                std::num::NonZeroUsize::new(self.settings.read_cache_entries_max.max(1))
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
             undo: Vec::new(),
             parked: Vec::new(),
             pending_events: 0,
@@ -364,6 +369,7 @@ impl Consumer {
                     store: &*self.store,
                     model: &self.model,
                     pending: &mut run.pending,
+                    cache: &mut run.cache,
                     undo: &mut run.undo,
                 };
                 catch_unwind(AssertUnwindSafe(|| projection.apply(event, &mut tx)))
@@ -403,7 +409,7 @@ impl Consumer {
         let due = through >= run.persisted + CHECKPOINT_PERSIST_EVENTS;
         if effects || (force && through > run.persisted) || due {
             let mut batch = ReadModelBatch::new();
-            drain_into(&mut run.pending, &self.model, &mut batch);
+            let written = drain_into(&mut run.pending, &self.model, &mut batch);
             for (key, value) in run.parked.drain(..) {
                 match value {
                     Some(value) => batch.put(&self.shared.parked_model, key, value),
@@ -412,8 +418,13 @@ impl Consumer {
             }
             batch.set_checkpoint(&self.shared.id, through);
             if let Err(error) = self.store.commit_read_model(batch) {
+                // What the cache holds may now be ahead of the store.
+                run.cache.clear();
                 self.stop(format!("commit failed: {error}"));
                 return Err(());
+            }
+            for (key, value) in written {
+                run.cache.put(key, value);
             }
             run.persisted = through;
         }

@@ -150,6 +150,9 @@ impl Default for ErrorPolicy {
 pub struct ConsumerSettings {
     /// Most events handled per commit (effects and checkpoint in one batch).
     pub batch_events_max: usize,
+    /// Most read-model entries a projection keeps in memory between commits
+    /// (its own committed values; it is the only writer of its model).
+    pub read_cache_entries_max: usize,
     /// Most events read from the store per catch-up read.
     pub catch_up_chunk_events: usize,
     /// What happens when the handler fails.
@@ -162,7 +165,8 @@ pub struct ConsumerSettings {
 impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
-            batch_events_max: 1024,
+            batch_events_max: 4096,
+            read_cache_entries_max: 100_000,
             catch_up_chunk_events: 4096,
             error_policy: ErrorPolicy::default(),
             partitions: 1,
@@ -172,6 +176,9 @@ impl Default for ConsumerSettings {
 
 /// Writes not yet committed: key to new value (`None`: deleted).
 pub(crate) type Pending = HashMap<Vec<u8>, Option<Vec<u8>>>;
+/// Committed values a consumer has read or written: it is the only writer
+/// of its read model, so they stay true (`None`: known absent).
+pub(crate) type ReadCache = lru::LruCache<Vec<u8>, Option<Vec<u8>>>;
 /// How to undo one event's writes: key and its earlier pending entry.
 pub(crate) type Undo = Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>;
 
@@ -183,21 +190,27 @@ pub struct ReadModelTx<'a> {
     pub(crate) store: &'a dyn EventStore,
     pub(crate) model: &'a str,
     pub(crate) pending: &'a mut Pending,
+    pub(crate) cache: &'a mut ReadCache,
     /// Undo entries of the current event: key and its previous pending state.
     pub(crate) undo: &'a mut Undo,
 }
 
 impl ReadModelTx<'_> {
     /// The value of `key`, including this batch's writes.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
-        match self.pending.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => Ok(self.store.read_model_get(self.model, key)?),
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
+        if let Some(value) = self.pending.get(key) {
+            return Ok(value.clone());
         }
+        if let Some(value) = self.cache.get(key) {
+            return Ok(value.clone());
+        }
+        let value = self.store.read_model_get(self.model, key)?;
+        self.cache.put(key.to_vec(), value.clone());
+        Ok(value)
     }
 
     /// The value of `key` decoded (bincode 2).
-    pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, HandlerError> {
+    pub fn get_as<T: DeserializeOwned>(&mut self, key: &[u8]) -> Result<Option<T>, HandlerError> {
         self.get(key)?
             .map(|bytes| Ok(payload::decode(&bytes)?))
             .transpose()
@@ -240,18 +253,21 @@ pub(crate) fn roll_back(pending: &mut Pending, undo: &mut Undo) {
     }
 }
 
-/// Adds pending writes to a batch for `model`.
+/// Adds pending writes to a batch for `model`, and returns them so that the
+/// cache can take them once the batch has committed.
 pub(crate) fn drain_into(
-    pending: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: &mut Pending,
     model: &str,
     batch: &mut ReadModelBatch,
-) {
-    for (key, value) in pending.drain() {
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let written: Vec<_> = pending.drain().collect();
+    for (key, value) in &written {
         match value {
-            Some(value) => batch.put(model, key, value),
-            None => batch.delete(model, key),
+            Some(value) => batch.put(model, key.clone(), value.clone()),
+            None => batch.delete(model, key.clone()),
         }
     }
+    written
 }
 
 /// Where a consumer is.

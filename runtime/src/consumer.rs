@@ -109,6 +109,7 @@ struct Run {
     /// Streams with parked events, and how many.
     held: HashMap<String, u64>,
     live: bool,
+    last_commit: std::time::Instant,
 }
 
 enum Flow {
@@ -148,6 +149,7 @@ impl Consumer {
             pending_events: 0,
             held: HashMap::new(),
             live: false,
+            last_commit: std::time::Instant::now(),
         };
         match self
             .store
@@ -255,7 +257,11 @@ impl Consumer {
     }
 
     fn step_live(&mut self, run: &mut Run, receiver: &mut broadcast::Receiver<EventBatch>) -> Flow {
-        match receive(receiver, LIVE_WAIT) {
+        let interval = self.settings.commit_interval;
+        match receive(
+            receiver,
+            LIVE_WAIT.min(interval.max(Duration::from_millis(1))),
+        ) {
             Some(Ok(batch)) => {
                 let first = batch.first().map_or(run.next, |e| e.position);
                 if first > run.next {
@@ -277,7 +283,8 @@ impl Consumer {
                         return Flow::Stop;
                     }
                 }
-                if receiver.is_empty() && self.commit(run, run.next - 1, false).is_err() {
+                let due = run.last_commit.elapsed() >= interval;
+                if receiver.is_empty() && due && self.commit(run, run.next - 1, false).is_err() {
                     return Flow::Stop;
                 }
             }
@@ -290,8 +297,12 @@ impl Consumer {
                 return Flow::Stop;
             }
             None => {
-                // Idle: the head may have moved past positions the bus never
-                // carried (written before we subscribed).
+                // Idle: commit what waits, and read the store if the head has
+                // moved past positions the bus never carried (written before
+                // we subscribed).
+                if self.commit(run, run.next - 1, false).is_err() {
+                    return Flow::Stop;
+                }
                 if self.store.head() >= run.next {
                     run.live = false;
                 }
@@ -417,7 +428,9 @@ impl Consumer {
                 }
             }
             batch.set_checkpoint(&self.shared.id, through);
-            if let Err(error) = self.store.commit_read_model(batch) {
+            // Effects and checkpoint are lost together or not at all, and the
+            // events are durable already: no fsync of its own (see `relaxed`).
+            if let Err(error) = self.store.commit_read_model(batch.relaxed()) {
                 // What the cache holds may now be ahead of the store.
                 run.cache.clear();
                 self.stop(format!("commit failed: {error}"));
@@ -429,6 +442,7 @@ impl Consumer {
             run.persisted = through;
         }
         run.pending_events = 0;
+        run.last_commit = std::time::Instant::now();
         if through > *self.shared.processed.borrow() {
             self.shared.processed.send_replace(through);
         }

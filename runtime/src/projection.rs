@@ -150,6 +150,11 @@ impl Default for ErrorPolicy {
 pub struct ConsumerSettings {
     /// Most events handled per commit (effects and checkpoint in one batch).
     pub batch_events_max: usize,
+    /// A live consumer commits when it has drained the bus and at least this
+    /// long has passed since its last commit (and whenever a batch is full).
+    /// Zero (the default) commits every time the bus is drained: the least
+    /// lag. A larger interval makes fewer, larger writes for more lag.
+    pub commit_interval: Duration,
     /// Most read-model entries a projection keeps in memory between commits
     /// (its own committed values; it is the only writer of its model).
     pub read_cache_entries_max: usize,
@@ -166,6 +171,7 @@ impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
             batch_events_max: 4096,
+            commit_interval: Duration::ZERO,
             read_cache_entries_max: 100_000,
             catch_up_chunk_events: 4096,
             error_policy: ErrorPolicy::default(),

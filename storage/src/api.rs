@@ -190,6 +190,12 @@ pub struct ReadModelBatch {
     pub ops: Vec<(String, ReadModelOp)>,
     /// A checkpoint to set in the same batch: `(name, position)`.
     pub checkpoint: Option<(String, u64)>,
+    /// Write the batch to the WAL without waiting for its own fsync, even
+    /// under `Durability::Sync` (a later sync of the log covers it). For
+    /// state derived from durable events whose checkpoint is in the same
+    /// batch: a crash may lose the batch, but then loses its checkpoint too,
+    /// and the events are applied again.
+    pub relaxed: bool,
 }
 
 impl ReadModelBatch {
@@ -218,6 +224,12 @@ impl ReadModelBatch {
     /// Sets the checkpoint committed with the changes.
     pub fn set_checkpoint(&mut self, name: &str, position: u64) {
         self.checkpoint = Some((name.to_owned(), position));
+    }
+
+    /// Marks the batch [`relaxed`](ReadModelBatch::relaxed).
+    pub fn relaxed(mut self) -> Self {
+        self.relaxed = true;
+        self
     }
 }
 

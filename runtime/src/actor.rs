@@ -671,7 +671,14 @@ fn applied<A: Aggregate>(
     let Some(written) = outcome.streams.first() else {
         return Ok(None);
     };
-    let count = (written.last_version - written.first_version + 1) as usize;
+    let Some(span) = written.last_version.checked_sub(written.first_version) else {
+        return Err(LoadError::Decode {
+            stream: written.stream.to_string(),
+            version: written.first_version,
+            reason: "the recorded outcome of this command is inconsistent".into(),
+        });
+    };
+    let count = usize::try_from(span.saturating_add(1)).unwrap_or(usize::MAX);
     let recorded = store.read_stream(
         &written.stream,
         written.first_version,

@@ -246,32 +246,38 @@ impl RuntimeBuilder {
     /// Registers a projection; `make` builds a handler for each partition
     /// (and for each rebuild).
     pub fn projection<P: Projection>(
-        mut self,
+        self,
         make: impl Fn() -> P + Send + Sync + 'static,
         settings: ConsumerSettings,
     ) -> Self {
         let name = make().name().to_owned();
-        self.consumers.push(registry::Registration {
-            name,
-            settings,
-            make: Arc::new(move || consumer::Kind::Projection(Box::new(make()))),
-            projection: true,
-        });
-        self
+        let make = move || consumer::Kind::Projection(Box::new(make()));
+        self.register(name, settings, Arc::new(make), true)
     }
 
     /// Registers an event handler with side effects (at-least-once).
     pub fn event_handler<H: EventHandler>(
-        mut self,
+        self,
         make: impl Fn() -> H + Send + Sync + 'static,
         settings: ConsumerSettings,
     ) -> Self {
         let name = make().name().to_owned();
+        let make = move || consumer::Kind::Handler(Box::new(make()));
+        self.register(name, settings, Arc::new(make), false)
+    }
+
+    fn register(
+        mut self,
+        name: String,
+        settings: ConsumerSettings,
+        make: Arc<dyn Fn() -> consumer::Kind + Send + Sync>,
+        projection: bool,
+    ) -> Self {
         self.consumers.push(registry::Registration {
             name,
             settings,
-            make: Arc::new(move || consumer::Kind::Handler(Box::new(make()))),
-            projection: false,
+            make,
+            projection,
         });
         self
     }

@@ -3,6 +3,8 @@
 //! kills it with SIGKILL at varying moments, many times, and checks the store
 //! against the oracle after each kill.
 
+mod common;
+
 use eventfold_runtime::domain::*;
 use eventfold_runtime::storage::*;
 use eventfold_runtime::*;
@@ -91,25 +93,14 @@ fn kill_child() {
 #[test]
 fn kill_loop_loses_no_acknowledged_command() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut acknowledged_total = 0usize;
     for round in 0..ITERATIONS {
-        let mut child = std::process::Command::new(&exe)
-            .args([
-                "kill_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(200 + (round * 131) % 500));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        common::run_and_kill(
+            "kill_child",
+            CHILD_DIR,
+            dir.path(),
+            Duration::from_millis(200 + (round * 131) % 500),
+        );
 
         let store = RocksStore::open(dir.path().join("store"), StoreOptions::default()).unwrap();
         let mut acknowledged: BTreeMap<(String, u64), u64> = BTreeMap::new();

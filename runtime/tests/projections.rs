@@ -2,6 +2,8 @@
 //! crashes, slow subscribers, rebuilds, dead letters, partitions, filters,
 //! read-your-writes.
 
+mod common;
+
 use eventfold_runtime::domain::*;
 use eventfold_runtime::projection::{ReadModelTx, decode};
 use eventfold_runtime::storage::*;
@@ -277,24 +279,13 @@ fn crash_child() {
 #[test]
 fn crash_test_projection_killed_at_random_points() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     for round in 0..8u64 {
-        let mut child = std::process::Command::new(&exe)
-            .args([
-                "crash_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + (round * 97) % 400));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        common::run_and_kill(
+            "crash_child",
+            CHILD_DIR,
+            dir.path(),
+            Duration::from_millis(150 + (round * 97) % 400),
+        );
     }
     let rt = Runtime::builder()
         .path(dir.path())

@@ -267,19 +267,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Check: every acknowledged command is in the store.
     let expected_events = args.accounts + args.commands + 1;
     let head = runtime.store().head();
-    let deposits = {
-        let mut count = 0u64;
-        let mut from = 1;
-        let filter = Filter::event_types(["Deposited"]);
-        while from <= head {
-            let slice = runtime.store().read_all(from, 65_536, &filter)?;
-            count += slice.events.len() as u64;
-            from = slice.next_position;
-        }
-        count
-    };
-    let stored_total = {
-        let mut sum = 0i128;
+    // One pass over the deposits in the log: how many, and their sum.
+    let (deposits, stored_total) = {
+        let (mut count, mut sum) = (0u64, 0i128);
         let mut from = 1;
         let filter = Filter::event_types(["Deposited"]);
         while from <= head {
@@ -288,12 +278,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if let eventfold_examples::AccountEvent::Deposited { amount } =
                     eventfold_runtime::storage::payload::decode(&event.payload)?
                 {
+                    count += 1;
                     sum += i128::from(amount);
                 }
             }
             from = slice.next_position;
         }
-        sum
+        (count, sum)
     };
     runtime.shutdown_blocking()?;
 

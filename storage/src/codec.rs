@@ -515,20 +515,22 @@ pub mod payload {
 mod tests {
     use super::*;
 
-    fn sample() -> (StreamId, NewEvent) {
-        let stream = StreamId::new("account-1").unwrap();
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn sample() -> Result<(StreamId, NewEvent), eventfold_domain::StreamIdError> {
+        let stream = StreamId::new("account-1")?;
         let metadata = Metadata::new()
             .with_correlation(CorrelationId::random())
             .with_header("k", "v");
-        (stream, NewEvent::new("Deposited", 3, vec![9; 40], metadata))
+        Ok((stream, NewEvent::new("Deposited", 3, vec![9; 40], metadata)))
     }
 
     #[test]
-    fn record_round_trips() {
-        let (stream, event) = sample();
+    fn record_round_trips() -> TestResult {
+        let (stream, event) = sample()?;
         let mut record = encode_event(&stream, &event);
         seal_event(&mut record, 17, 4, Timestamp::from_micros(99));
-        let decoded = decode_event("global", b"k", &record).unwrap();
+        let decoded = decode_event("global", b"k", &record)?;
         assert_eq!(decoded.stream_id, stream);
         assert_eq!(decoded.position, 17);
         assert_eq!(decoded.version, 4);
@@ -536,11 +538,12 @@ mod tests {
         assert_eq!(decoded.metadata, event.metadata);
         assert_eq!(decoded.payload, event.payload);
         assert_eq!(decoded.schema_version, 3);
+        Ok(())
     }
 
     #[test]
-    fn every_flipped_bit_and_every_truncation_is_a_typed_error() {
-        let (stream, event) = sample();
+    fn every_flipped_bit_and_every_truncation_is_a_typed_error() -> TestResult {
+        let (stream, event) = sample()?;
         let mut record = encode_event(&stream, &event);
         seal_event(&mut record, 1, 1, Timestamp::from_micros(1));
         for i in 0..record.len() {
@@ -557,6 +560,7 @@ mod tests {
                 "len {i}"
             );
         }
+        Ok(())
     }
 
     #[test]
@@ -577,7 +581,7 @@ mod tests {
         let mut bad = bytes.clone();
         bad[3] ^= 4;
         assert!(decode_checkpoint(b"c", &bad).is_err());
-        assert_eq!(decode_checkpoint(b"c", &encode_checkpoint(5)).unwrap(), 5);
+        assert_eq!(decode_checkpoint(b"c", &encode_checkpoint(5)), Ok(5));
         assert!(decode_checkpoint(b"c", &[1, 2]).is_err());
     }
 }

@@ -73,8 +73,9 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Unpin + 'st
     /// version are ignored and the aggregate is rebuilt from its events.
     const SNAPSHOT_VERSION: u32 = 1;
 
-    /// What the aggregate is asked to do.
-    type Command: Send + Unpin + 'static;
+    /// What the aggregate is asked to do. Serializable, because process
+    /// managers keep the commands they send in a durable outbox.
+    type Command: Serialize + DeserializeOwned + Send + Unpin + 'static;
     /// What happened.
     type Event: DomainEvent;
     /// Why a command was refused.

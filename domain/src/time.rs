@@ -38,9 +38,97 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// This timestamp moved forward by `duration` (saturating).
+    pub fn plus(self, duration: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// How long after `earlier` this is (zero when it is not after it).
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// Where the runtime reads the time for process-manager timers.
+///
+/// [`SystemClock`] in production; [`VirtualClock`] in tests, which only moves
+/// when told to.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock for tests: it stands still until advanced. Clones share the time.
+///
+/// ```
+/// use eventfold_domain::{Clock, Timestamp, VirtualClock};
+/// use std::time::Duration;
+/// let clock = VirtualClock::new(Timestamp::from_micros(1_000));
+/// clock.advance(Duration::from_millis(2));
+/// assert_eq!(clock.now(), Timestamp::from_micros(3_000));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct VirtualClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl VirtualClock {
+    /// A clock showing `start`.
+    pub fn new(start: Timestamp) -> Self {
+        Self(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+            start.as_micros(),
+        )))
+    }
+
+    /// Moves the time forward by `duration`.
+    pub fn advance(&self, duration: Duration) {
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |now| Some(now.saturating_add(micros)),
+        );
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtual_clock_moves_only_when_advanced_and_clones_share_it() {
+        let clock = VirtualClock::new(Timestamp::from_micros(10));
+        let other = clock.clone();
+        assert_eq!(clock.now(), Timestamp::from_micros(10));
+        other.advance(Duration::from_micros(5));
+        assert_eq!(clock.now(), Timestamp::from_micros(15));
+        assert_eq!(
+            clock.now().since(Timestamp::from_micros(20)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            Timestamp::from_micros(1).plus(Duration::from_micros(2)),
+            Timestamp::from_micros(3)
+        );
+    }
 
     #[test]
     fn now_is_after_2020() {

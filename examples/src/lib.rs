@@ -1,4 +1,5 @@
-//! The bank domain of `../shared/WORKLOADS.md`: the `Account` aggregate.
+//! The bank domain of `../shared/WORKLOADS.md`: the `Account` aggregate,
+//! the `balances` projection and the `transfers` process manager.
 #![deny(missing_docs)]
 
 use eventfold_domain::{Aggregate, DomainEvent};
@@ -9,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub struct Account {
     /// Whether it has been opened.
     pub open: bool,
+    /// Closed accounts refuse deposits, withdrawals and incoming transfers
+    /// (refunds still come in).
+    pub closed: bool,
+    /// Frozen accounts refuse incoming transfers for now.
+    pub frozen: bool,
     /// Its owner.
     pub owner: String,
     /// Its balance, in cents.
@@ -16,7 +22,7 @@ pub struct Account {
 }
 
 /// What an account can be asked to do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AccountCommand {
     /// Open the account.
     Open {
@@ -32,6 +38,45 @@ pub enum AccountCommand {
     Withdraw {
         /// Cents, at least 1 and at most the balance.
         amount: u64,
+    },
+    /// Close the account.
+    Close,
+    /// Refuse incoming transfers until unfrozen.
+    Freeze,
+    /// Accept incoming transfers again.
+    Unfreeze,
+    /// Start a transfer: take the money out now; the `transfers` process
+    /// manager credits `to` or refunds.
+    TransferOut {
+        /// The transfer's id (unique).
+        transfer_id: String,
+        /// The receiving account's id.
+        to: String,
+        /// Cents, at least 1 and at most the balance.
+        amount: u64,
+    },
+    /// Credit an incoming transfer.
+    ReceiveTransfer {
+        /// The transfer's id.
+        transfer_id: String,
+        /// The sending account's id.
+        from: String,
+        /// Cents.
+        amount: u64,
+    },
+    /// Give back the money of a transfer that did not go through; accepted
+    /// even when the account is closed or frozen, so no money is lost.
+    RefundTransfer {
+        /// The transfer's id.
+        transfer_id: String,
+        /// Cents.
+        amount: u64,
+    },
+    /// Records that a transfer will not be credited here. Sent under the
+    /// command id of the credit, it fences it: see the `transfers` module.
+    CancelTransfer {
+        /// The transfer's id.
+        transfer_id: String,
     },
 }
 
@@ -53,6 +98,61 @@ pub enum AccountEvent {
         /// Cents.
         amount: u64,
     },
+    /// The account was closed.
+    Closed,
+    /// The account was frozen.
+    Frozen,
+    /// The account was unfrozen.
+    Unfrozen,
+    /// Money went out for a transfer.
+    TransferDebited {
+        /// The transfer's id.
+        transfer_id: String,
+        /// The receiving account's id.
+        to: String,
+        /// Cents.
+        amount: u64,
+    },
+    /// Money came in from a transfer.
+    TransferCredited {
+        /// The transfer's id.
+        transfer_id: String,
+        /// The sending account's id.
+        from: String,
+        /// Cents.
+        amount: u64,
+    },
+    /// A transfer's money came back.
+    TransferRefunded {
+        /// The transfer's id.
+        transfer_id: String,
+        /// Cents.
+        amount: u64,
+    },
+    /// A transfer will not be credited here.
+    TransferCancelled {
+        /// The transfer's id.
+        transfer_id: String,
+    },
+}
+
+impl AccountEvent {
+    /// How the event changes the balance, in cents.
+    pub fn balance_delta(&self) -> i128 {
+        match self {
+            AccountEvent::Deposited { amount }
+            | AccountEvent::TransferCredited { amount, .. }
+            | AccountEvent::TransferRefunded { amount, .. } => i128::from(*amount),
+            AccountEvent::Withdrawn { amount } | AccountEvent::TransferDebited { amount, .. } => {
+                -i128::from(*amount)
+            }
+            AccountEvent::Opened { .. }
+            | AccountEvent::Closed
+            | AccountEvent::Frozen
+            | AccountEvent::Unfrozen
+            | AccountEvent::TransferCancelled { .. } => 0,
+        }
+    }
 }
 
 impl DomainEvent for AccountEvent {
@@ -61,6 +161,13 @@ impl DomainEvent for AccountEvent {
             AccountEvent::Opened { .. } => "Opened",
             AccountEvent::Deposited { .. } => "Deposited",
             AccountEvent::Withdrawn { .. } => "Withdrawn",
+            AccountEvent::Closed => "Closed",
+            AccountEvent::Frozen => "Frozen",
+            AccountEvent::Unfrozen => "Unfrozen",
+            AccountEvent::TransferDebited { .. } => "TransferDebited",
+            AccountEvent::TransferCredited { .. } => "TransferCredited",
+            AccountEvent::TransferRefunded { .. } => "TransferRefunded",
+            AccountEvent::TransferCancelled { .. } => "TransferCancelled",
         }
     }
 }
@@ -71,9 +178,15 @@ pub enum AccountError {
     /// `Open` on an open account.
     #[error("the account is already open")]
     AlreadyOpen,
-    /// `Deposit` or `Withdraw` on an account never opened.
+    /// Any command but `Open` on an account never opened.
     #[error("the account is not open")]
     NotOpen,
+    /// Money in or out of a closed account (refunds excepted).
+    #[error("the account is closed")]
+    Closed,
+    /// An incoming transfer to a frozen account.
+    #[error("the account is frozen")]
+    Frozen,
     /// An amount of 0.
     #[error("the amount must be at least 1")]
     ZeroAmount,
@@ -89,28 +202,74 @@ pub enum AccountError {
 
 impl Aggregate for Account {
     const KIND: &'static str = "acc";
+    const SNAPSHOT_VERSION: u32 = 2;
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
 
     fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        use AccountCommand as C;
+        use AccountEvent as E;
+        if let C::Open { owner } = command {
+            return if self.open {
+                Err(AccountError::AlreadyOpen)
+            } else {
+                Ok(vec![E::Opened { owner }])
+            };
+        }
+        if !self.open {
+            return Err(AccountError::NotOpen);
+        }
         match command {
-            AccountCommand::Open { .. } if self.open => Err(AccountError::AlreadyOpen),
-            AccountCommand::Open { owner } => Ok(vec![AccountEvent::Opened { owner }]),
-            AccountCommand::Deposit { .. } | AccountCommand::Withdraw { .. } if !self.open => {
-                Err(AccountError::NotOpen)
-            }
-            AccountCommand::Deposit { amount: 0 } | AccountCommand::Withdraw { amount: 0 } => {
-                Err(AccountError::ZeroAmount)
-            }
-            AccountCommand::Deposit { amount } => Ok(vec![AccountEvent::Deposited { amount }]),
-            AccountCommand::Withdraw { amount } if amount > self.balance => {
+            C::Open { .. } => Err(AccountError::AlreadyOpen),
+            // Never refused: the money of a transfer always has a way back.
+            C::RefundTransfer {
+                transfer_id,
+                amount,
+            } => Ok(vec![E::TransferRefunded {
+                transfer_id,
+                amount,
+            }]),
+            C::CancelTransfer { transfer_id } => Ok(vec![E::TransferCancelled { transfer_id }]),
+            _ if self.closed => Err(AccountError::Closed),
+            C::Close => Ok(vec![E::Closed]),
+            C::Freeze => Ok(if self.frozen { vec![] } else { vec![E::Frozen] }),
+            C::Unfreeze => Ok(if self.frozen {
+                vec![E::Unfrozen]
+            } else {
+                vec![]
+            }),
+            C::Deposit { amount: 0 }
+            | C::Withdraw { amount: 0 }
+            | C::TransferOut { amount: 0, .. }
+            | C::ReceiveTransfer { amount: 0, .. } => Err(AccountError::ZeroAmount),
+            C::Deposit { amount } => Ok(vec![E::Deposited { amount }]),
+            C::Withdraw { amount } | C::TransferOut { amount, .. } if amount > self.balance => {
                 Err(AccountError::InsufficientFunds {
                     balance: self.balance,
                     requested: amount,
                 })
             }
-            AccountCommand::Withdraw { amount } => Ok(vec![AccountEvent::Withdrawn { amount }]),
+            C::Withdraw { amount } => Ok(vec![E::Withdrawn { amount }]),
+            C::TransferOut {
+                transfer_id,
+                to,
+                amount,
+            } => Ok(vec![E::TransferDebited {
+                transfer_id,
+                to,
+                amount,
+            }]),
+            C::ReceiveTransfer { .. } if self.frozen => Err(AccountError::Frozen),
+            C::ReceiveTransfer {
+                transfer_id,
+                from,
+                amount,
+            } => Ok(vec![E::TransferCredited {
+                transfer_id,
+                from,
+                amount,
+            }]),
         }
     }
 
@@ -120,8 +279,13 @@ impl Aggregate for Account {
                 self.open = true;
                 self.owner.clone_from(owner);
             }
-            AccountEvent::Deposited { amount } => self.balance += amount,
-            AccountEvent::Withdrawn { amount } => self.balance -= amount,
+            AccountEvent::Closed => self.closed = true,
+            AccountEvent::Frozen => self.frozen = true,
+            AccountEvent::Unfrozen => self.frozen = false,
+            other => {
+                let balance = i128::from(self.balance) + other.balance_delta();
+                self.balance = u64::try_from(balance).unwrap_or(0);
+            }
         }
     }
 }
@@ -215,16 +379,311 @@ pub mod balances {
             event: &RecordedEvent,
             model: &mut ReadModelTx<'_>,
         ) -> Result<(), HandlerError> {
-            let delta: i128 = match decode::<AccountEvent>(event)? {
-                AccountEvent::Opened { .. } => 0,
-                AccountEvent::Deposited { amount } => i128::from(amount),
-                AccountEvent::Withdrawn { amount } => -i128::from(amount),
-            };
+            let delta = decode::<AccountEvent>(event)?.balance_delta();
             let key = event.stream_id.as_str().as_bytes();
             let balance: i128 = model.get_as(key)?.unwrap_or(0);
             model.put_as(key, &(balance + delta))?;
             let total: i128 = model.get_as(TOTAL_KEY)?.unwrap_or(0);
             model.put_as(TOTAL_KEY, &(total + delta))
+        }
+    }
+}
+
+/// The `transfers` process manager: moves money between two accounts.
+///
+/// 1. `TransferOut` on the source account takes the money out
+///    (`TransferDebited`) and starts an instance, keyed by the transfer id.
+/// 2. The instance sends `ReceiveTransfer` to the target with one command id
+///    for all its attempts, and sets a deadline.
+/// 3. Credited: the transfer is completed. Refused because the target is
+///    frozen: it tries again every `retry_every`. Refused otherwise (closed,
+///    never opened): it refunds the source — compensation.
+/// 4. At the deadline, a credit whose fate is unknown is *fenced*:
+///    `CancelTransfer` is sent under the credit's command id, so the target
+///    executes exactly one of the two. If the cancel won, the source is
+///    refunded; if the credit had won, the transfer is completed.
+///
+/// Money is conserved at every step: a transfer is either credited once or
+/// refunded once, never both.
+pub mod transfers {
+    use super::{Account, AccountCommand, AccountError, AccountEvent};
+    use eventfold_runtime::domain::{Aggregate, CommandId, RecordedEvent};
+    use eventfold_runtime::process::{Association, CommandResult, Effects, Input, ProcessManager};
+    use eventfold_runtime::projection::decode;
+    use eventfold_runtime::storage::Filter;
+    use serde::{Deserialize, Serialize};
+    use std::time::Duration;
+
+    /// The process manager's name.
+    pub const NAME: &str = "transfers";
+    /// The deadline timer.
+    pub const DEADLINE: &str = "deadline";
+    /// The timer of the next attempt.
+    pub const RETRY: &str = "retry";
+
+    /// Where a transfer stands.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Phase {
+        /// Not started.
+        #[default]
+        New,
+        /// The credit was sent; waiting for its result.
+        Crediting,
+        /// The target refused for now (frozen) or could not be reached; the
+        /// credit is sent again when the retry timer fires.
+        WaitingRetry,
+        /// The deadline passed: the credit is being fenced by a cancel.
+        Cancelling,
+        /// The source is being refunded.
+        Refunding {
+            /// Why.
+            reason: String,
+        },
+        /// Credited to the target.
+        Completed,
+        /// Refunded to the source.
+        Compensated {
+            /// Why.
+            reason: String,
+        },
+    }
+
+    /// A transfer's state.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Transfer {
+        /// The source account's id.
+        pub from: String,
+        /// The target account's id.
+        pub to: String,
+        /// Cents.
+        pub amount: u64,
+        /// Where it stands.
+        pub phase: Phase,
+        /// The command id of the credit (all attempts, and the fence).
+        pub credit: Option<CommandId>,
+        /// The command id of the refund.
+        pub refund: Option<CommandId>,
+        /// Credits sent.
+        pub attempts: u32,
+    }
+
+    /// Why the process manager could not handle an input.
+    #[derive(Debug, thiserror::Error)]
+    pub enum TransferError {
+        /// The event could not be decoded.
+        #[error("undecodable event: {0}")]
+        Undecodable(String),
+        /// The source refused the refund: the money is held by the transfer
+        /// until someone looks at it (the instance is parked as stuck).
+        #[error("the refund was refused: {0}")]
+        RefundRefused(String),
+        /// A result that fits no state.
+        #[error("unexpected result: {0}")]
+        Unexpected(String),
+    }
+
+    /// The process manager.
+    #[derive(Clone, Debug)]
+    pub struct TransferProcess {
+        /// How long a credit may stay unresolved before it is fenced and the
+        /// source refunded.
+        pub deadline: Duration,
+        /// Wait between credit attempts to a frozen target (and between
+        /// attempts of a cancel or refund that could not be delivered).
+        pub retry_every: Duration,
+    }
+
+    impl Default for TransferProcess {
+        fn default() -> Self {
+            Self {
+                deadline: Duration::from_secs(30),
+                retry_every: Duration::from_millis(500),
+            }
+        }
+    }
+
+    fn account_id(event: &RecordedEvent) -> String {
+        let stream = event.stream_id.as_str();
+        stream
+            .strip_prefix(Account::KIND)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .unwrap_or(stream)
+            .to_owned()
+    }
+
+    impl TransferProcess {
+        fn send_credit(&self, state: &mut Transfer, effects: &mut Effects) {
+            let command = AccountCommand::ReceiveTransfer {
+                transfer_id: effects.instance().to_owned(),
+                from: state.from.clone(),
+                amount: state.amount,
+            };
+            match state.credit {
+                Some(id) => effects.send_with_id::<Account>(id, &state.to, command),
+                None => state.credit = Some(effects.send::<Account>(&state.to, command)),
+            }
+            state.attempts += 1;
+            state.phase = Phase::Crediting;
+        }
+
+        fn send_cancel(&self, state: &mut Transfer, effects: &mut Effects) {
+            if let Some(id) = state.credit {
+                let command = AccountCommand::CancelTransfer {
+                    transfer_id: effects.instance().to_owned(),
+                };
+                effects.send_with_id::<Account>(id, &state.to, command);
+            }
+            state.phase = Phase::Cancelling;
+            effects.set_timer_after(RETRY, self.retry_every);
+        }
+
+        fn send_refund(&self, state: &mut Transfer, effects: &mut Effects, reason: String) {
+            let command = AccountCommand::RefundTransfer {
+                transfer_id: effects.instance().to_owned(),
+                amount: state.amount,
+            };
+            match state.refund {
+                Some(id) => effects.send_with_id::<Account>(id, &state.from, command),
+                None => state.refund = Some(effects.send::<Account>(&state.from, command)),
+            }
+            effects.cancel_timer(DEADLINE);
+            state.phase = Phase::Refunding { reason };
+        }
+
+        /// The credit (or its fence) was executed: which one won?
+        fn settled(
+            &self,
+            state: &mut Transfer,
+            effects: &mut Effects,
+            events: &[AccountEvent],
+        ) -> Result<(), TransferError> {
+            let credited = events
+                .iter()
+                .any(|e| matches!(e, AccountEvent::TransferCredited { .. }));
+            let cancelled = events
+                .iter()
+                .any(|e| matches!(e, AccountEvent::TransferCancelled { .. }));
+            if credited {
+                state.phase = Phase::Completed;
+                effects.finish();
+            } else if cancelled {
+                effects.cancel_timer(RETRY);
+                self.send_refund(state, effects, "deadline passed".into());
+            } else {
+                return Err(TransferError::Unexpected(format!(
+                    "the credit produced {events:?}"
+                )));
+            }
+            Ok(())
+        }
+
+        fn on_result(
+            &self,
+            state: &mut Transfer,
+            result: &CommandResult,
+            effects: &mut Effects,
+        ) -> Result<(), TransferError> {
+            let is_credit = state.credit == Some(result.command_id);
+            let is_refund = state.refund == Some(result.command_id);
+            match (&state.phase, is_credit, is_refund) {
+                (Phase::Crediting, true, _) => {
+                    if let Some(events) = result.events::<Account>() {
+                        return self.settled(state, effects, events);
+                    }
+                    match result.rejection::<Account>() {
+                        // Refused for now: try again later, same command id.
+                        Some(AccountError::Frozen) | None => {
+                            state.phase = Phase::WaitingRetry;
+                            effects.set_timer_after(RETRY, self.retry_every);
+                        }
+                        Some(refusal) => self.send_refund(state, effects, refusal.to_string()),
+                    }
+                }
+                (Phase::Cancelling, true, _) => {
+                    // Only an executed command settles it; the retry timer
+                    // sends the cancel again until one is.
+                    if let Some(events) = result.events::<Account>() {
+                        return self.settled(state, effects, events);
+                    }
+                }
+                (Phase::Refunding { reason }, _, true) => {
+                    if result.is_accepted() {
+                        state.phase = Phase::Compensated {
+                            reason: reason.clone(),
+                        };
+                        effects.finish();
+                    } else if let Some(refusal) = result.rejection::<Account>() {
+                        return Err(TransferError::RefundRefused(refusal.to_string()));
+                    } else {
+                        effects.set_timer_after(RETRY, self.retry_every);
+                    }
+                }
+                // A late answer to something already settled.
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    impl ProcessManager for TransferProcess {
+        type State = Transfer;
+        type Error = TransferError;
+
+        fn name(&self) -> &str {
+            NAME
+        }
+
+        fn filter(&self) -> Filter {
+            Filter::event_types(["TransferDebited"])
+        }
+
+        fn associate(&self, event: &RecordedEvent) -> Association {
+            match decode::<AccountEvent>(event) {
+                Ok(AccountEvent::TransferDebited { transfer_id, .. }) => {
+                    Association::Start(transfer_id)
+                }
+                _ => Association::Ignore,
+            }
+        }
+
+        fn handle(
+            &mut self,
+            state: &mut Transfer,
+            input: Input<'_>,
+            effects: &mut Effects,
+        ) -> Result<(), TransferError> {
+            match input {
+                Input::Event(event) => {
+                    let decoded = decode::<AccountEvent>(event)
+                        .map_err(|e| TransferError::Undecodable(e.to_string()))?;
+                    let AccountEvent::TransferDebited { to, amount, .. } = decoded else {
+                        return Ok(());
+                    };
+                    if state.phase != Phase::New {
+                        return Ok(());
+                    }
+                    state.from = account_id(event);
+                    state.to = to;
+                    state.amount = amount;
+                    effects.set_timer_after(DEADLINE, self.deadline);
+                    self.send_credit(state, effects);
+                }
+                Input::Result(result) => self.on_result(state, result, effects)?,
+                Input::Timer(timer) => match (timer.name.as_str(), &state.phase) {
+                    (RETRY, Phase::WaitingRetry) => self.send_credit(state, effects),
+                    (RETRY, Phase::Cancelling) => self.send_cancel(state, effects),
+                    (RETRY, Phase::Refunding { reason }) => {
+                        let reason = reason.clone();
+                        self.send_refund(state, effects, reason);
+                    }
+                    (DEADLINE, Phase::Crediting | Phase::WaitingRetry) => {
+                        effects.cancel_timer(RETRY);
+                        self.send_cancel(state, effects);
+                    }
+                    _ => {}
+                },
+            }
+            Ok(())
         }
     }
 }

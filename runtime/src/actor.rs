@@ -661,7 +661,7 @@ fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamId) -> Result<Loade
 }
 
 /// The original outcome of command `id`, if it was applied. Blocking.
-fn applied<A: Aggregate>(
+pub(crate) fn applied<A: Aggregate>(
     store: &dyn EventStore,
     id: CommandId,
 ) -> Result<Option<CommandOutcome<A::Event>>, LoadError> {

@@ -108,6 +108,28 @@ pub enum StartError {
     Kind(&'static str),
 }
 
+/// What a process-manager operation of the handle can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcessError {
+    /// No process manager of this name is registered.
+    #[error("no process manager named {0}")]
+    Unknown(String),
+    /// The process manager refused: no such instance, not stuck, finished,
+    /// or it is stopped (the message says which).
+    #[error("{0}")]
+    Refused(String),
+    /// The process manager did not answer in time (it may be retrying a
+    /// failing handler); the request may still take effect.
+    #[error("the process manager did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// What the store holds for it could not be read or decoded; names the key.
+    #[error("store: {0}")]
+    Store(String),
+    /// The runtime is shut down.
+    #[error("the runtime is shut down")]
+    ShutDown,
+}
+
 /// Why a projection operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -1,14 +1,16 @@
 //! The embedding handle.
 
 use crate::bus::{EventBatch, EventBus};
-use crate::error::{CommandError, ProjectionError, ShutdownError};
+use crate::error::{CommandError, ProcessError, ProjectionError, ShutdownError};
 use crate::metric_names::{REJECTIONS_TOTAL, WRITE_BATCH_EVENTS};
 use crate::outcome::{CommandOutcome, ExecuteOptions};
+use crate::process::{InstanceStatus, InstanceView, ProcessStatus, StuckInstance};
 use crate::projection::{ConsumerState, ConsumerStatus, ParkedEvent, ReadModelView};
 use crate::shard::{CommandResult, Drain, Execute, Shard, Shared};
 use actix::dev::SendError;
 use actix::prelude::*;
 use eventfold_domain::{Aggregate, StreamId};
+use eventfold_storage::payload;
 use eventfold_storage::{EventStore, RocksStore};
 use std::collections::HashSet;
 use std::future::Future;
@@ -37,13 +39,19 @@ pub(crate) struct Inner {
     pub rocks: Option<RocksStore>,
     /// Projections and event handlers.
     pub registry: Arc<crate::registry::Registry>,
+    /// Process managers, set once right after the handle exists.
+    pub processes: std::sync::OnceLock<crate::process_host::Processes>,
     /// The temporary directory of an embedded default store, removed last.
     pub _temp: Option<tempfile::TempDir>,
 }
 
 impl Inner {
     fn stop_system(&self) -> Result<(), ShutdownError> {
-        // Consumers commit what they have handled before the store closes.
+        // Process managers and consumers commit what they have handled
+        // before the store closes.
+        if let Some(processes) = self.processes.get() {
+            processes.stop_all();
+        }
         self.registry.stop_all();
         let running = self.system.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(running) = running {
@@ -108,6 +116,10 @@ pub struct RuntimeHandle {
     inner: Arc<Inner>,
 }
 
+/// How long [`RuntimeHandle::resume_instance`] and
+/// [`RuntimeHandle::cancel_instance`] wait for the process manager.
+pub const PROCESS_CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where a dispatched command's answer comes, and how long to wait for it.
 type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration);
 
@@ -136,6 +148,215 @@ impl RuntimeHandle {
     pub(crate) fn new(inner: Inner) -> Self {
         Self {
             inner: Arc::new(inner),
+        }
+    }
+
+    pub(crate) fn set_processes(&self, processes: crate::process_host::Processes) {
+        if self.inner.processes.set(processes).is_err() {
+            tracing::error!("process managers were started twice");
+        }
+    }
+
+    fn process(&self, name: &str) -> Result<&crate::process_host::RunningProcess, ProcessError> {
+        match self.inner.processes.get() {
+            Some(processes) => processes.get(name),
+            None => Err(ProcessError::Unknown(name.to_owned())),
+        }
+    }
+
+    /// A process manager's status: checkpoint, head, instances in memory,
+    /// outbox, timers, stuck instances.
+    pub fn process_status(&self, name: &str) -> Result<ProcessStatus, ProcessError> {
+        let process = self.process(name)?;
+        let shared = &process.shared;
+        Ok(ProcessStatus {
+            name: name.to_owned(),
+            state: shared.state(),
+            checkpoint: shared.checkpoint.load(Ordering::Relaxed),
+            head: self.inner.shared.store.head(),
+            resident: shared.resident.load(Ordering::Relaxed),
+            outbox: shared.outbox.load(Ordering::Relaxed),
+            timers: shared.timers.load(Ordering::Relaxed),
+            stuck: shared.stuck.load(Ordering::Relaxed),
+            steps: shared.steps.load(Ordering::Relaxed),
+            unroutable: shared.unroutable.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The instances of a process manager parked as stuck, with their last
+    /// error (at most [`STUCK_LIST_MAX`](crate::process) of them).
+    pub fn stuck_instances(&self, name: &str) -> Result<Vec<StuckInstance>, ProcessError> {
+        let process = self.process(name)?;
+        let store = &self.inner.shared.store;
+        let entries = store
+            .read_model_scan(&process.model, b"s", crate::process_host::STUCK_LIST_MAX)
+            .map_err(|e| ProcessError::Store(e.to_string()))?;
+        let mut stuck = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let id = String::from_utf8_lossy(&key[1..]).into_owned();
+            let record: crate::process_host::StuckRecord =
+                payload::decode(&value).map_err(|e| {
+                    ProcessError::Store(format!(
+                        "stuck record of {id:?} in {} is corrupt: {e}",
+                        process.model
+                    ))
+                })?;
+            let held = self
+                .read_instance(&process.model, &id)?
+                .map_or(0, |r| r.held.len());
+            stuck.push(StuckInstance {
+                id,
+                error: record.error,
+                attempts: record.attempts,
+                input: record.input.to_string(),
+                since: eventfold_domain::Timestamp::from_micros(record.since),
+                held_events: held,
+            });
+        }
+        Ok(stuck)
+    }
+
+    fn read_instance(
+        &self,
+        model: &str,
+        id: &str,
+    ) -> Result<Option<crate::process_host::InstanceRecord>, ProcessError> {
+        let bytes = self
+            .inner
+            .shared
+            .store
+            .read_model_get(model, &crate::process_host::instance_key(id))
+            .map_err(|e| ProcessError::Store(e.to_string()))?;
+        bytes
+            .map(|bytes| {
+                payload::decode(&bytes).map_err(|e| {
+                    ProcessError::Store(format!("instance {id:?} in {model} is corrupt: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// An instance of process manager `name` as last committed, with its
+    /// state decoded as `S` (the process manager's `State`).
+    pub fn process_instance<S: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<Option<InstanceView<S>>, ProcessError> {
+        let process = self.process(name)?;
+        let Some(record) = self.read_instance(&process.model, id)? else {
+            return Ok(None);
+        };
+        let status = match record.status {
+            0 => InstanceStatus::Active,
+            1 => InstanceStatus::Stuck,
+            _ => InstanceStatus::Finished,
+        };
+        let state = if record.state.is_empty() {
+            S::default()
+        } else {
+            payload::decode(&record.state).map_err(|e| {
+                ProcessError::Store(format!(
+                    "the state of instance {id:?} in {} is unreadable: {e}",
+                    process.model
+                ))
+            })?
+        };
+        let outbox = self
+            .inner
+            .shared
+            .store
+            .read_model_scan(
+                &process.model,
+                &crate::process_host::outbox_prefix(id),
+                usize::try_from(record.next_seq).unwrap_or(usize::MAX),
+            )
+            .map_err(|e| ProcessError::Store(e.to_string()))?
+            .len();
+        Ok(Some(InstanceView {
+            id: id.to_owned(),
+            status,
+            state,
+            timers: record
+                .timers
+                .into_iter()
+                .map(|(name, due)| (name, eventfold_domain::Timestamp::from_micros(due)))
+                .collect(),
+            outbox,
+        }))
+    }
+
+    /// Resumes a stuck instance: the input it failed on is handled again,
+    /// then the events held for it, in order; its unanswered commands are
+    /// sent again (same command ids). Blocks until the process manager has
+    /// tried; do not call it from an async task.
+    pub fn resume_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+        self.ask_process(name, |reply| {
+            crate::process_host::ProcessControl::Resume(id.to_owned(), reply)
+        })
+    }
+
+    /// Cancels an instance (stuck or not): it is finished without further
+    /// steps, its timers and unanswered commands are dropped. Commands
+    /// already delivered are not undone. Blocks like
+    /// [`RuntimeHandle::resume_instance`].
+    pub fn cancel_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+        self.ask_process(name, |reply| {
+            crate::process_host::ProcessControl::Cancel(id.to_owned(), reply)
+        })
+    }
+
+    fn ask_process(
+        &self,
+        name: &str,
+        message: impl FnOnce(oneshot::Sender<Result<(), String>>) -> crate::process_host::ProcessControl,
+    ) -> Result<(), ProcessError> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(ProcessError::ShutDown);
+        }
+        let process = self.process(name)?;
+        let (reply, answer) = oneshot::channel();
+        process.control.try_send(message(reply)).map_err(|_| {
+            ProcessError::Refused(format!("the mailbox of {name} is full or closed"))
+        })?;
+        match answer.recv_timeout(PROCESS_CONTROL_TIMEOUT) {
+            Ok(result) => result.map_err(ProcessError::Refused),
+            Err(oneshot::RecvTimeoutError::Timeout) => {
+                Err(ProcessError::Timeout(PROCESS_CONTROL_TIMEOUT))
+            }
+            Err(oneshot::RecvTimeoutError::Disconnected) => Err(ProcessError::ShutDown),
+        }
+    }
+
+    /// A weak reference, for the runtime's own threads (process managers),
+    /// which must not keep the runtime alive.
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// Routes a command now and returns a future of its answer that holds no
+    /// reference to the runtime (see [`RuntimeHandle::downgrade`]).
+    pub(crate) fn submit<A: Aggregate>(
+        weak: &std::sync::Weak<Inner>,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> impl Future<Output = CommandResult<A>> + Send + 'static + use<A> {
+        let routed = match weak.upgrade() {
+            Some(inner) => Self { inner }.dispatch::<A>(id, command, options),
+            None => Err(CommandError::ShutDown),
+        };
+        async move {
+            let (reply, timeout) = routed?;
+            let answer = Answer {
+                reply,
+                timer: futures_timer::Delay::new(timeout),
+            };
+            match answer.await {
+                Some(Ok(result)) => result,
+                Some(Err(_)) => Err(CommandError::ShutDown),
+                None => Err(CommandError::Timeout(timeout)),
+            }
         }
     }
 

@@ -22,6 +22,7 @@
 //!     }
 //! }
 //!
+//! #[derive(Serialize, Deserialize)]
 //! enum Command { Open, Deposit(u64) }
 //!
 //! #[derive(Debug, PartialEq, thiserror::Error)]
@@ -91,13 +92,17 @@ mod error;
 mod handle;
 pub mod metric_names;
 mod outcome;
+pub mod process;
+mod process_host;
 pub mod projection;
 mod registry;
 mod settings;
 mod shard;
 
 pub use bus::{EventBatch, EventBus};
-pub use error::{CommandError, LoadError, ProjectionError, ShutdownError, StartError};
+pub use error::{
+    CommandError, LoadError, ProcessError, ProjectionError, ShutdownError, StartError,
+};
 pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;
 pub use handle::RuntimeHandle;
@@ -143,6 +148,9 @@ impl Runtime {
             kinds: Vec::new(),
             memory: None,
             consumers: Vec::new(),
+            processes: Vec::new(),
+            dispatch: process_host::DispatchTable::new(),
+            clock: Arc::new(eventfold_domain::SystemClock),
         }
     }
 }
@@ -154,6 +162,9 @@ pub struct RuntimeBuilder {
     kinds: Vec<&'static str>,
     memory: Option<MemoryStore>,
     consumers: Vec<registry::Registration>,
+    processes: Vec<process_host::ProcessRegistration>,
+    dispatch: process_host::DispatchTable,
+    clock: Arc<dyn eventfold_domain::Clock>,
 }
 
 impl RuntimeBuilder {
@@ -240,6 +251,32 @@ impl RuntimeBuilder {
     /// Registers an aggregate type.
     pub fn aggregate<A: Aggregate>(mut self) -> Self {
         self.kinds.push(A::KIND);
+        self.dispatch
+            .insert(A::KIND, Arc::new(process_host::TypedDispatch::<A>::new()));
+        self
+    }
+
+    /// Registers a process manager; `make` builds it when the runtime starts.
+    /// See [`process`].
+    pub fn process_manager<P: process::ProcessManager>(
+        mut self,
+        make: impl FnOnce() -> P + Send + 'static,
+        settings: process::ProcessSettings,
+    ) -> Self {
+        let pm = make();
+        let name = pm.name().to_owned();
+        self.processes.push(process_host::ProcessRegistration {
+            name,
+            settings,
+            make: Box::new(move |config| Box::new(process_host::Host::new(pm, config))),
+        });
+        self
+    }
+
+    /// The clock process-manager timers read (default: the system clock;
+    /// tests pass a [`VirtualClock`](eventfold_domain::VirtualClock)).
+    pub fn clock(mut self, clock: impl eventfold_domain::Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -285,6 +322,23 @@ impl RuntimeBuilder {
     /// Opens the store and starts the actor system on its own threads.
     pub fn start(self) -> Result<RuntimeHandle, StartError> {
         self.settings.validate().map_err(StartError::Setting)?;
+        let mut names = HashSet::new();
+        for process in &self.processes {
+            let name = process.name.as_str();
+            let invalid = name.is_empty()
+                || name.len() > 200
+                || name.contains(['\0', '#', '@', '$'])
+                || !names.insert(name);
+            if invalid {
+                return Err(StartError::Setting(format!(
+                    "process manager name {name:?}: names must be unique, 1 to 200 bytes, without NUL, '#', '@' or '$'"
+                )));
+            }
+            process
+                .settings
+                .validate()
+                .map_err(|e| StartError::Setting(format!("{name}: {e}")))?;
+        }
         let mut names = HashSet::new();
         for consumer in &self.consumers {
             let name = consumer.name.as_str();
@@ -355,17 +409,29 @@ impl RuntimeBuilder {
                 return Err(error);
             }
         };
-        Ok(RuntimeHandle::new(Inner {
+        let handle = RuntimeHandle::new(Inner {
             shards,
             shared,
             kinds,
-            bus,
+            bus: bus.clone(),
             accepting: AtomicBool::new(true),
             system: Mutex::new(Some(system)),
             rocks,
             registry,
+            processes: std::sync::OnceLock::new(),
             _temp: temp,
-        }))
+        });
+        let environment = process_host::HostEnvironment {
+            store,
+            bus,
+            clock: self.clock,
+            dispatch: Arc::new(self.dispatch),
+            handle: handle.downgrade(),
+        };
+        let processes = process_host::Processes::start(self.processes, &environment)
+            .map_err(StartError::System)?;
+        handle.set_processes(processes);
+        Ok(handle)
     }
 }
 

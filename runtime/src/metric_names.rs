@@ -21,3 +21,10 @@ pub const REJECTIONS_TOTAL: &str = "eventfold_rejections_total";
 pub const PROJECTION_CHECKPOINT: &str = "eventfold_projection_checkpoint";
 /// Gauge: head minus a consumer's checkpoint. Label: `consumer`.
 pub const PROJECTION_LAG: &str = "eventfold_projection_lag";
+/// Counter: inputs (events, results, timers) a process manager's instances
+/// handled. Label: `process`.
+pub const PROCESS_STEPS_TOTAL: &str = "eventfold_process_steps_total";
+/// Counter: commands process-manager instances sent. Label: `process`.
+pub const PROCESS_COMMANDS_TOTAL: &str = "eventfold_process_commands_total";
+/// Gauge: stuck instances of a process manager (since start). Label: `process`.
+pub const PROCESS_STUCK: &str = "eventfold_process_stuck";

@@ -14,7 +14,7 @@ struct Tally {
     count: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum Cmd {
     Add(u64),
     /// Succeeds without events iff the state is exactly this.

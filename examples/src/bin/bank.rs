@@ -1,4 +1,5 @@
-//! The bank: WORKLOADS.md W1 (or W3 with `--hot`) through the runtime.
+//! The bank: WORKLOADS.md W1 (or W3 with `--hot`), then W7, through the
+//! runtime.
 //!
 //! Opens `--accounts` accounts, then `--clients` concurrent clients issue
 //! `--commands` deposits to uniformly random accounts (fixed seed), each a
@@ -6,11 +7,20 @@
 //! percentiles, peak RSS and events per fsync, then the raw-RocksDB
 //! group-commit baseline with the same count on the same disk.
 //!
+//! Then W7: 5% of the accounts are closed and the clients start
+//! `--transfers` transfers between random accounts (5% of them to a closed
+//! account), each run by the `transfers` process manager: debit, credit, or
+//! refund when the credit is refused. Prints completed transfers/s and
+//! end-to-end latency (debit durable → credit or refund durable), and checks
+//! that money is conserved and every transfer finished exactly once.
+//!
 //! `cargo run --release -p eventfold-examples --bin bank -- --help`
 
 use clap::{Parser, ValueEnum};
 use eventfold_examples::balances::{self, Balances};
-use eventfold_examples::{Account, AccountCommand};
+use eventfold_examples::transfers::{self, TransferProcess};
+use eventfold_examples::{Account, AccountCommand, AccountError, AccountEvent};
+use eventfold_runtime::process::ProcessSettings;
 use eventfold_runtime::storage::{Durability, Filter};
 use eventfold_runtime::{ConsumerSettings, Runtime, RuntimeHandle};
 use hdrhistogram::Histogram;
@@ -64,6 +74,9 @@ struct Args {
     /// Run without the balances projection (the write side alone).
     #[arg(long)]
     no_projection: bool,
+    /// W7: transfers through the process manager after the deposits (0: none).
+    #[arg(long, default_value_t = 100_000)]
+    transfers: u64,
 }
 
 fn progress(total: u64, label: &str, quiet: bool) -> ProgressBar {
@@ -176,6 +189,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !args.no_projection {
         builder = builder.projection(|| Balances, ConsumerSettings::default());
     }
+    if args.transfers > 0 {
+        builder = builder.process_manager(TransferProcess::default, ProcessSettings::default());
+    }
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);
     }
@@ -286,6 +302,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         (count, sum)
     };
+    if head != expected_events || deposits != args.commands + 1 {
+        return Err(format!(
+            "lost events: {head} stored, {expected_events} expected, {deposits} deposits"
+        )
+        .into());
+    }
+    let w7 = if args.transfers > 0 {
+        Some(run_transfers(&runtime, &args)?)
+    } else {
+        None
+    };
     runtime.shutdown_blocking()?;
 
     let rss = peak_rss_mib();
@@ -328,11 +355,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
     }
-    if head != expected_events || deposits != args.commands + 1 {
-        return Err(format!(
-            "lost events: {head} stored, {expected_events} expected, {deposits} deposits"
-        )
-        .into());
+    if let Some(w7) = &w7 {
+        w7.print();
     }
 
     let mut baseline = None;
@@ -375,9 +399,278 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "projection_lag_events_max": lag_max,
             "baseline_per_second": baseline,
             "ratio_to_baseline": baseline.map(|b| per_second / b),
+            "w7": w7.as_ref().map(Transfers::json),
         });
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
         println!("figures written to {}", path.display());
     }
     Ok(())
+}
+
+/// The figures of a W7 run.
+struct Transfers {
+    started: u64,
+    refused_at_source: u64,
+    completed: u64,
+    compensated: u64,
+    seconds: f64,
+    end_to_end: Histogram<u64>,
+    debit_latency: Histogram<u64>,
+    total_money: i128,
+    deposited: i128,
+}
+
+impl Transfers {
+    fn per_second(&self) -> f64 {
+        (self.completed + self.compensated) as f64 / self.seconds
+    }
+
+    fn print(&self) {
+        println!();
+        println!("{:<28} {:>14}", "W7 transfers", "eventfold");
+        println!("{:<28} {:>14}", "transfers started", self.started);
+        println!(
+            "{:<28} {:>14}",
+            "refused at the source", self.refused_at_source
+        );
+        println!("{:<28} {:>14}", "completed (credited)", self.completed);
+        println!("{:<28} {:>14}", "compensated (refunded)", self.compensated);
+        println!("{:<28} {:>14.0}", "finished transfers/s", self.per_second());
+        for (name, q) in [
+            ("end-to-end p50 (us)", 0.5),
+            ("end-to-end p99 (us)", 0.99),
+            ("end-to-end p99.9 (us)", 0.999),
+        ] {
+            println!("{name:<28} {:>14}", self.end_to_end.value_at_quantile(q));
+        }
+        println!(
+            "{:<28} {:>14}",
+            "end-to-end max (us)",
+            self.end_to_end.max()
+        );
+        println!(
+            "{:<28} {:>14}",
+            "debit command p99 (us)",
+            self.debit_latency.value_at_quantile(0.99)
+        );
+        println!(
+            "{:<28} {:>14}",
+            "money conserved",
+            format!("{} = {}", self.total_money, self.deposited)
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "workload": "W7",
+            "transfers": self.started,
+            "refused_at_source": self.refused_at_source,
+            "completed": self.completed,
+            "compensated": self.compensated,
+            "seconds": self.seconds,
+            "transfers_per_s": self.per_second(),
+            "end_to_end_us_p50": self.end_to_end.value_at_quantile(0.5),
+            "end_to_end_us_p99": self.end_to_end.value_at_quantile(0.99),
+            "end_to_end_us_p999": self.end_to_end.value_at_quantile(0.999),
+            "end_to_end_us_max": self.end_to_end.max(),
+            "total_money": self.total_money.to_string(),
+            "deposited": self.deposited.to_string(),
+            "money_conserved": self.total_money == self.deposited,
+        })
+    }
+}
+
+/// W7: closes 5% of the accounts, then runs `--transfers` transfers from
+/// the clients, waits until the process manager has finished every one, and
+/// checks the log.
+fn run_transfers(
+    runtime: &RuntimeHandle,
+    args: &Args,
+) -> Result<Transfers, Box<dyn std::error::Error>> {
+    let open = (args.accounts - args.accounts / 20).max(1);
+    for id in open..args.accounts {
+        runtime.execute_blocking::<Account>(&id.to_string(), AccountCommand::Close)?;
+    }
+    let clients = args.clients;
+    let total = args.transfers;
+    let per_client = total.div_ceil(clients);
+    let accounts = args.accounts;
+    let started_at = eventfold_runtime::domain::Timestamp::now();
+    let bar = progress(total, "transfer", args.quiet);
+    let done = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (runtime, done) = (runtime.clone(), Arc::clone(&done));
+            let seed = args.seed.wrapping_add(1000 + c);
+            std::thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .map_err(|e| e.to_string())?;
+                let mut refused = 0;
+                let first = c * per_client;
+                for i in first..(first + per_client).min(total) {
+                    let from = rng.gen_range(0..open);
+                    let to = if accounts > open && rng.gen_bool(0.05) {
+                        rng.gen_range(open..accounts)
+                    } else {
+                        (from + rng.gen_range(1..open.max(2))) % open
+                    };
+                    let command = AccountCommand::TransferOut {
+                        transfer_id: format!("t{i}"),
+                        to: to.to_string(),
+                        amount: rng.gen_range(1..=10),
+                    };
+                    let started = Instant::now();
+                    match runtime.execute_blocking::<Account>(&from.to_string(), command) {
+                        Ok(_) => latency.saturating_record(started.elapsed().as_micros() as u64),
+                        Err(eventfold_runtime::CommandError::Rejected(
+                            AccountError::InsufficientFunds { .. },
+                        )) => refused += 1,
+                        Err(error) => return Err(format!("transfer t{i} failed: {error}")),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((latency, refused))
+            })
+        })
+        .collect();
+    while handles.iter().any(|h| !h.is_finished()) {
+        bar.set_position(done.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish();
+    let mut debit_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut refused_at_source = 0;
+    for handle in handles {
+        let (latency, refused) = handle
+            .join()
+            .map_err(|_| "a client thread panicked".to_owned())??;
+        debit_latency.add(latency)?;
+        refused_at_source += refused;
+    }
+    // Every debit handled, every command answered.
+    let last_debit = runtime.store().head();
+    let waiting = Instant::now();
+    loop {
+        let status = runtime.process_status(transfers::NAME)?;
+        if status.stuck > 0 {
+            return Err(format!(
+                "{} transfers are stuck: {:?}",
+                status.stuck,
+                runtime.stuck_instances(transfers::NAME)?
+            )
+            .into());
+        }
+        if status.checkpoint >= last_debit && status.outbox == 0 {
+            break;
+        }
+        if waiting.elapsed() > Duration::from_secs(600) {
+            return Err(format!("transfers did not finish: {status:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check_transfers(
+        runtime,
+        started_at,
+        total - refused_at_source,
+        refused_at_source,
+        debit_latency,
+    )
+}
+
+/// One pass over the log: every transfer debited once and then credited or
+/// refunded once; the sum of all balances equals the sum of deposits.
+fn check_transfers(
+    runtime: &RuntimeHandle,
+    started_at: eventfold_runtime::domain::Timestamp,
+    started: u64,
+    refused_at_source: u64,
+    debit_latency: Histogram<u64>,
+) -> Result<Transfers, Box<dyn std::error::Error>> {
+    use std::collections::HashMap;
+    #[derive(Default)]
+    struct Seen {
+        debited: Option<u64>,
+        debits: u32,
+        credits: u32,
+        refunds: u32,
+        finished: u64,
+    }
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let (mut total_money, mut deposited) = (0i128, 0i128);
+    let head = runtime.store().head();
+    let mut from = 1;
+    let all = Filter::categories([<Account as eventfold_runtime::domain::Aggregate>::KIND]);
+    while from <= head {
+        let slice = runtime.store().read_all(from, 65_536, &all)?;
+        for event in &slice.events {
+            let decoded: AccountEvent =
+                eventfold_runtime::storage::payload::decode(&event.payload)?;
+            total_money += decoded.balance_delta();
+            let at = event.recorded_at.as_micros();
+            match decoded {
+                AccountEvent::Deposited { amount } => deposited += i128::from(amount),
+                AccountEvent::TransferDebited { transfer_id, .. } => {
+                    let entry = seen.entry(transfer_id).or_default();
+                    entry.debits += 1;
+                    entry.debited = Some(at);
+                }
+                AccountEvent::TransferCredited { transfer_id, .. } => {
+                    let entry = seen.entry(transfer_id).or_default();
+                    entry.credits += 1;
+                    entry.finished = at;
+                }
+                AccountEvent::TransferRefunded { transfer_id, .. } => {
+                    let entry = seen.entry(transfer_id).or_default();
+                    entry.refunds += 1;
+                    entry.finished = at;
+                }
+                _ => {}
+            }
+        }
+        from = slice.next_position;
+    }
+    let mut end_to_end = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let (mut completed, mut compensated, mut last) = (0, 0, started_at.as_micros());
+    for (id, transfer) in &seen {
+        let Some(debited) = transfer.debited else {
+            return Err(format!("transfer {id} was credited or refunded without a debit").into());
+        };
+        match (transfer.debits, transfer.credits, transfer.refunds) {
+            (1, 1, 0) => completed += 1,
+            (1, 0, 1) => compensated += 1,
+            (d, c, r) => {
+                return Err(format!(
+                    "transfer {id}: {d} debits, {c} credits, {r} refunds (expected one debit and one of the others)"
+                )
+                .into());
+            }
+        }
+        end_to_end.saturating_record(transfer.finished.saturating_sub(debited).max(1));
+        last = last.max(transfer.finished);
+    }
+    if completed + compensated != started {
+        return Err(format!(
+            "{started} transfers debited by acknowledged commands, {} finished",
+            completed + compensated
+        )
+        .into());
+    }
+    if total_money != deposited {
+        return Err(format!(
+            "money is not conserved: balances sum to {total_money}, deposits to {deposited}"
+        )
+        .into());
+    }
+    Ok(Transfers {
+        started,
+        refused_at_source,
+        completed,
+        compensated,
+        seconds: (last.saturating_sub(started_at.as_micros()) as f64 / 1e6).max(1e-6),
+        end_to_end,
+        debit_latency,
+        total_money,
+        deposited,
+    })
 }

@@ -686,4 +686,300 @@ pub mod transfers {
             Ok(())
         }
     }
+
+    /// What the log says about transfers: see [`audit`].
+    #[derive(Debug, Default)]
+    pub struct Audit {
+        /// Transfers credited to their target.
+        pub completed: u64,
+        /// Transfers refunded to their source.
+        pub compensated: u64,
+        /// Transfers debited and not yet credited or refunded.
+        pub open: u64,
+        /// Sum of every account's balance, from the log.
+        pub total_money: i128,
+        /// Sum of every deposit minus every withdrawal.
+        pub deposited: i128,
+        /// For each finished transfer: debit recorded → credit or refund
+        /// recorded, in microseconds.
+        pub end_to_end_us: Vec<u64>,
+        /// When the last transfer finished (recorded-at, µs).
+        pub last_finished_us: u64,
+        /// Ids of the transfers debited.
+        pub debited: std::collections::HashSet<String>,
+    }
+
+    /// Reads every account event of the log once and checks that each
+    /// transfer was debited exactly once and then credited or refunded at
+    /// most once, never both; counts them and sums the money.
+    pub fn audit(store: &dyn eventfold_runtime::storage::EventStore) -> Result<Audit, String> {
+        #[derive(Default)]
+        struct Seen {
+            debits: u32,
+            credits: u32,
+            refunds: u32,
+            debited_at: u64,
+            finished_at: u64,
+        }
+        let mut seen: std::collections::HashMap<String, Seen> = std::collections::HashMap::new();
+        let mut audit = Audit::default();
+        let filter = Filter::categories([Account::KIND]);
+        let head = store.head();
+        let mut from = 1;
+        while from <= head {
+            let slice = store
+                .read_all(from, 65_536, &filter)
+                .map_err(|e| e.to_string())?;
+            for event in &slice.events {
+                let decoded = decode::<AccountEvent>(event).map_err(|e| e.to_string())?;
+                audit.total_money += decoded.balance_delta();
+                let at = event.recorded_at.as_micros();
+                match decoded {
+                    AccountEvent::Deposited { amount } => audit.deposited += i128::from(amount),
+                    AccountEvent::Withdrawn { amount } => audit.deposited -= i128::from(amount),
+                    AccountEvent::TransferDebited { transfer_id, .. } => {
+                        let entry = seen.entry(transfer_id).or_default();
+                        entry.debits += 1;
+                        entry.debited_at = at;
+                    }
+                    AccountEvent::TransferCredited { transfer_id, .. } => {
+                        let entry = seen.entry(transfer_id).or_default();
+                        entry.credits += 1;
+                        entry.finished_at = at;
+                    }
+                    AccountEvent::TransferRefunded { transfer_id, .. } => {
+                        let entry = seen.entry(transfer_id).or_default();
+                        entry.refunds += 1;
+                        entry.finished_at = at;
+                    }
+                    _ => {}
+                }
+            }
+            from = slice.next_position;
+        }
+        for (id, transfer) in seen {
+            match (transfer.debits, transfer.credits, transfer.refunds) {
+                (1, 1, 0) => audit.completed += 1,
+                (1, 0, 1) => audit.compensated += 1,
+                (1, 0, 0) => {
+                    audit.open += 1;
+                    audit.debited.insert(id);
+                    continue;
+                }
+                (d, c, r) => {
+                    return Err(format!(
+                        "transfer {id}: {d} debits, {c} credits, {r} refunds; expected one debit, then one credit or one refund"
+                    ));
+                }
+            }
+            audit
+                .end_to_end_us
+                .push(transfer.finished_at.saturating_sub(transfer.debited_at));
+            audit.last_finished_us = audit.last_finished_us.max(transfer.finished_at);
+            audit.debited.insert(id);
+        }
+        Ok(audit)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use eventfold_runtime::domain::Timestamp;
+        use eventfold_runtime::process::{OutgoingCommand, ProcessFixture, StepOutcome};
+
+        const SECOND: Duration = Duration::from_secs(1);
+
+        fn fixture() -> ProcessFixture<TransferProcess> {
+            ProcessFixture::new(
+                TransferProcess {
+                    deadline: SECOND * 10,
+                    retry_every: SECOND,
+                },
+                Timestamp::from_micros(0),
+            )
+        }
+
+        fn debit(f: &mut ProcessFixture<TransferProcess>) -> Result<StepOutcome, TransferError> {
+            f.when_event(
+                "acc-a",
+                AccountEvent::TransferDebited {
+                    transfer_id: "t1".into(),
+                    to: "b".into(),
+                    amount: 5,
+                },
+            )
+        }
+
+        fn only(step: &StepOutcome) -> &OutgoingCommand {
+            assert_eq!(step.commands.len(), 1, "{step:?}");
+            &step.commands[0]
+        }
+
+        fn credited() -> AccountEvent {
+            AccountEvent::TransferCredited {
+                transfer_id: "t1".into(),
+                from: "a".into(),
+                amount: 5,
+            }
+        }
+
+        #[test]
+        fn a_debit_credits_the_target_and_completes() -> Result<(), TransferError> {
+            let mut f = fixture();
+            let step = debit(&mut f)?;
+            assert_eq!(
+                step.commands_to::<Account>(),
+                vec![(
+                    "b".to_owned(),
+                    AccountCommand::ReceiveTransfer {
+                        transfer_id: "t1".into(),
+                        from: "a".into(),
+                        amount: 5
+                    }
+                )]
+            );
+            assert_eq!(
+                step.timers_set(),
+                vec![(DEADLINE.to_owned(), Timestamp::from_micros(10_000_000))]
+            );
+            let credit = only(&step).clone();
+            let step = f.when_result(CommandResult::accepted::<Account>(
+                &credit,
+                vec![credited()],
+            ))?;
+            assert!(step.finished && step.commands.is_empty());
+            assert_eq!(f.state("t1").map(|s| &s.phase), Some(&Phase::Completed));
+            // Finished: the deadline never fires.
+            assert!(f.timers().is_empty());
+            assert!(f.when_elapsed(SECOND * 60)?.commands.is_empty());
+            // A replayed debit does nothing.
+            assert!(debit(&mut f)?.commands.is_empty());
+            Ok(())
+        }
+
+        #[test]
+        fn a_refused_credit_is_refunded() -> Result<(), TransferError> {
+            let mut f = fixture();
+            let credit = only(&debit(&mut f)?).clone();
+            let step = f.when_result(CommandResult::rejected::<Account>(
+                &credit,
+                AccountError::Closed,
+            ))?;
+            assert_eq!(
+                step.commands_to::<Account>(),
+                vec![(
+                    "a".to_owned(),
+                    AccountCommand::RefundTransfer {
+                        transfer_id: "t1".into(),
+                        amount: 5
+                    }
+                )]
+            );
+            assert_eq!(step.timers_cancelled(), vec![DEADLINE.to_owned()]);
+            let refund = only(&step).clone();
+            let step = f.when_result(CommandResult::accepted::<Account>(
+                &refund,
+                vec![AccountEvent::TransferRefunded {
+                    transfer_id: "t1".into(),
+                    amount: 5,
+                }],
+            ))?;
+            assert!(step.finished);
+            assert_eq!(
+                f.state("t1").map(|s| s.phase.clone()),
+                Some(Phase::Compensated {
+                    reason: "the account is closed".into()
+                })
+            );
+            Ok(())
+        }
+
+        #[test]
+        fn a_frozen_target_is_retried_with_the_same_command_id_then_fenced_at_the_deadline()
+        -> Result<(), TransferError> {
+            let mut f = fixture();
+            let credit = only(&debit(&mut f)?).clone();
+            let step = f.when_result(CommandResult::rejected::<Account>(
+                &credit,
+                AccountError::Frozen,
+            ))?;
+            assert!(step.commands.is_empty());
+            assert_eq!(step.timers_set().len(), 1);
+            let retry = f.when_elapsed(SECOND)?;
+            assert_eq!(only(&retry).command_id, credit.command_id);
+            // Still frozen at the deadline: the cancel goes out under the
+            // credit's id.
+            f.when_result(CommandResult::rejected::<Account>(
+                &credit,
+                AccountError::Frozen,
+            ))?;
+            let mut fenced = None;
+            for _ in 0..10 {
+                let step = f.when_elapsed(SECOND)?;
+                if let Some(cancel) = step.commands.iter().find(|c| {
+                    matches!(
+                        c.decode::<Account>(),
+                        Some(AccountCommand::CancelTransfer { .. })
+                    )
+                }) {
+                    fenced = Some(cancel.clone());
+                    break;
+                }
+            }
+            let cancel = fenced.expect("the deadline sends a cancel");
+            assert_eq!(cancel.command_id, credit.command_id);
+            assert_eq!(f.state("t1").map(|s| &s.phase), Some(&Phase::Cancelling));
+            // The cancel won: refund.
+            let step = f.when_result(CommandResult::accepted::<Account>(
+                &cancel,
+                vec![AccountEvent::TransferCancelled {
+                    transfer_id: "t1".into(),
+                }],
+            ))?;
+            assert_eq!(
+                step.commands_to::<Account>(),
+                vec![(
+                    "a".to_owned(),
+                    AccountCommand::RefundTransfer {
+                        transfer_id: "t1".into(),
+                        amount: 5
+                    }
+                )]
+            );
+            Ok(())
+        }
+
+        #[test]
+        fn a_fence_that_finds_the_credit_executed_completes() -> Result<(), TransferError> {
+            let mut f = fixture();
+            let credit = only(&debit(&mut f)?).clone();
+            // No answer before the deadline (the target is slow).
+            let step = f.when_elapsed(SECOND * 10)?;
+            let cancel = only(&step).clone();
+            assert_eq!(cancel.command_id, credit.command_id);
+            // The credit had been executed: the cancel gets its outcome.
+            let step = f.when_result(CommandResult::accepted::<Account>(
+                &cancel,
+                vec![credited()],
+            ))?;
+            assert!(step.finished && step.commands.is_empty());
+            assert_eq!(f.state("t1").map(|s| &s.phase), Some(&Phase::Completed));
+            Ok(())
+        }
+
+        #[test]
+        fn an_undeliverable_refund_is_sent_again_until_it_lands() -> Result<(), TransferError> {
+            let mut f = fixture();
+            let credit = only(&debit(&mut f)?).clone();
+            let refund = only(&f.when_result(CommandResult::rejected::<Account>(
+                &credit,
+                AccountError::NotOpen,
+            ))?)
+            .clone();
+            f.when_result(CommandResult::failed(&refund, "overloaded"))?;
+            let again = f.when_elapsed(SECOND)?;
+            assert_eq!(only(&again).command_id, refund.command_id);
+            Ok(())
+        }
+    }
 }

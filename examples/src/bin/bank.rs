@@ -19,7 +19,7 @@
 use clap::{Parser, ValueEnum};
 use eventfold_examples::balances::{self, Balances};
 use eventfold_examples::transfers::{self, TransferProcess};
-use eventfold_examples::{Account, AccountCommand, AccountError, AccountEvent};
+use eventfold_examples::{Account, AccountCommand, AccountError};
 use eventfold_runtime::process::ProcessSettings;
 use eventfold_runtime::storage::{Durability, Filter};
 use eventfold_runtime::{ConsumerSettings, Runtime, RuntimeHandle};
@@ -578,7 +578,7 @@ fn run_transfers(
     )
 }
 
-/// One pass over the log: every transfer debited once and then credited or
+/// Audits the log: every transfer debited once and then credited or
 /// refunded once; the sum of all balances equals the sum of deposits.
 fn check_transfers(
     runtime: &RuntimeHandle,
@@ -587,90 +587,38 @@ fn check_transfers(
     refused_at_source: u64,
     debit_latency: Histogram<u64>,
 ) -> Result<Transfers, Box<dyn std::error::Error>> {
-    use std::collections::HashMap;
-    #[derive(Default)]
-    struct Seen {
-        debited: Option<u64>,
-        debits: u32,
-        credits: u32,
-        refunds: u32,
-        finished: u64,
+    let audit = transfers::audit(runtime.store())?;
+    if audit.open > 0 || audit.completed + audit.compensated != started {
+        return Err(format!(
+            "{started} transfers debited by acknowledged commands; {} completed, {} compensated, {} unfinished",
+            audit.completed, audit.compensated, audit.open
+        )
+        .into());
     }
-    let mut seen: HashMap<String, Seen> = HashMap::new();
-    let (mut total_money, mut deposited) = (0i128, 0i128);
-    let head = runtime.store().head();
-    let mut from = 1;
-    let all = Filter::categories([<Account as eventfold_runtime::domain::Aggregate>::KIND]);
-    while from <= head {
-        let slice = runtime.store().read_all(from, 65_536, &all)?;
-        for event in &slice.events {
-            let decoded: AccountEvent =
-                eventfold_runtime::storage::payload::decode(&event.payload)?;
-            total_money += decoded.balance_delta();
-            let at = event.recorded_at.as_micros();
-            match decoded {
-                AccountEvent::Deposited { amount } => deposited += i128::from(amount),
-                AccountEvent::TransferDebited { transfer_id, .. } => {
-                    let entry = seen.entry(transfer_id).or_default();
-                    entry.debits += 1;
-                    entry.debited = Some(at);
-                }
-                AccountEvent::TransferCredited { transfer_id, .. } => {
-                    let entry = seen.entry(transfer_id).or_default();
-                    entry.credits += 1;
-                    entry.finished = at;
-                }
-                AccountEvent::TransferRefunded { transfer_id, .. } => {
-                    let entry = seen.entry(transfer_id).or_default();
-                    entry.refunds += 1;
-                    entry.finished = at;
-                }
-                _ => {}
-            }
-        }
-        from = slice.next_position;
+    if audit.total_money != audit.deposited {
+        return Err(format!(
+            "money is not conserved: balances sum to {}, deposits to {}",
+            audit.total_money, audit.deposited
+        )
+        .into());
     }
     let mut end_to_end = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let (mut completed, mut compensated, mut last) = (0, 0, started_at.as_micros());
-    for (id, transfer) in &seen {
-        let Some(debited) = transfer.debited else {
-            return Err(format!("transfer {id} was credited or refunded without a debit").into());
-        };
-        match (transfer.debits, transfer.credits, transfer.refunds) {
-            (1, 1, 0) => completed += 1,
-            (1, 0, 1) => compensated += 1,
-            (d, c, r) => {
-                return Err(format!(
-                    "transfer {id}: {d} debits, {c} credits, {r} refunds (expected one debit and one of the others)"
-                )
-                .into());
-            }
-        }
-        end_to_end.saturating_record(transfer.finished.saturating_sub(debited).max(1));
-        last = last.max(transfer.finished);
+    for micros in &audit.end_to_end_us {
+        end_to_end.saturating_record((*micros).max(1));
     }
-    if completed + compensated != started {
-        return Err(format!(
-            "{started} transfers debited by acknowledged commands, {} finished",
-            completed + compensated
-        )
-        .into());
-    }
-    if total_money != deposited {
-        return Err(format!(
-            "money is not conserved: balances sum to {total_money}, deposits to {deposited}"
-        )
-        .into());
-    }
+    let seconds = audit
+        .last_finished_us
+        .saturating_sub(started_at.as_micros()) as f64
+        / 1e6;
     Ok(Transfers {
         started,
         refused_at_source,
-        completed,
-        compensated,
-        seconds: (last.saturating_sub(started_at.as_micros()) as f64 / 1e6).max(1e-6),
+        completed: audit.completed,
+        compensated: audit.compensated,
+        seconds: seconds.max(1e-6),
         end_to_end,
         debit_latency,
-        total_money,
-        deposited,
+        total_money: audit.total_money,
+        deposited: audit.deposited,
     })
 }

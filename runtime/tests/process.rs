@@ -154,15 +154,21 @@ fn start(
     clock: &VirtualClock,
     fail_poison: &Arc<AtomicBool>,
 ) -> Result<RuntimeHandle, StartError> {
+    start_with(path, clock, fail_poison, ProcessSettings::default())
+}
+
+fn start_with(
+    path: &std::path::Path,
+    clock: &VirtualClock,
+    fail_poison: &Arc<AtomicBool>,
+    settings: ProcessSettings,
+) -> Result<RuntimeHandle, StartError> {
     let fail_poison = Arc::clone(fail_poison);
     Runtime::builder()
         .path(path)
         .aggregate::<Order>()
         .clock(clock.clone())
-        .process_manager(
-            move || BillingProcess { fail_poison },
-            ProcessSettings::default(),
-        )
+        .process_manager(move || BillingProcess { fail_poison }, settings)
         .start()
 }
 
@@ -397,4 +403,57 @@ fn invalid_process_settings_and_names_are_refused() {
         .process_manager(move || BillingProcess { fail_poison: fail }, settings)
         .start();
     assert!(matches!(started, Err(StartError::Setting(_))));
+}
+
+#[test]
+fn instances_are_passivated_and_activated_again_from_the_store() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = VirtualClock::new(Timestamp::from_micros(0));
+    let fail = Arc::new(AtomicBool::new(false));
+    let settings = ProcessSettings {
+        instances_resident_max: 2,
+        instance_idle: Duration::from_millis(1),
+        ..ProcessSettings::default()
+    };
+    let runtime = start_with(dir.path(), &clock, &fail, settings)?;
+    let ids: Vec<String> = (0..8).map(|i| format!("o{i}")).collect();
+    for id in &ids {
+        place(&runtime, id, 2, false)?;
+    }
+    wait_until("every order is paid", || {
+        for id in &ids {
+            if !instance(&runtime, id)?.is_some_and(|i| i.state.paid) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    wait_until("the idle instances are passivated", || {
+        Ok(runtime.process_status(NAME)?.resident == 0)
+    })?;
+    // Continued from the store: the cancel finds the state and the timer.
+    for id in &ids[..4] {
+        runtime.execute_blocking::<Order>(id, OrderCommand::Cancel)?;
+    }
+    wait_until("four timers are cancelled", || {
+        Ok(runtime.process_status(NAME)?.timers == 4)
+    })?;
+    for id in &ids[..4] {
+        let view = instance(&runtime, id)?.ok_or("no instance")?;
+        assert!(view.state.paid && view.state.cancelled && view.timers.is_empty());
+    }
+    clock.advance(MINUTE * 2);
+    wait_until("the other four are reminded", || {
+        let mut reminded = 0;
+        for id in &ids {
+            if order_events(&runtime, id)?.contains(&OrderEvent::Reminded) {
+                reminded += 1;
+            }
+        }
+        Ok(reminded == 4)
+    })?;
+    for id in &ids[..4] {
+        assert!(!order_events(&runtime, id)?.contains(&OrderEvent::Reminded));
+    }
+    Ok(())
 }

@@ -7,12 +7,14 @@
 //! percentiles, peak RSS and events per fsync, then the raw-RocksDB
 //! group-commit baseline with the same count on the same disk.
 //!
-//! Then W7: 5% of the accounts are closed and the clients start
-//! `--transfers` transfers between random accounts (5% of them to a closed
-//! account), each run by the `transfers` process manager: debit, credit, or
-//! refund when the credit is refused. Prints completed transfers/s and
-//! end-to-end latency (debit durable → credit or refund durable), and checks
-//! that money is conserved and every transfer finished exactly once.
+//! Then W7: 5% of the accounts are closed and `--transfer-clients` clients
+//! run `--transfers` transfers between random accounts (5% of them to a
+//! closed account), each run by the `transfers` process manager: debit,
+//! credit, or refund when the credit is refused. Each client waits for its
+//! transfer to finish before it starts the next. Prints finished transfers/s
+//! and end-to-end latency (the client sends the debit → it sees the credit or
+//! refund in the log), and checks that money is conserved and every transfer
+//! finished exactly once.
 //!
 //! `cargo run --release -p eventfold-examples --bin bank -- --help`
 
@@ -77,6 +79,10 @@ struct Args {
     /// W7: transfers through the process manager after the deposits (0: none).
     #[arg(long, default_value_t = 100_000)]
     transfers: u64,
+    /// W7: concurrent clients, each waiting for its transfer to finish
+    /// before it starts the next.
+    #[arg(long, default_value_t = 256)]
+    transfer_clients: u64,
 }
 
 fn progress(total: u64, label: &str, quiet: bool) -> ProgressBar {
@@ -491,21 +497,25 @@ fn run_transfers(
     for id in open..args.accounts {
         runtime.execute_blocking::<Account>(&id.to_string(), AccountCommand::Close)?;
     }
-    let clients = args.clients;
+    let clients = args.transfer_clients.max(1);
     let total = args.transfers;
     let per_client = total.div_ceil(clients);
     let accounts = args.accounts;
     let started_at = eventfold_runtime::domain::Timestamp::now();
     let bar = progress(total, "transfer", args.quiet);
     let done = Arc::new(AtomicU64::new(0));
+    let watcher = Watcher::start(runtime);
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             let (runtime, done) = (runtime.clone(), Arc::clone(&done));
+            let waiters = Arc::clone(&watcher.waiters);
             let seed = args.seed.wrapping_add(1000 + c);
-            std::thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
+            type ClientFigures = (Histogram<u64>, Histogram<u64>, u64);
+            std::thread::spawn(move || -> Result<ClientFigures, String> {
                 let mut rng = SmallRng::seed_from_u64(seed);
                 let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                     .map_err(|e| e.to_string())?;
+                let mut end_to_end = latency.clone();
                 let mut refused = 0;
                 let first = c * per_client;
                 for i in first..(first + per_client).min(total) {
@@ -515,22 +525,34 @@ fn run_transfers(
                     } else {
                         (from + rng.gen_range(1..open.max(2))) % open
                     };
+                    let transfer_id = format!("t{i}");
+                    let (finished, wait) = std::sync::mpsc::sync_channel(1);
+                    lock(&waiters).insert(transfer_id.clone(), finished);
                     let command = AccountCommand::TransferOut {
-                        transfer_id: format!("t{i}"),
+                        transfer_id: transfer_id.clone(),
                         to: to.to_string(),
                         amount: rng.gen_range(1..=10),
                     };
                     let started = Instant::now();
                     match runtime.execute_blocking::<Account>(&from.to_string(), command) {
-                        Ok(_) => latency.saturating_record(started.elapsed().as_micros() as u64),
+                        Ok(_) => {
+                            latency.saturating_record(started.elapsed().as_micros() as u64);
+                            wait.recv_timeout(Duration::from_secs(120)).map_err(|_| {
+                                format!("transfer {transfer_id} did not finish within 120 s")
+                            })?;
+                            end_to_end.saturating_record(started.elapsed().as_micros() as u64);
+                        }
                         Err(eventfold_runtime::CommandError::Rejected(
                             AccountError::InsufficientFunds { .. },
-                        )) => refused += 1,
+                        )) => {
+                            lock(&waiters).remove(&transfer_id);
+                            refused += 1;
+                        }
                         Err(error) => return Err(format!("transfer t{i} failed: {error}")),
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok((latency, refused))
+                Ok((latency, end_to_end, refused))
             })
         })
         .collect();
@@ -540,14 +562,17 @@ fn run_transfers(
     }
     bar.finish();
     let mut debit_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut end_to_end = debit_latency.clone();
     let mut refused_at_source = 0;
     for handle in handles {
-        let (latency, refused) = handle
+        let (latency, finished, refused) = handle
             .join()
             .map_err(|_| "a client thread panicked".to_owned())??;
         debit_latency.add(latency)?;
+        end_to_end.add(finished)?;
         refused_at_source += refused;
     }
+    watcher.stop()?;
     // Every debit handled, every command answered.
     let last_debit = runtime.store().head();
     let waiting = Instant::now();
@@ -569,13 +594,15 @@ fn run_transfers(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    check_transfers(
+    let mut figures = check_transfers(
         runtime,
         started_at,
         total - refused_at_source,
         refused_at_source,
         debit_latency,
-    )
+    )?;
+    figures.end_to_end = end_to_end;
+    Ok(figures)
 }
 
 /// Audits the log: every transfer debited once and then credited or
@@ -621,4 +648,74 @@ fn check_transfers(
         total_money: audit.total_money,
         deposited: audit.deposited,
     })
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Waiters =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, std::sync::mpsc::SyncSender<()>>>>;
+
+/// Tails the log for transfers that finished (credited or refunded) and
+/// wakes the client waiting for each.
+struct Watcher {
+    waiters: Waiters,
+    running: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Watcher {
+    fn start(runtime: &RuntimeHandle) -> Self {
+        let waiters: Waiters = Arc::default();
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let thread = {
+            let (runtime, waiters, running) =
+                (runtime.clone(), Arc::clone(&waiters), Arc::clone(&running));
+            std::thread::spawn(move || -> Result<(), String> {
+                let filter = Filter::event_types(["TransferCredited", "TransferRefunded"]);
+                let mut next = runtime.store().head() + 1;
+                while running.load(Ordering::Relaxed) {
+                    let slice = runtime
+                        .store()
+                        .read_all(next, 4096, &filter)
+                        .map_err(|e| e.to_string())?;
+                    for event in &slice.events {
+                        let decoded: eventfold_examples::AccountEvent =
+                            eventfold_runtime::storage::payload::decode(&event.payload)
+                                .map_err(|e| e.to_string())?;
+                        if let eventfold_examples::AccountEvent::TransferCredited {
+                            transfer_id,
+                            ..
+                        }
+                        | eventfold_examples::AccountEvent::TransferRefunded {
+                            transfer_id,
+                            ..
+                        } = decoded
+                            && let Some(waiter) = lock(&waiters).remove(&transfer_id)
+                        {
+                            let _ = waiter.try_send(());
+                        }
+                    }
+                    if slice.next_position == next {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    next = slice.next_position;
+                }
+                Ok(())
+            })
+        };
+        Self {
+            waiters,
+            running,
+            thread,
+        }
+    }
+
+    fn stop(self) -> Result<(), String> {
+        self.running.store(false, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| "the watcher panicked".to_owned())?
+    }
 }

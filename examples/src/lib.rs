@@ -815,6 +815,16 @@ pub mod transfers {
             &step.commands[0]
         }
 
+        fn refund_of_t1() -> Vec<(String, AccountCommand)> {
+            vec![(
+                "a".to_owned(),
+                AccountCommand::RefundTransfer {
+                    transfer_id: "t1".into(),
+                    amount: 5,
+                },
+            )]
+        }
+
         fn credited() -> AccountEvent {
             AccountEvent::TransferCredited {
                 transfer_id: "t1".into(),
@@ -865,16 +875,7 @@ pub mod transfers {
                 &credit,
                 AccountError::Closed,
             ))?;
-            assert_eq!(
-                step.commands_to::<Account>(),
-                vec![(
-                    "a".to_owned(),
-                    AccountCommand::RefundTransfer {
-                        transfer_id: "t1".into(),
-                        amount: 5
-                    }
-                )]
-            );
+            assert_eq!(step.commands_to::<Account>(), refund_of_t1());
             assert_eq!(step.timers_cancelled(), vec![DEADLINE.to_owned()]);
             let refund = only(&step).clone();
             let step = f.when_result(CommandResult::accepted::<Account>(
@@ -936,16 +937,7 @@ pub mod transfers {
                     transfer_id: "t1".into(),
                 }],
             ))?;
-            assert_eq!(
-                step.commands_to::<Account>(),
-                vec![(
-                    "a".to_owned(),
-                    AccountCommand::RefundTransfer {
-                        transfer_id: "t1".into(),
-                        amount: 5
-                    }
-                )]
-            );
+            assert_eq!(step.commands_to::<Account>(), refund_of_t1());
             Ok(())
         }
 

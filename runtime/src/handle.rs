@@ -144,6 +144,19 @@ impl<F: Future + Unpin> Future for Answer<F> {
     }
 }
 
+/// Waits for a routed command's answer, or its timeout.
+async fn answer<A: Aggregate>((reply, timeout): Dispatched<A>) -> CommandResult<A> {
+    let answer = Answer {
+        reply,
+        timer: futures_timer::Delay::new(timeout),
+    };
+    match answer.await {
+        Some(Ok(result)) => result,
+        Some(Err(_)) => Err(CommandError::ShutDown),
+        None => Err(CommandError::Timeout(timeout)),
+    }
+}
+
 impl RuntimeHandle {
     pub(crate) fn new(inner: Inner) -> Self {
         Self {
@@ -346,18 +359,7 @@ impl RuntimeHandle {
             Some(inner) => Self { inner }.dispatch::<A>(id, command, options),
             None => Err(CommandError::ShutDown),
         };
-        async move {
-            let (reply, timeout) = routed?;
-            let answer = Answer {
-                reply,
-                timer: futures_timer::Delay::new(timeout),
-            };
-            match answer.await {
-                Some(Ok(result)) => result,
-                Some(Err(_)) => Err(CommandError::ShutDown),
-                None => Err(CommandError::Timeout(timeout)),
-            }
-        }
+        async move { answer::<A>(routed?).await }
     }
 
     /// Routes a command to its shard; returns where its answer will come.
@@ -418,16 +420,7 @@ impl RuntimeHandle {
         command: A::Command,
         options: ExecuteOptions,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        let (reply, timeout) = self.dispatch::<A>(id, command, options)?;
-        let answer = Answer {
-            reply,
-            timer: futures_timer::Delay::new(timeout),
-        };
-        match answer.await {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(CommandError::ShutDown),
-            None => Err(CommandError::Timeout(timeout)),
-        }
+        answer::<A>(self.dispatch::<A>(id, command, options)?).await
     }
 
     /// [`RuntimeHandle::execute`] for plain threads: blocks the calling

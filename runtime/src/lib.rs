@@ -325,15 +325,7 @@ impl RuntimeBuilder {
         let mut names = HashSet::new();
         for process in &self.processes {
             let name = process.name.as_str();
-            let invalid = name.is_empty()
-                || name.len() > 200
-                || name.contains(['\0', '#', '@', '$'])
-                || !names.insert(name);
-            if invalid {
-                return Err(StartError::Setting(format!(
-                    "process manager name {name:?}: names must be unique, 1 to 200 bytes, without NUL, '#', '@' or '$'"
-                )));
-            }
+            check_name("process manager", name, &mut names)?;
             process
                 .settings
                 .validate()
@@ -342,15 +334,7 @@ impl RuntimeBuilder {
         let mut names = HashSet::new();
         for consumer in &self.consumers {
             let name = consumer.name.as_str();
-            let invalid = name.is_empty()
-                || name.len() > 200
-                || name.contains(['\0', '#', '@', '$'])
-                || !names.insert(name);
-            if invalid {
-                return Err(StartError::Setting(format!(
-                    "projection or handler name {name:?}: names must be unique, 1 to 200 bytes, without NUL, '#', '@' or '$'"
-                )));
-            }
+            check_name("projection or handler", name, &mut names)?;
             if consumer.settings.batch_events_max == 0
                 || consumer.settings.catch_up_chunk_events == 0
             {
@@ -433,6 +417,25 @@ impl RuntimeBuilder {
         handle.set_processes(processes);
         Ok(handle)
     }
+}
+
+/// Names of projections, handlers and process managers: unique among their
+/// kind, 1 to 200 bytes, without the separators the store's names use.
+fn check_name<'a>(
+    what: &str,
+    name: &'a str,
+    seen: &mut HashSet<&'a str>,
+) -> Result<(), StartError> {
+    let invalid = name.is_empty()
+        || name.len() > 200
+        || name.contains(['\0', '#', '@', '$'])
+        || !seen.insert(name);
+    if invalid {
+        return Err(StartError::Setting(format!(
+            "{what} name {name:?}: names must be unique, 1 to 200 bytes, without NUL, '#', '@' or '$'"
+        )));
+    }
+    Ok(())
 }
 
 /// Starts the actix system on its own thread, with one Arbiter per shard.

@@ -585,3 +585,49 @@ mod tests {
         assert!(decode_checkpoint(b"c", &[1, 2]).is_err());
     }
 }
+
+/// The decoders of stored bytes, public so that fuzz targets and tools can
+/// feed them anything: each returns a typed [`Corruption`] naming the key for
+/// bytes it cannot read, and never panics. The encoders make valid inputs.
+pub mod decoders {
+    use super::*;
+
+    /// An event record as stored in the `global` keyspace under `key`.
+    pub fn record(key: &[u8], value: &[u8]) -> Result<RecordedEvent, Corruption> {
+        decode_event(crate::rocks::CF_GLOBAL, key, value)
+    }
+
+    /// A snapshot as stored in the `snapshots` keyspace under `key`.
+    pub fn snapshot(key: &[u8], value: &[u8]) -> Result<crate::Snapshot, Corruption> {
+        decode_snapshot(key, value)
+    }
+
+    /// A checkpoint value.
+    pub fn checkpoint(key: &[u8], value: &[u8]) -> Result<u64, Corruption> {
+        decode_checkpoint(key, value)
+    }
+
+    /// An idempotency outcome.
+    pub fn outcome(key: &[u8], value: &[u8]) -> Result<crate::AppendOutcome, Corruption> {
+        decode_outcome(key, value)
+    }
+
+    /// The bytes a record of `event` in `stream` is stored as, at this
+    /// position, version and time.
+    pub fn encode_record(
+        stream: &StreamId,
+        event: &NewEvent,
+        position: u64,
+        version: u64,
+        recorded_at: Timestamp,
+    ) -> Vec<u8> {
+        let mut record = encode_event(stream, event);
+        seal_event(&mut record, position, version, recorded_at);
+        record
+    }
+
+    /// The bytes a snapshot is stored as.
+    pub fn encode_snapshot(snapshot: &crate::Snapshot) -> Vec<u8> {
+        super::encode_snapshot(snapshot)
+    }
+}

@@ -59,7 +59,7 @@ pub use api::{
     GlobalSlice, PendingAppend, ReadModelBatch, ReadModelEntry, ReadModelOp, Snapshot,
     StreamAppend, StreamWritten, VerifyReport, WriterStats,
 };
-pub use codec::payload;
+pub use codec::{decoders, payload};
 pub use error::{
     AppendError, Corruption, CorruptionKind, NameError, OpenError, ReadError, WriteError,
 };

@@ -11,3 +11,19 @@ echo "== cargo clippy"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --release --locked --workspace
+# Coverage-guided fuzzing of the record and snapshot decoders (cargo fuzz with
+# libFuzzer, stable Rust, no sanitizer): a short run here, a longer one by
+# hand with FUZZ_SECONDS=600 (docs/reliability.md). The seeded mutation
+# fuzzer of the same decoders already ran above (storage/tests/hostile_bytes.rs).
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+echo "== cargo fuzz (${FUZZ_SECONDS}s per target)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+(
+  cd storage/fuzz
+  for target in record snapshot; do
+    cargo fuzz run -s none "$target" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | tail -n 3
+  done
+)

@@ -335,7 +335,7 @@ pub(crate) fn read_model_key(model: &str, key: &[u8]) -> Vec<u8> {
 /// Value of the `streams` keyspace: the event's position.
 pub(crate) fn decode_stream_index(key: &[u8], value: &[u8]) -> Result<u64, Corruption> {
     parse_u64_key(value).ok_or_else(|| Corruption {
-        keyspace: crate::rocks::CF_STREAMS,
+        keyspace: crate::keyspaces::CF_STREAMS,
         key: key.to_vec(),
         kind: CorruptionKind::Truncated("index entry is not 8 bytes"),
     })
@@ -349,7 +349,7 @@ pub(crate) fn encode_checkpoint(position: u64) -> Vec<u8> {
 }
 
 pub(crate) fn decode_checkpoint(key: &[u8], value: &[u8]) -> Result<u64, Corruption> {
-    let keyspace = crate::rocks::CF_CHECKPOINTS;
+    let keyspace = crate::keyspaces::CF_CHECKPOINTS;
     let body = checked_body(keyspace, key, value)?;
     let mut c = Cursor { bytes: body };
     let parse = |c: &mut Cursor<'_>| {
@@ -391,7 +391,7 @@ pub(crate) fn encode_snapshot(snapshot: &crate::Snapshot) -> Vec<u8> {
 }
 
 pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<crate::Snapshot, Corruption> {
-    let keyspace = crate::rocks::CF_SNAPSHOTS;
+    let keyspace = crate::keyspaces::CF_SNAPSHOTS;
     let body = checked_body(keyspace, key, value)?;
     let parse = || {
         let mut c = Cursor { bytes: body };
@@ -428,7 +428,7 @@ pub(crate) fn encode_outcome(outcome: &crate::AppendOutcome) -> Vec<u8> {
 }
 
 pub(crate) fn decode_outcome(key: &[u8], value: &[u8]) -> Result<crate::AppendOutcome, Corruption> {
-    let keyspace = crate::rocks::CF_IDEMPOTENCY;
+    let keyspace = crate::keyspaces::CF_IDEMPOTENCY;
     let body = checked_body(keyspace, key, value)?;
     let parse = || {
         let mut c = Cursor { bytes: body };
@@ -594,7 +594,7 @@ pub mod decoders {
 
     /// An event record as stored in the `global` keyspace under `key`.
     pub fn record(key: &[u8], value: &[u8]) -> Result<RecordedEvent, Corruption> {
-        decode_event(crate::rocks::CF_GLOBAL, key, value)
+        decode_event(crate::keyspaces::CF_GLOBAL, key, value)
     }
 
     /// A snapshot as stored in the `snapshots` keyspace under `key`.

@@ -254,6 +254,7 @@ pub enum OpenError {
     TargetNotEmpty(String),
 }
 
+#[cfg(feature = "rocksdb")]
 impl From<rocksdb::Error> for OpenError {
     fn from(value: rocksdb::Error) -> Self {
         OpenError::Engine(value.into_string())

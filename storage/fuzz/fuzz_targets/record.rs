@@ -12,4 +12,3 @@ fuzz_target!(|data: &[u8]| {
         assert!(event.payload.len() <= sealed.len());
     }
 });
-

@@ -12,4 +12,3 @@ fuzz_target!(|data: &[u8]| {
         assert!(snapshot.state.len() <= sealed.len());
     }
 });
-

@@ -25,31 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use writer::{Job, Message, Syncer, Writer};
 
-/// Keyspace of event records, keyed by global position.
-pub const CF_GLOBAL: &str = "global";
-/// Keyspace of the stream index: stream id, NUL, version → position.
-pub const CF_STREAMS: &str = "streams";
-/// Keyspace of snapshots: stream id → latest snapshot.
-pub const CF_SNAPSHOTS: &str = "snapshots";
-/// Keyspace of checkpoints: subscriber name → position.
-pub const CF_CHECKPOINTS: &str = "checkpoints";
-/// Keyspace of applied command ids: command id → original outcome.
-pub const CF_IDEMPOTENCY: &str = "idempotency";
-/// Keyspace of read models: model name, NUL, key → value.
-pub const CF_READ_MODELS: &str = "readmodels";
-/// Every keyspace besides RocksDB's `default` (which holds the format marker).
-pub const KEYSPACES: [&str; 6] = [
-    CF_GLOBAL,
-    CF_STREAMS,
-    CF_SNAPSHOTS,
-    CF_CHECKPOINTS,
-    CF_IDEMPOTENCY,
-    CF_READ_MODELS,
-];
-
-/// Most events one `read_all` call examines; a filtered read that finds
-/// fewer matches returns early with `next_position` to continue from.
-pub const READ_ALL_SCAN_EVENTS_MAX: usize = 65_536;
+pub use crate::keyspaces::{
+    CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAMS, KEYSPACES,
+    READ_ALL_SCAN_EVENTS_MAX,
+};
 
 /// State shared by the store handle and the writer thread.
 pub(crate) struct Shared {

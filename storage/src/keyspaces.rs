@@ -1,0 +1,28 @@
+//! The names of the keyspaces (RocksDB column families) and the scan bound
+//! every backend shares; see `docs/format.md`.
+
+/// Keyspace of event records, keyed by global position.
+pub const CF_GLOBAL: &str = "global";
+/// Keyspace of the stream index: stream id, NUL, version → position.
+pub const CF_STREAMS: &str = "streams";
+/// Keyspace of snapshots: stream id → latest snapshot.
+pub const CF_SNAPSHOTS: &str = "snapshots";
+/// Keyspace of checkpoints: subscriber name → position.
+pub const CF_CHECKPOINTS: &str = "checkpoints";
+/// Keyspace of applied command ids: command id → original outcome.
+pub const CF_IDEMPOTENCY: &str = "idempotency";
+/// Keyspace of read models: model name, NUL, key → value.
+pub const CF_READ_MODELS: &str = "readmodels";
+/// Every keyspace besides RocksDB's `default` (which holds the format marker).
+pub const KEYSPACES: [&str; 6] = [
+    CF_GLOBAL,
+    CF_STREAMS,
+    CF_SNAPSHOTS,
+    CF_CHECKPOINTS,
+    CF_IDEMPOTENCY,
+    CF_READ_MODELS,
+];
+
+/// Most events one `read_all` call examines; a filtered read that finds
+/// fewer matches returns early with `next_position` to continue from.
+pub const READ_ALL_SCAN_EVENTS_MAX: usize = 65_536;

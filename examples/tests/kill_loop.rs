@@ -1,7 +1,8 @@
 //! The kill loop: a child process runs the bank — deposits, transfers
 //! through the `transfers` process manager (some to a frozen and a closed
 //! account, with deadlines that span restarts) and the `balances`
-//! projection — and writes an oracle line after every acknowledgement. The
+//! projection — and writes an oracle line before every command and after
+//! every acknowledgement. The
 //! parent kills it with SIGKILL at varying moments and restarts it on the
 //! same directory, and after every kill checks the store against the
 //! oracle; every `FULL_CHECK_EVERY` kills, and at the end, it starts the
@@ -82,8 +83,9 @@ fn set_up(runtime: &RuntimeHandle) -> TestResult {
 }
 
 /// One client of the child: `deposits` or transfers, until killed. Oracle
-/// lines, each written after its acknowledgement:
-/// `D {stream} {version} {position} {amount}` and `T {transfer id}`.
+/// lines: `I {command id name}` before each command is sent, then after its
+/// acknowledgement `D {stream} {version} {position} {amount}` or
+/// `T {transfer id}`.
 fn client(runtime: &RuntimeHandle, dir: &Path, c: u64, deposits: bool) -> Result<(), String> {
     let oracle = dir.join(format!("oracle-{c}-{}", std::process::id()));
     let mut file = std::fs::File::create(oracle).map_err(|e| e.to_string())?;
@@ -91,8 +93,11 @@ fn client(runtime: &RuntimeHandle, dir: &Path, c: u64, deposits: bool) -> Result
         let line = if deposits {
             let id = ((c * 7 + i) % ACCOUNTS).to_string();
             let amount = 1 + i % 50;
+            let name = format!("d-{}-{c}-{i}", std::process::id());
+            writeln!(file, "I {name}").map_err(|e| e.to_string())?;
+            let options = ExecuteOptions::new().command_id(CommandId::from_name(&name));
             let outcome = runtime
-                .execute_blocking::<Account>(&id, AccountCommand::Deposit { amount })
+                .execute_blocking_with::<Account>(&id, AccountCommand::Deposit { amount }, options)
                 .map_err(|e| e.to_string())?;
             let position = outcome.position.ok_or("a deposit has a position")?;
             format!("D acc-{id} {} {position} {amount}", outcome.version)
@@ -109,6 +114,7 @@ fn client(runtime: &RuntimeHandle, dir: &Path, c: u64, deposits: bool) -> Result
                 to,
                 amount: 1 + i % 10,
             };
+            writeln!(file, "I {transfer_id}").map_err(|e| e.to_string())?;
             let options = ExecuteOptions::new().command_id(CommandId::from_name(&transfer_id));
             runtime
                 .execute_blocking_with::<Account>(&from.to_string(), command, options)
@@ -143,12 +149,15 @@ fn kill_loop_child() -> TestResult {
     Ok(())
 }
 
-/// What the oracle files say was acknowledged.
+/// What the oracle files say was sent and acknowledged.
 #[derive(Default)]
 struct Oracle {
     /// (stream, version) → (position, amount).
     deposits: BTreeMap<(String, u64), (u64, u64)>,
     transfers: HashSet<String>,
+    /// Each client's commands in the order it sent them (command id names),
+    /// and how many of them were acknowledged.
+    traces: Vec<(Vec<String>, usize)>,
 }
 
 fn read_oracle(dir: &Path) -> Result<Oracle, Box<dyn std::error::Error>> {
@@ -161,23 +170,28 @@ fn read_oracle(dir: &Path) -> Result<Oracle, Box<dyn std::error::Error>> {
         if !is_oracle {
             continue;
         }
+        let mut trace = (Vec::new(), 0);
         for line in std::fs::read_to_string(&path)?.lines() {
             // A line cut by the kill is not an acknowledgement we know of.
             match line.split(' ').collect::<Vec<_>>()[..] {
+                ["I", name] if !name.is_empty() => trace.0.push(name.to_owned()),
                 ["D", stream, version, position, amount] => {
                     let parsed = (version.parse(), position.parse(), amount.parse());
                     if let (Ok(version), Ok(position), Ok(amount)) = parsed {
                         oracle
                             .deposits
                             .insert((stream.to_owned(), version), (position, amount));
+                        trace.1 += 1;
                     }
                 }
                 ["T", id] if !id.is_empty() => {
                     oracle.transfers.insert(id.to_owned());
+                    trace.1 += 1;
                 }
                 _ => {}
             }
         }
+        oracle.traces.push(trace);
     }
     Ok(oracle)
 }
@@ -252,6 +266,32 @@ fn check_after_kill(store: &dyn EventStore, oracle: &Oracle, kill: u64) -> Resul
         return Err(format!(
             "kill {kill}: acknowledged transfer {missing} was not debited"
         ));
+    }
+    // What survives of each client's trace is a prefix of it: the commands it
+    // sent were executed up to some point and not after, and that point is
+    // at or past its last acknowledgement (at most the one in flight beyond).
+    for (trace, acknowledged) in &oracle.traces {
+        let mut executed = 0;
+        for (i, name) in trace.iter().enumerate() {
+            let ran = store
+                .command_outcome(CommandId::from_name(name))
+                .map_err(|e| e.to_string())?
+                .is_some();
+            match (ran, i == executed) {
+                (true, true) => executed += 1,
+                (true, false) => {
+                    return Err(format!(
+                        "kill {kill}: {name} ran after a command that did not"
+                    ));
+                }
+                (false, _) => {}
+            }
+        }
+        if executed < *acknowledged || executed > acknowledged + 1 {
+            return Err(format!(
+                "kill {kill}: {executed} commands of a trace ran, {acknowledged} were acknowledged"
+            ));
+        }
     }
     let report = store.verify().map_err(|e| e.to_string())?;
     if !report.is_clean() {

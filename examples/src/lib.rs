@@ -700,9 +700,6 @@ pub mod transfers {
         pub total_money: i128,
         /// Sum of every deposit minus every withdrawal.
         pub deposited: i128,
-        /// For each finished transfer: debit recorded → credit or refund
-        /// recorded, in microseconds.
-        pub end_to_end_us: Vec<u64>,
         /// When the last transfer finished (recorded-at, µs).
         pub last_finished_us: u64,
         /// Ids of the transfers debited.
@@ -718,7 +715,6 @@ pub mod transfers {
             debits: u32,
             credits: u32,
             refunds: u32,
-            debited_at: u64,
             finished_at: u64,
         }
         let mut seen: std::collections::HashMap<String, Seen> = std::collections::HashMap::new();
@@ -740,7 +736,6 @@ pub mod transfers {
                     AccountEvent::TransferDebited { transfer_id, .. } => {
                         let entry = seen.entry(transfer_id).or_default();
                         entry.debits += 1;
-                        entry.debited_at = at;
                     }
                     AccountEvent::TransferCredited { transfer_id, .. } => {
                         let entry = seen.entry(transfer_id).or_default();
@@ -772,9 +767,6 @@ pub mod transfers {
                     ));
                 }
             }
-            audit
-                .end_to_end_us
-                .push(transfer.finished_at.saturating_sub(transfer.debited_at));
             audit.last_finished_us = audit.last_finished_us.max(transfer.finished_at);
             audit.debited.insert(id);
         }

@@ -4,7 +4,7 @@ use crate::bus::{EventBatch, EventBus};
 use crate::error::{CommandError, ProcessError, ProjectionError, ShutdownError};
 use crate::metric_names::{REJECTIONS_TOTAL, WRITE_BATCH_EVENTS};
 use crate::outcome::{CommandOutcome, ExecuteOptions};
-use crate::process::{InstanceStatus, InstanceView, ProcessStatus, StuckInstance};
+use crate::process::{InstanceView, ProcessStatus, StuckInstance};
 use crate::projection::{ConsumerState, ConsumerStatus, ParkedEvent, ReadModelView};
 use crate::shard::{CommandResult, Drain, Execute, Shard, Shared};
 use actix::dev::SendError;
@@ -260,11 +260,7 @@ impl RuntimeHandle {
         let Some(record) = self.read_instance(&process.model, id)? else {
             return Ok(None);
         };
-        let status = match record.status {
-            0 => InstanceStatus::Active,
-            1 => InstanceStatus::Stuck,
-            _ => InstanceStatus::Finished,
-        };
+        let status = record.status();
         let state = if record.state.is_empty() {
             S::default()
         } else {

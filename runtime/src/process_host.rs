@@ -136,6 +136,17 @@ pub(crate) struct InstanceRecord {
     pub held: Vec<u64>,
 }
 
+impl InstanceRecord {
+    /// Its status as the handle shows it.
+    pub(crate) fn status(&self) -> InstanceStatus {
+        match self.status {
+            STATUS_ACTIVE => InstanceStatus::Active,
+            STATUS_STUCK => InstanceStatus::Stuck,
+            _ => InstanceStatus::Finished,
+        }
+    }
+}
+
 /// Why an instance is stuck; also stored under `s{id}` for listing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct StuckRecord {
@@ -145,6 +156,8 @@ pub(crate) struct StuckRecord {
     pub input: StuckInput,
 }
 
+/// The input of a step: what it consumes (cleaned up after it), and what a
+/// stuck instance failed on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum StuckInput {
     Event(u64),
@@ -348,30 +361,6 @@ struct Instance<S> {
     record: InstanceRecord,
     state: S,
     used: Instant,
-}
-
-/// What the input of a step was, to clean up after it.
-#[derive(Clone)]
-enum Consumed {
-    Event(u64),
-    Result { seq: u64, command_id: [u8; 16] },
-    Timer { name: String, due: u64 },
-}
-
-impl Consumed {
-    fn stuck(&self) -> StuckInput {
-        match self {
-            Consumed::Event(position) => StuckInput::Event(*position),
-            Consumed::Result { seq, command_id } => StuckInput::Result {
-                seq: *seq,
-                command_id: *command_id,
-            },
-            Consumed::Timer { name, due } => StuckInput::Timer {
-                name: name.clone(),
-                due: *due,
-            },
-        }
-    }
 }
 
 struct Delivered {
@@ -824,7 +813,7 @@ impl<P: ProcessManager> Host<P> {
             &id,
             start,
             Input::Event(event),
-            Consumed::Event(event.position),
+            StuckInput::Event(event.position),
         )
     }
 
@@ -849,7 +838,7 @@ impl<P: ProcessManager> Host<P> {
             &id,
             false,
             Input::Result(&result),
-            Consumed::Result {
+            StuckInput::Result {
                 seq,
                 command_id: entry.command_id,
             },
@@ -875,7 +864,7 @@ impl<P: ProcessManager> Host<P> {
                 &id,
                 false,
                 Input::Timer(&timer),
-                Consumed::Timer { name, due },
+                StuckInput::Timer { name, due },
             )?;
             fired += 1;
         }
@@ -935,7 +924,7 @@ impl<P: ProcessManager> Host<P> {
         id: &str,
         start: bool,
         input: Input<'_>,
-        consumed: Consumed,
+        consumed: StuckInput,
     ) -> Result<(), String> {
         if !self.activate(id, start)? {
             // No such instance: drop what the input left behind.
@@ -952,7 +941,7 @@ impl<P: ProcessManager> Host<P> {
                 return Ok(());
             }
             STATUS_STUCK => {
-                if let Consumed::Event(position) = consumed
+                if let StuckInput::Event(position) = consumed
                     && let Some(instance) = self.cache.get_mut(id)
                 {
                     instance.record.held.push(position);
@@ -965,11 +954,11 @@ impl<P: ProcessManager> Host<P> {
         let retry = self.config.settings.handler_retry.clone();
         let now = self.config.clock.now();
         let key = match &consumed {
-            Consumed::Event(position) => format!("e{position}"),
-            Consumed::Result { command_id, .. } => {
+            StuckInput::Event(position) => format!("e{position}"),
+            StuckInput::Result { command_id, .. } => {
                 format!("r{}", CommandId::from_bytes(*command_id))
             }
-            Consumed::Timer { name, due } => format!("t{name}@{due}"),
+            StuckInput::Timer { name, due } => format!("t{name}@{due}"),
         };
         let mut last_error = String::new();
         for attempt in 1..=retry.attempts_max {
@@ -1015,16 +1004,16 @@ impl<P: ProcessManager> Host<P> {
     }
 
     /// Removes what a consumed input leaves in the store.
-    fn clean_up(&mut self, id: &str, consumed: &Consumed) {
+    fn clean_up(&mut self, id: &str, consumed: &StuckInput) {
         match consumed {
-            Consumed::Event(_) => {}
-            Consumed::Result { seq, .. } => {
+            StuckInput::Event(_) => {}
+            StuckInput::Result { seq, .. } => {
                 if self.outbox.remove(&(id.to_owned(), *seq)).is_some() {
                     self.ops.delete(&self.model, outbox_key(id, *seq));
                     self.ops_count += 1;
                 }
             }
-            Consumed::Timer { name, due } => {
+            StuckInput::Timer { name, due } => {
                 let mut owned = false;
                 if let Some(instance) = self.cache.get_mut(id)
                     && instance.record.timers.get(name) == Some(due)
@@ -1047,7 +1036,7 @@ impl<P: ProcessManager> Host<P> {
         state: P::State,
         state_bytes: Vec<u8>,
         effects: Effects,
-        consumed: &Consumed,
+        consumed: &StuckInput,
     ) -> Result<(), String> {
         self.clean_up(id, consumed);
         let Some(instance) = self.cache.get_mut(id) else {
@@ -1114,7 +1103,7 @@ impl<P: ProcessManager> Host<P> {
         id: &str,
         error: String,
         attempts: u32,
-        consumed: &Consumed,
+        consumed: &StuckInput,
         now: Timestamp,
     ) -> Result<(), String> {
         tracing::error!(process = %self.name, instance = id, %error, "instance parked as stuck");
@@ -1122,7 +1111,7 @@ impl<P: ProcessManager> Host<P> {
             error,
             attempts,
             since: now.as_micros(),
-            input: consumed.stuck(),
+            input: consumed.clone(),
         };
         let bytes = payload::encode(&stuck).map_err(|e| format!("stuck record: {e}"))?;
         let Some(instance) = self.cache.get_mut(id) else {
@@ -1183,7 +1172,7 @@ impl<P: ProcessManager> Host<P> {
         events.extend(held);
         for position in events {
             let event = self.read_event(position)?;
-            self.deliver(id, false, Input::Event(&event), Consumed::Event(position))?;
+            self.deliver(id, false, Input::Event(&event), StuckInput::Event(position))?;
         }
         Ok(())
     }

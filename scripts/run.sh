@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-deps.sh
-cargo run --release --locked -p eventfold-examples --bin bank -- "$@"
+cargo run --release --locked -p eventfold-benches --bin bank -- "$@"

@@ -2,6 +2,12 @@
 //! the load generator. See `../shared/WORKLOADS.md` for the workloads.
 #![deny(missing_docs)]
 
+pub mod clients;
+pub mod measure;
+pub mod report;
+pub mod transfers;
+pub mod workloads;
+
 use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
 use eventfold_storage::{Durability, EventStore};
 use hdrhistogram::Histogram;
@@ -52,9 +58,7 @@ impl RunReport {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
-}
+use measure::histogram;
 
 /// `clients` threads each append `total / clients` single-event appends to
 /// uniformly random streams of `streams` (seeded per client), waiting for

@@ -545,6 +545,12 @@ impl RuntimeHandle {
         self.inner.shared.resident.load(Ordering::Relaxed).max(0) as u64
     }
 
+    /// Aggregate actors activated (started, loading their state from the
+    /// store) since the runtime started, over all shards.
+    pub fn activations_total(&self) -> u64 {
+        self.inner.shared.activations.load(Ordering::Relaxed)
+    }
+
     /// Stops taking commands (later calls fail with `ShutDown`), lets every
     /// aggregate finish the commands it has taken and its appends become
     /// durable, lets projections commit what they have handled, closes the

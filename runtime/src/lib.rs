@@ -379,6 +379,7 @@ impl RuntimeBuilder {
             store: Arc::clone(&store),
             settings: self.settings,
             resident: AtomicI64::new(0),
+            activations: std::sync::atomic::AtomicU64::new(0),
         });
         let registry = Arc::new(registry::Registry::new(
             Arc::clone(&store),

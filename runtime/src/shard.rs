@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub store: Arc<dyn EventStore>,
     pub settings: Settings,
     pub resident: AtomicI64,
+    /// Aggregate actors started (activated) since the runtime started.
+    pub activations: std::sync::atomic::AtomicU64,
 }
 
 /// A command's result, as the caller receives it.
@@ -216,6 +218,7 @@ impl Shard {
                 last_used: Instant::now(),
             },
         );
+        self.shared.activations.fetch_add(1, Ordering::Relaxed);
         let resident = self.shared.resident.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(RESIDENT_ACTORS).set(resident as f64);
         while self.resident.len() > self.resident_max {

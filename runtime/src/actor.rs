@@ -80,7 +80,7 @@ struct Entry<A: Aggregate> {
 pub(crate) struct AggregateActor<A: Aggregate> {
     stream: StreamId,
     generation: u64,
-    shard: Addr<Shard>,
+    shard: Arc<Addr<Shard>>,
     shared: Arc<Shared>,
     /// The pending state: durable events plus those in flight.
     state: A,
@@ -108,7 +108,7 @@ impl<A: Aggregate> AggregateActor<A> {
     pub(crate) fn new(
         stream: StreamId,
         generation: u64,
-        shard: Addr<Shard>,
+        shard: Arc<Addr<Shard>>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {

@@ -119,6 +119,8 @@ pub(crate) struct Shard {
     next_generation: u64,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
+    /// This shard's address, shared by its actors.
+    me: Option<Arc<Addr<Shard>>>,
 }
 
 impl Shard {
@@ -132,6 +134,7 @@ impl Shard {
             next_generation: 1,
             draining: false,
             drained: Vec::new(),
+            me: None,
         }
     }
 
@@ -202,7 +205,9 @@ impl Shard {
     ) -> Addr<AggregateActor<A>> {
         let generation = self.next_generation;
         self.next_generation += 1;
-        let shard = ctx.address();
+        // One address of the shard shared by its actors: an `Addr` clone
+        // allocates a sender task, which would cost each resident actor.
+        let shard = Arc::clone(self.me.get_or_insert_with(|| Arc::new(ctx.address())));
         let shared = Arc::clone(&self.shared);
         let capacity = self.shared.settings.actor_mailbox_commands_max;
         let actor_stream = stream.clone();

@@ -38,7 +38,7 @@ use eventfold_domain::{
     StreamId,
 };
 use eventfold_storage::{
-    AppendError, AppendOutcome, AppendRequest, Direction, EventStore, Snapshot, payload,
+    AppendError, AppendOutcome, AppendRequest, Cached, Direction, EventStore, Snapshot, payload,
 };
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -47,6 +47,9 @@ use std::time::Instant;
 
 /// Events read per store call while loading an aggregate.
 pub(crate) const LOAD_CHUNK_EVENTS: usize = 4096;
+/// Most events an actor reads and applies on its own thread when it
+/// activates from memory (see [`load_cached`]); more go to the blocking pool.
+pub(crate) const LOAD_INLINE_EVENTS_MAX: usize = 64;
 
 /// Stop once nothing is in flight.
 pub(crate) struct Passivate;
@@ -134,29 +137,45 @@ impl<A: Aggregate> AggregateActor<A> {
         self.ready = false;
         self.reload_needed = false;
         let store = Arc::clone(&self.shared.store);
+        // Deliberately on this executor thread: a read of memory only
+        // (memtables and block cache; RocksDB's block-cache tier refuses
+        // anything that needs the disk) of at most LOAD_INLINE_EVENTS_MAX
+        // events, microseconds of work. A hand-off to the blocking pool and
+        // back costs more than that; anything bigger still goes there.
+        match load_cached::<A>(&*store, &self.stream) {
+            Ok(Cached::Ready(loaded)) => return self.loaded(Ok(loaded), ctx),
+            Err(error) => return self.loaded(Err(error), ctx),
+            Ok(Cached::NeedsIo) => {}
+        }
         let stream = self.stream.clone();
         let task = tokio::task::spawn_blocking(move || load::<A>(&*store, &stream));
         ctx.wait(task.into_actor(self).map(|joined, actor, ctx| {
-            let loaded = joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string())));
-            match loaded {
-                Ok(loaded) => {
-                    actor.state = loaded.state;
-                    actor.version = loaded.version;
-                    actor.last_event = loaded.last_event;
-                    actor.snapshot_version = loaded.snapshot_version;
-                    actor.ready = true;
-                    actor.release_held(ctx);
-                }
-                Err(error) => {
-                    tracing::error!(stream = %actor.stream, %error, "aggregate could not be loaded");
-                    for held in actor.held.drain(..) {
-                        let _ = held.reply.send(Err(CommandError::Load(error.clone())));
-                    }
-                    // The shard activates a fresh actor for the next command.
-                    ctx.stop();
-                }
-            }
+            actor.loaded(
+                joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string()))),
+                ctx,
+            )
         }));
+    }
+
+    fn loaded(&mut self, loaded: Result<Loaded<A>, LoadError>, ctx: &mut Context<Self>) {
+        match loaded {
+            Ok(loaded) => {
+                self.state = loaded.state;
+                self.version = loaded.version;
+                self.last_event = loaded.last_event;
+                self.snapshot_version = loaded.snapshot_version;
+                self.ready = true;
+                self.release_held(ctx);
+            }
+            Err(error) => {
+                tracing::error!(stream = %self.stream, %error, "aggregate could not be loaded");
+                for held in self.held.drain(..) {
+                    let _ = held.reply.send(Err(CommandError::Load(error.clone())));
+                }
+                // The shard activates a fresh actor for the next command.
+                ctx.stop();
+            }
+        }
     }
 
     fn release_held(&mut self, ctx: &mut Context<Self>) {
@@ -618,39 +637,21 @@ fn decode_event<A: Aggregate>(
 /// The aggregate's state: its latest snapshot of the current snapshot
 /// version (if any) plus every event after it. Blocking.
 fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamId) -> Result<Loaded<A>, LoadError> {
-    let mut state = A::default();
-    let mut version = 0;
+    let (mut state, mut version) = from_snapshot::<A>(stream, store.load_snapshot(stream)?);
+    let snapshot_version = version;
     let mut last_event = None;
-    let mut snapshot_version = 0;
-    if let Some(snapshot) = store.load_snapshot(stream)?
-        && snapshot.snapshot_version == A::SNAPSHOT_VERSION
-    {
-        match payload::decode::<A>(&snapshot.state) {
-            Ok(decoded) => {
-                state = decoded;
-                version = snapshot.stream_version;
-                snapshot_version = version;
-            }
-            Err(error) => tracing::warn!(%stream, %error, "snapshot ignored: it does not decode"),
-        }
-    }
     loop {
         let events =
             store.read_stream(stream, version + 1, Direction::Forward, LOAD_CHUNK_EVENTS)?;
         let Some(last) = events.last() else { break };
         let last_version = last.version;
         last_event = Some(last.metadata.event_id);
-        let decoded = events
-            .iter()
-            .map(decode_event::<A>)
-            .collect::<Result<Vec<_>, _>>()?;
-        catch_unwind(AssertUnwindSafe(|| {
-            for event in &decoded {
-                state.apply(event);
-            }
-        }))
-        .map_err(|panic| LoadError::Panicked(panic_message(panic)))?;
+        apply_loaded(&mut state, &events)?;
         version = last_version;
+        // A short chunk is the end of the stream: no read to find it empty.
+        if events.len() < LOAD_CHUNK_EVENTS {
+            break;
+        }
     }
     Ok(Loaded {
         state,
@@ -658,6 +659,67 @@ fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamId) -> Result<Loade
         last_event,
         snapshot_version,
     })
+}
+
+/// [`load`] from memory only, for the actor's own thread: `NeedsIo` when a
+/// read would need the disk or more than [`LOAD_INLINE_EVENTS_MAX`] events
+/// follow the snapshot.
+fn load_cached<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &StreamId,
+) -> Result<Cached<Loaded<A>>, LoadError> {
+    let Cached::Ready(snapshot) = store.load_snapshot_cached(stream)? else {
+        return Ok(Cached::NeedsIo);
+    };
+    let (mut state, version) = from_snapshot::<A>(stream, snapshot);
+    let Cached::Ready(events) =
+        store.read_stream_cached(stream, version + 1, LOAD_INLINE_EVENTS_MAX + 1)?
+    else {
+        return Ok(Cached::NeedsIo);
+    };
+    if events.len() > LOAD_INLINE_EVENTS_MAX {
+        return Ok(Cached::NeedsIo);
+    }
+    apply_loaded(&mut state, &events)?;
+    Ok(Cached::Ready(Loaded {
+        state,
+        version: events.last().map_or(version, |e| e.version),
+        last_event: events.last().map(|e| e.metadata.event_id),
+        snapshot_version: version,
+    }))
+}
+
+/// The state a snapshot holds and its stream version; the default state at
+/// version 0 without a usable snapshot (another snapshot version, or bytes
+/// that do not decode: the events are read from the start instead).
+fn from_snapshot<A: Aggregate>(stream: &StreamId, snapshot: Option<Snapshot>) -> (A, u64) {
+    if let Some(snapshot) = snapshot
+        && snapshot.snapshot_version == A::SNAPSHOT_VERSION
+    {
+        match payload::decode::<A>(&snapshot.state) {
+            Ok(decoded) => return (decoded, snapshot.stream_version),
+            Err(error) => tracing::warn!(%stream, %error, "snapshot ignored: it does not decode"),
+        }
+    }
+    (A::default(), 0)
+}
+
+/// Decodes `events` and applies them to `state`; a panic of `apply` is an
+/// error.
+fn apply_loaded<A: Aggregate>(
+    state: &mut A,
+    events: &[eventfold_domain::RecordedEvent],
+) -> Result<(), LoadError> {
+    let decoded = events
+        .iter()
+        .map(decode_event::<A>)
+        .collect::<Result<Vec<_>, _>>()?;
+    catch_unwind(AssertUnwindSafe(|| {
+        for event in &decoded {
+            state.apply(event);
+        }
+    }))
+    .map_err(|panic| LoadError::Panicked(panic_message(panic)))
 }
 
 /// The original outcome of command `id`, if it was applied. Blocking.

@@ -328,6 +328,15 @@ impl Future for PendingAppend {
     }
 }
 
+/// The answer of a read that may use memory only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached<T> {
+    /// Read from memory (memtables, block cache) without any disk I/O.
+    Ready(T),
+    /// The answer needs disk I/O: ask again with the blocking read.
+    NeedsIo,
+}
+
 /// The event store contract, held by every backend to one conformance suite.
 ///
 /// **Positions.** Every event gets a global position from one writer: gapless,
@@ -407,6 +416,30 @@ pub trait EventStore: Send + Sync {
 
     /// The latest snapshot of a stream.
     fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, ReadError>;
+
+    /// [`EventStore::read_stream`] forward from `from`, answered only if it
+    /// needs no disk I/O (what it reads is in memory); otherwise
+    /// [`Cached::NeedsIo`]. For callers on threads that must not block, such
+    /// as an actor activating. The default always says `NeedsIo`.
+    fn read_stream_cached(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        max_count: usize,
+    ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
+        let _ = (stream, from, max_count);
+        Ok(Cached::NeedsIo)
+    }
+
+    /// [`EventStore::load_snapshot`] answered only if it needs no disk I/O;
+    /// otherwise [`Cached::NeedsIo`] (the default).
+    fn load_snapshot_cached(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Cached<Option<Snapshot>>, ReadError> {
+        let _ = stream;
+        Ok(Cached::NeedsIo)
+    }
 
     /// A subscriber's checkpoint: the last position it has processed.
     fn checkpoint(&self, name: &str) -> Result<Option<u64>, ReadError>;

@@ -59,7 +59,7 @@ mod rocks;
 mod validate;
 
 pub use api::{
-    AppendOutcome, AppendRequest, CommitListener, Direction, EventStore, Fault, Filter,
+    AppendOutcome, AppendRequest, Cached, CommitListener, Direction, EventStore, Fault, Filter,
     GlobalSlice, PendingAppend, ReadModelBatch, ReadModelEntry, ReadModelOp, Snapshot,
     StreamAppend, StreamWritten, VerifyReport, WriterStats,
 };

@@ -311,6 +311,25 @@ impl EventStore for MemoryStore {
         Ok(self.lock().snapshots.get(stream).cloned())
     }
 
+    /// Always answered: everything is in memory.
+    fn read_stream_cached(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        max_count: usize,
+    ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
+        self.read_stream(stream, from, Direction::Forward, max_count)
+            .map(Cached::Ready)
+    }
+
+    /// Always answered: everything is in memory.
+    fn load_snapshot_cached(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Cached<Option<Snapshot>>, ReadError> {
+        self.load_snapshot(stream).map(Cached::Ready)
+    }
+
     fn checkpoint(&self, name: &str) -> Result<Option<u64>, ReadError> {
         validate::name(name)?;
         Ok(self.lock().checkpoints.get(name).copied())

@@ -425,3 +425,36 @@ fn faults_at_many_points_under_load_lose_nothing_acknowledged()
     println!("{injected} faults injected; nothing acknowledged lost");
     Ok(())
 }
+
+/// Events only on disk (flushed to table files, block cache empty) are not
+/// read by the memory-only reads: they say `NeedsIo`. Once a blocking read
+/// has brought the blocks into the cache, they answer the same events.
+#[test]
+fn cached_reads_need_io_for_what_is_only_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("acc-1");
+    {
+        let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let events: Vec<_> = (1..=5u8).map(|i| ev("E", &[i])).collect();
+        store.append(&s, ExpectedVersion::NoStream, events).unwrap();
+        store.close();
+    }
+    {
+        let names = std::iter::once("default").chain(KEYSPACES);
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        for name in KEYSPACES {
+            db.flush_cf(db.cf_handle(name).unwrap()).unwrap();
+        }
+    }
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(
+        store.read_stream_cached(&s, 1, 10).unwrap(),
+        Cached::NeedsIo
+    );
+    let blocking = store.read_stream(&s, 1, Direction::Forward, 10).unwrap();
+    assert_eq!(blocking.len(), 5);
+    assert_eq!(
+        store.read_stream_cached(&s, 1, 10).unwrap(),
+        Cached::Ready(blocking)
+    );
+}

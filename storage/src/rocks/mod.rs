@@ -170,6 +170,17 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(|e| OpenError::Thread(e.to_string()))
 }
 
+/// Read options; `cache_only` reads memtables and the block cache only
+/// (RocksDB's block-cache tier), failing with `Incomplete` where it would
+/// need the disk.
+fn read_options(cache_only: bool) -> ReadOptions {
+    let mut options = ReadOptions::default();
+    if cache_only {
+        options.set_read_tier(rocksdb::ReadTier::BlockCache);
+    }
+    options
+}
+
 fn engine<E: std::fmt::Display>(error: E) -> ReadError {
     ReadError::Io(error.to_string())
 }
@@ -366,17 +377,81 @@ impl RocksStore {
 
     /// Loads the records at `positions` (all at or below the head), checking
     /// that each is the event the `streams` index entry `index_keys` names.
-    fn load_indexed(&self, entries: Vec<(Vec<u8>, u64)>) -> Result<Vec<RecordedEvent>, ReadError> {
-        let global = self.cf(CF_GLOBAL)?;
-        let keys: Vec<[u8; 8]> = entries.iter().map(|(_, p)| codec::global_key(*p)).collect();
-        let values = self
+    /// `read_stream`, from memory only when `cache_only` (then
+    /// [`Cached::NeedsIo`] where it would need the disk).
+    fn read_stream_tier(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+        cache_only: bool,
+    ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
+        if max_count == 0 || (direction == Direction::Backward && from == 0) {
+            return Ok(Cached::Ready(Vec::new()));
+        }
+        let head = self.head();
+        let (lower, upper) = codec::stream_key_bounds(stream.as_str());
+        let mut read_options = read_options(cache_only);
+        read_options.set_iterate_lower_bound(lower);
+        read_options.set_iterate_upper_bound(upper);
+        let start = codec::stream_key(stream.as_str(), from.max(1));
+        let mode = match direction {
+            Direction::Forward => IteratorMode::From(&start, rocksdb::Direction::Forward),
+            Direction::Backward => IteratorMode::From(&start, rocksdb::Direction::Reverse),
+        };
+        let iter = self
             .inner
             .db
-            .batched_multi_get_cf(global, keys.iter(), false);
+            .iterator_cf_opt(self.cf(CF_STREAMS)?, read_options, mode);
+        let mut entries = Vec::with_capacity(max_count.min(4096));
+        for item in iter {
+            let (key, value) = match item {
+                Ok(entry) => entry,
+                Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => {
+                    return Ok(Cached::NeedsIo);
+                }
+                Err(error) => return Err(engine(error)),
+            };
+            let position = codec::decode_stream_index(&key, &value)?;
+            if position > head {
+                // Written by a batch not yet acknowledged: not visible.
+                if direction == Direction::Forward {
+                    break;
+                }
+                continue;
+            }
+            entries.push((key.into_vec(), position));
+            if entries.len() == max_count {
+                break;
+            }
+        }
+        self.load_indexed(entries, cache_only)
+    }
+
+    fn load_indexed(
+        &self,
+        entries: Vec<(Vec<u8>, u64)>,
+        cache_only: bool,
+    ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
+        let global = self.cf(CF_GLOBAL)?;
+        let keys: Vec<[u8; 8]> = entries.iter().map(|(_, p)| codec::global_key(*p)).collect();
+        let values = self.inner.db.batched_multi_get_cf_opt(
+            global,
+            keys.iter(),
+            false,
+            &read_options(cache_only),
+        );
         let mut events = Vec::with_capacity(entries.len());
         for ((index_key, position), value) in entries.into_iter().zip(values) {
             let global_key = codec::global_key(position);
-            let value = value.map_err(engine)?.ok_or_else(|| Corruption {
+            let value = match value {
+                Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => {
+                    return Ok(Cached::NeedsIo);
+                }
+                other => other.map_err(engine)?,
+            };
+            let value = value.ok_or_else(|| Corruption {
                 keyspace: CF_STREAMS,
                 key: index_key.clone(),
                 kind: CorruptionKind::Inconsistent(format!(
@@ -400,7 +475,7 @@ impl RocksStore {
             }
             events.push(event);
         }
-        Ok(events)
+        Ok(Cached::Ready(events))
     }
 }
 
@@ -478,40 +553,38 @@ impl EventStore for RocksStore {
         direction: Direction,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        if max_count == 0 || (direction == Direction::Backward && from == 0) {
-            return Ok(Vec::new());
+        match self.read_stream_tier(stream, from, direction, max_count, false)? {
+            Cached::Ready(events) => Ok(events),
+            Cached::NeedsIo => Err(ReadError::Io("a blocking read reported incomplete".into())),
         }
-        let head = self.head();
-        let (lower, upper) = codec::stream_key_bounds(stream.as_str());
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_lower_bound(lower);
-        read_options.set_iterate_upper_bound(upper);
-        let start = codec::stream_key(stream.as_str(), from.max(1));
-        let mode = match direction {
-            Direction::Forward => IteratorMode::From(&start, rocksdb::Direction::Forward),
-            Direction::Backward => IteratorMode::From(&start, rocksdb::Direction::Reverse),
-        };
-        let iter = self
+    }
+
+    /// Reads with RocksDB's block-cache tier: memtables and block cache only.
+    fn read_stream_cached(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        max_count: usize,
+    ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
+        self.read_stream_tier(stream, from, Direction::Forward, max_count, true)
+    }
+
+    /// Reads with RocksDB's block-cache tier: memtables and block cache only.
+    fn load_snapshot_cached(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Cached<Option<Snapshot>>, ReadError> {
+        let key = stream.as_str().as_bytes();
+        match self
             .inner
             .db
-            .iterator_cf_opt(self.cf(CF_STREAMS)?, read_options, mode);
-        let mut entries = Vec::with_capacity(max_count.min(4096));
-        for item in iter {
-            let (key, value) = item.map_err(engine)?;
-            let position = codec::decode_stream_index(&key, &value)?;
-            if position > head {
-                // Written by a batch not yet acknowledged: not visible.
-                if direction == Direction::Forward {
-                    break;
-                }
-                continue;
-            }
-            entries.push((key.into_vec(), position));
-            if entries.len() == max_count {
-                break;
-            }
+            .get_pinned_cf_opt(self.cf(CF_SNAPSHOTS)?, key, &read_options(true))
+        {
+            Ok(Some(bytes)) => Ok(Cached::Ready(Some(codec::decode_snapshot(key, &bytes)?))),
+            Ok(None) => Ok(Cached::Ready(None)),
+            Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => Ok(Cached::NeedsIo),
+            Err(error) => Err(engine(error)),
         }
-        self.load_indexed(entries)
     }
 
     fn read_all(

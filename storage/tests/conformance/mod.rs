@@ -555,6 +555,57 @@ pub fn snapshots<B: Backend>(b: &mut B) {
     assert_eq!(store.load_snapshot(&sid("acc-2")).unwrap(), None);
 }
 
+/// Reads from memory only answer exactly what the blocking reads answer,
+/// or say they need I/O; data just written (memtables) is answered.
+pub fn cached_reads_agree_or_need_io<B: Backend>(b: &mut B) {
+    let store = b.open(StoreOptions::default());
+    let s = sid("acc-1");
+    let events: Vec<NewEvent> = (1..=5u8).map(|i| ev("E", &[i])).collect();
+    store.append(&s, ExpectedVersion::NoStream, events).unwrap();
+    store
+        .append(
+            &sid("acc-10"),
+            ExpectedVersion::NoStream,
+            vec![ev("E", b"x")],
+        )
+        .unwrap();
+    let snapshot = Snapshot {
+        snapshot_version: 1,
+        stream_version: 3,
+        state: b"three".to_vec(),
+    };
+    store.save_snapshot(&s, &snapshot).unwrap();
+    let check = |store: &B::Store, must_answer: bool| {
+        for (stream, from, max) in [
+            (&s, 1, 100),
+            (&s, 4, 100),
+            (&s, 2, 2),
+            (&s, 6, 10),
+            (&s, 0, 10),
+            (&s, 1, 0),
+            (&sid("nope"), 1, 10),
+        ] {
+            let blocking = store
+                .read_stream(stream, from, Direction::Forward, max)
+                .unwrap();
+            match store.read_stream_cached(stream, from, max).unwrap() {
+                Cached::Ready(cached) => assert_eq!(cached, blocking, "{stream} from {from}"),
+                Cached::NeedsIo => assert!(!must_answer, "{stream} from {from} needs I/O"),
+            }
+        }
+        for stream in [&s, &sid("nope")] {
+            let blocking = store.load_snapshot(stream).unwrap();
+            match store.load_snapshot_cached(stream).unwrap() {
+                Cached::Ready(cached) => assert_eq!(cached, blocking),
+                Cached::NeedsIo => assert!(!must_answer, "snapshot of {stream} needs I/O"),
+            }
+        }
+    };
+    check(&store, true);
+    let store = b.reopen(store);
+    check(&store, false);
+}
+
 pub fn checkpoints<B: Backend>(b: &mut B) {
     let store = b.open(StoreOptions::default());
     assert_eq!(store.checkpoint("balances").unwrap(), None);
@@ -993,7 +1044,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $make;
             expected_version_semantics, after_chains_an_append_to_the_last_event, multi_event_append_is_contiguous, multi_stream_append_is_atomic,
             idempotent_append_survives_reopen, positions_are_gapless_and_head_is_last, stream_read_bounds,
-            global_read_bounds, filtered_global_reads, temporal_reads, metadata_round_trips, snapshots,
+            global_read_bounds, filtered_global_reads, temporal_reads, metadata_round_trips, snapshots, cached_reads_agree_or_need_io,
             checkpoints, read_models_commit_with_checkpoint, limits_are_typed_errors_and_write_nothing,
             failed_write_poisons_until_reopen, concurrent_exact_appends_one_wins,
             concurrent_appends_stay_gapless, reopen_keeps_everything, command_outcomes_are_durable,

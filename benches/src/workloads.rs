@@ -696,6 +696,10 @@ fn transfers(config: &Config) -> Result<Report, String> {
             ("completed", json!(result.completed)),
             ("compensated", json!(result.compensated)),
             (
+                "debit_latency_us_p50",
+                json!(result.debit_latency.value_at_quantile(0.5)),
+            ),
+            (
                 "debit_latency_us_p99",
                 json!(result.debit_latency.value_at_quantile(0.99)),
             ),

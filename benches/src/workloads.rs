@@ -129,6 +129,8 @@ pub struct Config {
     /// W4: resident aggregate actors at most (the runtime's passivation
     /// bound, sized to the memory budget).
     pub resident_max: usize,
+    /// Size of RocksDB's block cache.
+    pub block_cache_bytes: usize,
     /// Seed of the clients' choices.
     pub seed: u64,
     /// Shards of the runtime (`None`: one per core).
@@ -151,6 +153,7 @@ impl Config {
             history: 100_000,
             memory_limit_bytes: 2 << 30,
             resident_max: 250_000,
+            block_cache_bytes: StoreOptions::default().block_cache_bytes,
             seed: 42,
             shards: None,
             no_baseline: false,
@@ -182,8 +185,12 @@ impl Config {
     }
 
     fn builder(&self) -> RuntimeBuilder {
+        let store = StoreOptions {
+            block_cache_bytes: self.block_cache_bytes,
+            ..StoreOptions::with_durability(self.durability())
+        };
         let builder = Runtime::builder()
-            .durability(self.durability())
+            .store_options(store)
             .aggregate::<Account>();
         match self.shards {
             Some(shards) => builder.shards(shards),

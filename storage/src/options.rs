@@ -48,6 +48,10 @@ pub struct StoreOptions {
     pub read_model_batch_entries_max: usize,
     /// Size of RocksDB's block cache.
     pub block_cache_bytes: usize,
+    /// Most streams whose last version the writer keeps in memory (about
+    /// 64 bytes each); an append to a stream not among them reads its tip
+    /// from the store on the writer thread. Past it the cache is emptied.
+    pub version_cache_streams_max: usize,
     /// Fault injection for tests: writes fail while it says so.
     pub faults: Option<FaultInjector>,
 }
@@ -66,6 +70,7 @@ impl Default for StoreOptions {
             headers_bytes_max: 16 * 1024,
             read_model_batch_entries_max: 65_536,
             block_cache_bytes: 64 * 1024 * 1024,
+            version_cache_streams_max: 1 << 20,
             faults: None,
         }
     }

@@ -44,6 +44,9 @@ struct Args {
     /// W4: resident aggregate actors at most (passivation beyond).
     #[arg(long, default_value_t = 250_000)]
     resident_max: usize,
+    /// Size of RocksDB's block cache in MiB. Default: the store's (64 MiB).
+    #[arg(long)]
+    block_cache_mib: Option<usize>,
     /// Seed of the clients' choices.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -78,6 +81,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         memory_limit_bytes: args.memory_limit_mib.saturating_mul(1 << 20),
         resident_max: args.resident_max,
         seed: args.seed,
+        block_cache_bytes: args
+            .block_cache_mib
+            .map_or(Config::new(args.workload).block_cache_bytes, |m| m << 20),
         shards: args.shards,
         no_baseline: args.no_baseline,
         quiet: args.quiet,

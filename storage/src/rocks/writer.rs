@@ -30,10 +30,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
-/// Most stream versions the writer keeps in memory; past it the cache is
-/// emptied and refilled from the `streams` index.
-pub(crate) const VERSION_CACHE_STREAMS_MAX: usize = 262_144;
-
 /// Most written batches waiting for the syncer; past it the writer waits.
 pub(crate) const SYNC_QUEUE_BATCHES_MAX: usize = 64;
 
@@ -212,7 +208,7 @@ impl Writer {
         }
         self.next_position = position;
         self.last_recorded_at = recorded_at;
-        if self.versions.len() + pending_versions.len() > VERSION_CACHE_STREAMS_MAX {
+        if self.versions.len() + pending_versions.len() > self.options.version_cache_streams_max {
             self.versions.clear();
         }
         self.versions.extend(pending_versions);
@@ -263,7 +259,7 @@ impl Writer {
         }
         let tip = last_indexed_tip(&self.db, &self.shared, stream)?;
         if tip.version > 0 {
-            if self.versions.len() >= VERSION_CACHE_STREAMS_MAX {
+            if self.versions.len() >= self.options.version_cache_streams_max {
                 self.versions.clear();
             }
             self.versions.insert(stream.clone(), tip);

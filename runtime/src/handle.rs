@@ -15,10 +15,8 @@ use eventfold_storage::{EventStore, RocksStore};
 use std::collections::HashSet;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -123,34 +121,9 @@ pub const PROCESS_CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where a dispatched command's answer comes, and how long to wait for it.
 type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration);
 
-/// Waits for a reply or a timer, whichever comes first; any executor.
-struct Answer<F> {
-    reply: F,
-    timer: futures_timer::Delay,
-}
-
-impl<F: Future + Unpin> Future for Answer<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Poll::Ready(result) = Pin::new(&mut this.reply).poll(cx) {
-            return Poll::Ready(Some(result));
-        }
-        match Pin::new(&mut this.timer).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 /// Waits for a routed command's answer, or its timeout.
 async fn answer<A: Aggregate>((reply, timeout): Dispatched<A>) -> CommandResult<A> {
-    let answer = Answer {
-        reply,
-        timer: futures_timer::Delay::new(timeout),
-    };
-    match answer.await {
+    match crate::timeout::Deadline::after(reply, timeout).await {
         Some(Ok(result)) => result,
         Some(Err(_)) => Err(CommandError::ShutDown),
         None => Err(CommandError::Timeout(timeout)),
@@ -488,11 +461,11 @@ impl RuntimeHandle {
                     return Err(ProjectionError::Timeout { position, timeout });
                 }
                 // Re-checks the state at least every 50 ms.
-                let changed = Answer {
-                    reply: Box::pin(processed.changed()),
-                    timer: futures_timer::Delay::new(remaining.min(Duration::from_millis(50))),
-                };
-                changed.await;
+                crate::timeout::Deadline::after(
+                    Box::pin(processed.changed()),
+                    remaining.min(Duration::from_millis(50)),
+                )
+                .await;
             }
         }
         Ok(())

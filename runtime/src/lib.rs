@@ -98,6 +98,7 @@ pub mod projection;
 mod registry;
 mod settings;
 mod shard;
+mod timeout;
 
 pub use bus::{EventBatch, EventBus};
 pub use error::{

@@ -39,7 +39,8 @@ pub struct Settings {
     /// A snapshot is written after this many events since the last one
     /// (`None`: never).
     pub snapshot_every_events: Option<u64>,
-    /// Default time a caller waits for an outcome.
+    /// Default time a caller waits for an outcome (an async caller notices
+    /// it within 50 ms after; see `TIMEOUT_EPOCH`).
     pub command_timeout: Duration,
     /// Most batches of durable events the bus buffers for a slow subscriber.
     pub bus_capacity_batches: usize,

@@ -154,7 +154,9 @@ impl Shard {
             held.push(Box::new(move |shard, ctx| shard.dispatch(msg, ctx)));
             return;
         }
-        let addr = match self.resident.get_mut(&msg.stream) {
+        // Sent through the resident's own address: a clone of an `Addr`
+        // allocates.
+        let sent = match self.resident.get_mut(&msg.stream) {
             Some(resident) => {
                 resident.last_used = Instant::now();
                 match resident
@@ -162,7 +164,7 @@ impl Shard {
                     .as_any()
                     .downcast_ref::<Addr<AggregateActor<A>>>()
                 {
-                    Some(addr) => addr.clone(),
+                    Some(addr) => addr.try_send(msg),
                     // Kinds are unique per runtime, so a stream id names one type.
                     None => {
                         return refuse::<A>(
@@ -173,9 +175,9 @@ impl Shard {
                     }
                 }
             }
-            None => self.activate::<A>(msg.stream.clone(), ctx),
+            None => self.activate::<A>(msg.stream.clone(), ctx).try_send(msg),
         };
-        match addr.try_send(msg) {
+        match sent {
             Ok(()) => {}
             Err(SendError::Full(msg)) => refuse::<A>(
                 msg.reply,

@@ -584,6 +584,11 @@ fn rehydration(config: &Config) -> Result<Report, String> {
         })
         .start()
         .map_err(err)?;
+    let snapshot_at = runtime
+        .store()
+        .load_snapshot(&StreamId::new("acc-0").map_err(err)?)
+        .map_err(err)?
+        .map_or(0, |s| s.stream_version);
     let activations_before = runtime.activations_total();
     let (mut with, mut without) = (histogram(), histogram());
     let bar = progress(activations, "activate", config.quiet);
@@ -636,6 +641,7 @@ fn rehydration(config: &Config) -> Result<Report, String> {
         extra: vec![
             ("history_events", json!(history)),
             ("snapshot_every_events", json!(1000)),
+            ("snapshot_at_version", json!(snapshot_at)),
             (
                 "no_snapshot_activation_us_p50",
                 json!(without.value_at_quantile(0.5)),

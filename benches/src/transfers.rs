@@ -4,9 +4,11 @@
 use crate::measure::{Sampler, Timeline, histogram, progress};
 use eventfold_examples::transfers;
 use eventfold_examples::{Account, AccountCommand, AccountError, AccountEvent};
+use eventfold_runtime::domain::RecordedEvent;
 use eventfold_runtime::domain::Timestamp;
 use eventfold_runtime::storage::{Filter, payload};
 use eventfold_runtime::{CommandError, RuntimeHandle};
+use futures::future::Either;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -14,12 +16,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
 
 /// Longest a client waits for its transfer to finish after the debit.
 pub const TRANSFER_WAIT_MAX: Duration = Duration::from_secs(120);
 /// Longest the run waits for the process manager to answer every debit
 /// after the clients are done.
 pub const SETTLE_WAIT_MAX: Duration = Duration::from_secs(600);
+/// The events that finish a transfer.
+const FINISHED_TYPES: [&str; 2] = ["TransferCredited", "TransferRefunded"];
+/// How often the watcher checks whether it is told to stop.
+const WATCH_TICK: Duration = Duration::from_millis(10);
 /// Most finished-transfer events the watcher reads from the log at once.
 pub const WATCH_READ_EVENTS_MAX: usize = 4096;
 
@@ -244,29 +251,60 @@ impl Watcher {
                 Arc::clone(&finished),
             );
             std::thread::spawn(move || -> Result<(), String> {
-                let filter = Filter::event_types(["TransferCredited", "TransferRefunded"]);
+                // Subscribed before the head is read: nothing after it is missed.
+                let mut bus = runtime.subscribe();
                 let mut next = runtime.store().head() + 1;
-                while running.load(Ordering::Relaxed) {
-                    let slice = runtime
-                        .store()
-                        .read_all(next, WATCH_READ_EVENTS_MAX, &filter)
-                        .map_err(|e| e.to_string())?;
-                    for event in &slice.events {
-                        let decoded: AccountEvent =
-                            payload::decode(&event.payload).map_err(|e| e.to_string())?;
-                        if let AccountEvent::TransferCredited { transfer_id, .. }
-                        | AccountEvent::TransferRefunded { transfer_id, .. } = decoded
-                        {
-                            finished.fetch_add(1, Ordering::Relaxed);
-                            if let Some(waiter) = lock(&waiters).remove(&transfer_id) {
-                                let _ = waiter.send(());
-                            }
+                let seen = |next: &mut u64, event: &RecordedEvent| -> Result<(), String> {
+                    if event.position < *next {
+                        return Ok(());
+                    }
+                    *next = event.position + 1;
+                    if !FINISHED_TYPES.contains(&event.event_type.as_str()) {
+                        return Ok(());
+                    }
+                    let decoded: AccountEvent =
+                        payload::decode(&event.payload).map_err(|e| e.to_string())?;
+                    if let AccountEvent::TransferCredited { transfer_id, .. }
+                    | AccountEvent::TransferRefunded { transfer_id, .. } = decoded
+                    {
+                        finished.fetch_add(1, Ordering::Relaxed);
+                        if let Some(waiter) = lock(&waiters).remove(&transfer_id) {
+                            let _ = waiter.send(());
                         }
                     }
-                    if slice.next_position == next {
-                        std::thread::sleep(Duration::from_micros(200));
+                    Ok(())
+                };
+                let mut tick = futures_timer::Delay::new(WATCH_TICK);
+                while running.load(Ordering::Relaxed) {
+                    let woke = futures::executor::block_on(futures::future::select(
+                        Box::pin(bus.recv()),
+                        &mut tick,
+                    ));
+                    match woke {
+                        Either::Left((Ok(batch), _)) => {
+                            for event in batch.iter() {
+                                seen(&mut next, event)?;
+                            }
+                        }
+                        Either::Left((Err(RecvError::Lagged(_)), _)) => {
+                            // Fell behind the bus: read what it dropped.
+                            let filter = Filter::event_types(FINISHED_TYPES);
+                            let head = runtime.store().head();
+                            let mut from = next;
+                            while from <= head {
+                                let slice = runtime
+                                    .store()
+                                    .read_all(from, WATCH_READ_EVENTS_MAX, &filter)
+                                    .map_err(|e| e.to_string())?;
+                                for event in &slice.events {
+                                    seen(&mut next, event)?;
+                                }
+                                from = slice.next_position;
+                            }
+                        }
+                        Either::Left((Err(RecvError::Closed), _)) => break,
+                        Either::Right(_) => tick.reset(WATCH_TICK),
                     }
-                    next = slice.next_position;
                 }
                 Ok(())
             })

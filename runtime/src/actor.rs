@@ -80,6 +80,37 @@ struct Entry<A: Aggregate> {
     state: EntryState<A>,
 }
 
+/// Commands held while an actor loads, boxed and only while there are any:
+/// an idle resident actor pays one pointer instead of an empty queue.
+struct Held<A: Aggregate>(Option<Box<VecDeque<Execute<A>>>>);
+
+impl<A: Aggregate> Held<A> {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |held| held.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, msg: Execute<A>) {
+        self.0.get_or_insert_with(Box::default).push_back(msg);
+    }
+
+    fn pop_front(&mut self) -> Option<Execute<A>> {
+        let held = self.0.as_mut()?;
+        let msg = held.pop_front();
+        if held.is_empty() {
+            self.0 = None;
+        }
+        msg
+    }
+
+    fn take_all(&mut self) -> VecDeque<Execute<A>> {
+        self.0.take().map(|held| *held).unwrap_or_default()
+    }
+}
+
 pub(crate) struct AggregateActor<A: Aggregate> {
     stream: StreamId,
     generation: u64,
@@ -103,7 +134,7 @@ pub(crate) struct AggregateActor<A: Aggregate> {
     in_flight: VecDeque<Entry<A>>,
     next_seq: u64,
     /// Commands that arrived while a reload was pending.
-    held: VecDeque<Execute<A>>,
+    held: Held<A>,
     passivating: bool,
 }
 
@@ -127,7 +158,7 @@ impl<A: Aggregate> AggregateActor<A> {
             reload_needed: false,
             in_flight: VecDeque::new(),
             next_seq: 0,
-            held: VecDeque::new(),
+            held: Held(None),
             passivating: false,
         }
     }
@@ -169,7 +200,7 @@ impl<A: Aggregate> AggregateActor<A> {
             }
             Err(error) => {
                 tracing::error!(stream = %self.stream, %error, "aggregate could not be loaded");
-                for held in self.held.drain(..) {
+                for held in self.held.take_all() {
                     let _ = held.reply.send(Err(CommandError::Load(error.clone())));
                 }
                 // The shard activates a fresh actor for the next command.
@@ -577,7 +608,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         metrics::counter!(PASSIVATIONS_TOTAL, "kind" => A::KIND).increment(1);
-        for msg in self.held.drain(..) {
+        for msg in self.held.take_all() {
             refuse::<A>(msg.reply, CommandError::ShutDown, "shut_down");
         }
         self.shard.do_send(Stopped {

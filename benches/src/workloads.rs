@@ -790,11 +790,13 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
             .map_err(err)?
             .next_position;
     }
-    // Warm the runtime's threads before the first reading.
+    // Warm the runtime's threads, and the heap with the clients' latency
+    // histograms (one per client, freed and reused by the measured run),
+    // before the first reading.
     drive(
         &runtime,
         config.clients(),
-        1,
+        config.clients(),
         progress(1, "warm", true),
         config.seed,
         Refusals::Count,

@@ -88,7 +88,7 @@ impl Workload {
     fn default_commands(self) -> u64 {
         match self {
             Workload::W4 | Workload::W5 => 1_000_000,
-            Workload::W6 => 2_000,
+            Workload::W6 => 400,
             Workload::W7 => 100_000,
             Workload::W8 => 1_000_000,
             _ => 200_000,

@@ -156,3 +156,29 @@ fn bad_arguments_are_refused_with_a_message() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("w9"));
 }
+
+#[test]
+fn runs_report_the_median_run_and_list_every_run() {
+    let figures = loadgen(
+        "w3",
+        &[
+            "--accounts",
+            "10",
+            "--commands",
+            "500",
+            "--clients",
+            "4",
+            "--runs",
+            "3",
+        ],
+    );
+    let mut rates: Vec<f64> = figures["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| number(run, "commands_per_s"))
+        .collect();
+    assert_eq!(rates.len(), 3);
+    rates.sort_by(f64::total_cmp);
+    assert_eq!(number(&figures, "commands_per_s"), rates[1]);
+}

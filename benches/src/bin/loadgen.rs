@@ -65,6 +65,10 @@ struct Args {
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Runs of the workload (each from a fresh store); the figures are those
+    /// of the run with the median throughput, the JSON lists every run.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -89,11 +93,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         quiet: args.quiet,
         ..Config::new(args.workload)
     };
-    let report = run(&config)?;
+    let mut reports = Vec::new();
+    for i in 0..args.runs.max(1) {
+        let report = run(&config)?;
+        if args.runs > 1 {
+            println!(
+                "run {}: {:.0} {}/s",
+                i + 1,
+                report.per_second(),
+                report.workload.unit()
+            );
+        }
+        reports.push(report);
+    }
+    reports.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+    let runs: Vec<_> = reports.iter().map(to_json).collect();
+    let report = reports.swap_remove(reports.len() / 2);
     println!();
+    if args.runs > 1 {
+        println!("median of {} runs:", args.runs);
+    }
     print!("{}", table(&report));
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&to_json(&report))?)?;
+        let mut json = to_json(&report);
+        if args.runs > 1 {
+            json["runs"] = serde_json::Value::Array(runs);
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
         println!("figures written to {}", path.display());
     }
     if let Some(path) = &args.plot {

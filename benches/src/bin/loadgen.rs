@@ -65,8 +65,9 @@ struct Args {
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
-    /// Runs of the workload (each from a fresh store); the figures are those
-    /// of the run with the median throughput, the JSON lists every run.
+    /// Runs of the workload, each in a process of its own from a fresh
+    /// store; the figures are those of the run with the median throughput,
+    /// the JSON lists every run.
     #[arg(long, default_value_t = 1)]
     runs: usize,
 }
@@ -93,37 +94,85 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         quiet: args.quiet,
         ..Config::new(args.workload)
     };
-    let mut reports = Vec::new();
-    for i in 0..args.runs.max(1) {
-        let report = run(&config)?;
-        if args.runs > 1 {
-            println!(
-                "run {}: {:.0} {}/s",
-                i + 1,
-                report.per_second(),
-                report.workload.unit()
-            );
-        }
-        reports.push(report);
-    }
-    reports.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
-    let runs: Vec<_> = reports.iter().map(to_json).collect();
-    let report = reports.swap_remove(reports.len() / 2);
-    println!();
     if args.runs > 1 {
-        println!("median of {} runs:", args.runs);
+        return repeat(&args);
     }
+    let report = run(&config)?;
+    println!();
     print!("{}", table(&report));
     if let Some(path) = &args.json {
-        let mut json = to_json(&report);
-        if args.runs > 1 {
-            json["runs"] = serde_json::Value::Array(runs);
-        }
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+        std::fs::write(path, serde_json::to_string_pretty(&to_json(&report))?)?;
         println!("figures written to {}", path.display());
     }
     if let Some(path) = &args.plot {
         plot(&report, path)?;
+        println!("plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--runs N`: each run in a process of its own (so that peak RSS and the
+/// heap are its own), then the figures of the run with the median
+/// throughput, with every run listed in the JSON.
+fn repeat(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let mut own_args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args().skip(1) {
+        if skip {
+            skip = false;
+            continue;
+        }
+        match arg.as_str() {
+            "--runs" | "--json" | "--plot" => skip = true,
+            a if a.starts_with("--runs=")
+                || a.starts_with("--json=")
+                || a.starts_with("--plot=") => {}
+            _ => own_args.push(arg),
+        }
+    }
+    let mut runs = Vec::new();
+    for i in 0..args.runs {
+        let json = dir.path().join(format!("run-{i}.json"));
+        let plot = dir.path().join(format!("run-{i}.svg"));
+        let output = std::process::Command::new(std::env::current_exe()?)
+            .args(&own_args)
+            .arg("--json")
+            .arg(&json)
+            .arg("--plot")
+            .arg(&plot)
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            print!("{stdout}");
+            return Err(format!("run {} failed", i + 1).into());
+        }
+        let figures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+        let rate = figures["commands_per_s"].as_f64().unwrap_or(0.0);
+        println!("run {}: {rate:.0} {}/s", i + 1, args.workload.unit());
+        runs.push((rate, figures, stdout, plot));
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let all: Vec<_> = runs.iter().map(|r| r.1.clone()).collect();
+    let (_, mut figures, stdout, plot) = runs.swap_remove(runs.len() / 2);
+    println!();
+    println!("median of {} runs:", args.runs);
+    // The median run's table: its output from the blank line before it.
+    let table = stdout.split("\n\n").nth(1).unwrap_or(&stdout);
+    for line in table
+        .lines()
+        .filter(|l| !l.starts_with("figures written") && !l.starts_with("plot written"))
+    {
+        println!("{line}");
+    }
+    if let Some(path) = &args.json {
+        figures["runs"] = serde_json::Value::Array(all);
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
+        println!("figures written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::copy(&plot, path)?;
         println!("plot written to {}", path.display());
     }
     Ok(())

@@ -262,7 +262,8 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn open_command(i: u64) -> (String, AccountCommand) {
+/// The command that opens account `i` (owner `owner-{i}`).
+pub fn open_command(i: u64) -> (String, AccountCommand) {
     (
         i.to_string(),
         AccountCommand::Open {

@@ -22,6 +22,7 @@ use clap::{Parser, ValueEnum};
 use eventfold_benches::clients::{Refusals, drive};
 use eventfold_benches::measure::{peak_rss_bytes, progress};
 use eventfold_benches::transfers::{TransferLoad, Transfers, run_transfers};
+use eventfold_benches::workloads::open_command;
 use eventfold_examples::balances::{self, Balances};
 use eventfold_examples::transfers::TransferProcess;
 use eventfold_examples::{Account, AccountCommand};
@@ -130,14 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         progress(args.accounts, "open", args.quiet),
         args.seed,
         Refusals::Fail,
-        |i, _| {
-            (
-                i.to_string(),
-                AccountCommand::Open {
-                    owner: format!("owner-{i}"),
-                },
-            )
-        },
+        |i, _| open_command(i),
     )?;
     println!(
         "opened {} accounts in {:.2?}",

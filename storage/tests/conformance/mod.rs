@@ -337,8 +337,9 @@ pub fn positions_are_gapless_and_head_is_last<B: Backend>(b: &mut B) {
     );
 }
 
-pub fn stream_read_bounds<B: Backend>(b: &mut B) {
-    let store = b.open(StoreOptions::default());
+/// Five events in `acc-1` (payloads 1 to 5) and one in `acc-10`, a stream
+/// whose id extends the first's; returns `acc-1`.
+fn five_and_one(store: &impl EventStore) -> StreamId {
     let s = sid("acc-1");
     let events: Vec<NewEvent> = (1..=5u8).map(|i| ev("E", &[i])).collect();
     store.append(&s, ExpectedVersion::NoStream, events).unwrap();
@@ -349,6 +350,12 @@ pub fn stream_read_bounds<B: Backend>(b: &mut B) {
             vec![ev("E", b"other")],
         )
         .unwrap();
+    s
+}
+
+pub fn stream_read_bounds<B: Backend>(b: &mut B) {
+    let store = b.open(StoreOptions::default());
+    let s = five_and_one(&store);
     let read = |from, dir, max| versions(&store.read_stream(&s, from, dir, max).unwrap());
     use Direction::*;
     assert_eq!(read(1, Forward, 100), vec![1, 2, 3, 4, 5]);
@@ -559,16 +566,7 @@ pub fn snapshots<B: Backend>(b: &mut B) {
 /// or say they need I/O; data just written (memtables) is answered.
 pub fn cached_reads_agree_or_need_io<B: Backend>(b: &mut B) {
     let store = b.open(StoreOptions::default());
-    let s = sid("acc-1");
-    let events: Vec<NewEvent> = (1..=5u8).map(|i| ev("E", &[i])).collect();
-    store.append(&s, ExpectedVersion::NoStream, events).unwrap();
-    store
-        .append(
-            &sid("acc-10"),
-            ExpectedVersion::NoStream,
-            vec![ev("E", b"x")],
-        )
-        .unwrap();
+    let s = five_and_one(&store);
     let snapshot = Snapshot {
         snapshot_version: 1,
         stream_version: 3,

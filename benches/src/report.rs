@@ -153,7 +153,17 @@ pub fn plot(report: &Report, path: &Path) -> Result<(), String> {
                 .configure_mesh()
                 .x_desc("percentile")
                 .y_desc("latency (us)")
-                .x_label_formatter(&|x| format!("{:.3}%", 100.0 * (1.0 - 10f64.powf(-x))))
+                // One label per nine: 0%, 90%, 99%, 99.9% …
+                .x_labels(6)
+                .x_label_formatter(&|x| {
+                    let nines = x.round() as usize;
+                    match nines {
+                        0 => "0%".to_owned(),
+                        1 => "90%".to_owned(),
+                        n => format!("{:.*}%", n - 2, 100.0 * (1.0 - 10f64.powf(-x.round()))),
+                    }
+                })
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
                 .map_err(|e| e.to_string())?;
             chart
@@ -191,6 +201,7 @@ pub fn plot(report: &Report, path: &Path) -> Result<(), String> {
         .configure_mesh()
         .x_desc("seconds")
         .y_desc(format!("{}/s", report.workload.unit()))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| e.to_string())?;
     chart

@@ -6,14 +6,11 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use eventfold_benches::deposit_event;
+use eventfold_benches::workloads::new_event;
 use eventfold_examples::balances::{self, Balances};
 use eventfold_examples::{Account, AccountCommand, AccountEvent};
-use eventfold_runtime::domain::{
-    DomainEvent, ExpectedVersion, Metadata, NewEvent, StreamId, Timestamp,
-};
-use eventfold_runtime::storage::{
-    Durability, EventStore, RocksStore, StoreOptions, decoders, payload,
-};
+use eventfold_runtime::domain::{ExpectedVersion, StreamId, Timestamp};
+use eventfold_runtime::storage::{Durability, EventStore, RocksStore, StoreOptions, decoders};
 use eventfold_runtime::{ConsumerSettings, Passivation, Runtime, RuntimeHandle};
 use std::time::{Duration, Instant};
 
@@ -176,15 +173,7 @@ fn projection_batch_apply(c: &mut Criterion) {
         for i in 0..PROJECTION_EVENTS / FILL_EVENTS_PER_APPEND {
             let stream = StreamId::new(format!("acc-{}", i % 100)).expect("valid stream id");
             let batch = (0..FILL_EVENTS_PER_APPEND)
-                .map(|j| {
-                    let event = AccountEvent::Deposited { amount: j + 1 };
-                    NewEvent::new(
-                        event.event_type(),
-                        1,
-                        payload::encode(&event).expect("encode"),
-                        Metadata::new(),
-                    )
-                })
+                .map(|j| new_event(&AccountEvent::Deposited { amount: j + 1 }).expect("encode"))
                 .collect();
             store
                 .append(&stream, ExpectedVersion::Any, batch)

@@ -422,12 +422,13 @@ fn many_aggregates(config: &Config) -> Result<Report, String> {
     }
 }
 
-fn deposited(amount: u64) -> Result<NewEvent, String> {
-    let event = AccountEvent::Deposited { amount };
+/// `event` as a new event to append directly to the store (schema 1, no
+/// metadata), as the workloads that fill a store do.
+pub fn new_event(event: &AccountEvent) -> Result<NewEvent, String> {
     Ok(NewEvent::new(
         event.event_type(),
         1,
-        payload::encode(&event).map_err(err)?,
+        payload::encode(event).map_err(err)?,
         Metadata::new(),
     ))
 }
@@ -449,7 +450,7 @@ fn catch_up(config: &Config) -> Result<Report, String> {
             let stream = StreamId::new(format!("acc-{}", i % accounts)).map_err(err)?;
             let count = (FILL_EVENTS_PER_APPEND as u64).min(events - written);
             let batch = (0..count)
-                .map(|j| deposited(j + 1))
+                .map(|j| new_event(&AccountEvent::Deposited { amount: j + 1 }))
                 .collect::<Result<Vec<_>, _>>()?;
             store
                 .append(&stream, ExpectedVersion::Any, batch)
@@ -752,15 +753,9 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
             .map_err(err)?;
         let bar = progress(accounts, "fill", config.quiet);
         for i in 0..accounts {
-            let event = AccountEvent::Opened {
+            let new = new_event(&AccountEvent::Opened {
                 owner: format!("owner-{i}"),
-            };
-            let new = NewEvent::new(
-                event.event_type(),
-                1,
-                payload::encode(&event).map_err(err)?,
-                Metadata::new(),
-            );
+            })?;
             let stream = StreamId::new(format!(
                 "{}-{i}",
                 <Account as eventfold_runtime::domain::Aggregate>::KIND

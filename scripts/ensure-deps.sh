@@ -47,3 +47,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   have_libclang || { echo "error: libclang is still missing after installing ${missing[*]}" >&2; exit 1; }
 fi
+
+# Disk: the release build of the whole workspace with its tests takes about
+# 2.5 GB under target/ (RocksDB's C++ is built without debug info for that
+# reason, see Cargo.toml), plus the crates cargo downloads. Say so up front
+# rather than fail in the linker twenty minutes in.
+EVENTFOLD_DISK_NEEDED_MIB="${EVENTFOLD_DISK_NEEDED_MIB:-4096}"
+free_mib=$(df -Pm . 2>/dev/null | awk 'NR == 2 { print $4 }')
+# A warm target/ (RocksDB already built) needs far less: no check then.
+if ! compgen -G 'target/release/deps/liblibrocksdb_sys-*.rlib' >/dev/null \
+  && [ -n "${free_mib:-}" ] && [ "$free_mib" -lt "$EVENTFOLD_DISK_NEEDED_MIB" ]; then
+  echo "error: only ${free_mib} MiB free on the disk holding $(pwd); building eventfold" >&2
+  echo "       needs about ${EVENTFOLD_DISK_NEEDED_MIB} MiB. Free some space (cargo clean in old" >&2
+  echo "       checkouts), or set EVENTFOLD_DISK_NEEDED_MIB to override this check." >&2
+  exit 1
+fi

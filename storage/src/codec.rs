@@ -308,6 +308,24 @@ pub(crate) fn stream_key_bounds(stream: &str) -> (Vec<u8>, Vec<u8>) {
     (lower, upper)
 }
 
+/// The stream part of a `streams` key (stream id and the `0x00` after it),
+/// RocksDB's prefix extractor for that keyspace: its bloom filters hold these
+/// prefixes, so a seek into one stream skips the table files without it.
+/// Keys outside [`is_stream_key`]'s domain are returned whole.
+pub(crate) fn stream_key_prefix(key: &[u8]) -> &[u8] {
+    if is_stream_key(key) {
+        &key[..key.len() - 8]
+    } else {
+        key
+    }
+}
+
+/// Whether `key` has the shape of a `streams` key: a `0x00` nine bytes from
+/// the end, before the version.
+pub(crate) fn is_stream_key(key: &[u8]) -> bool {
+    key.len() >= 9 && key[key.len() - 9] == 0
+}
+
 /// Splits a `streams` key into stream id and version.
 pub(crate) fn parse_stream_key(key: &[u8]) -> Option<(&str, u64)> {
     if key.len() < 10 {
@@ -573,6 +591,24 @@ mod tests {
         assert!(lower < a && b < upper);
         // A stream whose id extends another's sorts outside its bounds.
         assert!(stream_key("s-10", 1) > upper);
+    }
+
+    #[test]
+    fn stream_key_prefix_is_the_stream_part_for_every_version() {
+        let (lower, _) = stream_key_bounds("acct-7");
+        for version in [1, 255, 256, u64::MAX] {
+            let key = stream_key("acct-7", version);
+            assert!(is_stream_key(&key));
+            assert_eq!(stream_key_prefix(&key), lower.as_slice());
+        }
+        // Versions whose bytes hold zeros do not confuse it: the separator is
+        // found from the end.
+        assert_eq!(stream_key_prefix(&stream_key("a", 1 << 8)), b"a\0");
+        // Not the shape of a stream key: outside the domain, returned whole.
+        for key in [&b"short"[..], b"", b"no-separator-in-here"] {
+            assert!(!is_stream_key(key));
+            assert_eq!(stream_key_prefix(key), key);
+        }
     }
 
     #[test]

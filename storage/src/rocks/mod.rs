@@ -16,7 +16,7 @@ use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
 use rocksdb::backup::{BackupEngine, BackupEngineOptions, RestoreOptions};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Env,
-    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    IteratorMode, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -156,11 +156,43 @@ fn db_options(options: &StoreOptions) -> (Options, Vec<ColumnFamilyDescriptor>) 
             table.set_cache_index_and_filter_blocks(true);
             let mut cf = Options::default();
             cf.set_compression_type(DBCompressionType::Lz4);
+            if name == CF_STREAMS {
+                // Every read of the stream index seeks into one stream: the
+                // bloom filters hold stream prefixes instead of whole keys
+                // (never looked up), and the memtable has one too.
+                table.set_whole_key_filtering(false);
+                cf.set_prefix_extractor(SliceTransform::create(
+                    STREAMS_PREFIX_EXTRACTOR,
+                    codec::stream_key_prefix,
+                    Some(codec::is_stream_key),
+                ));
+                cf.set_memtable_prefix_bloom_ratio(STREAMS_MEMTABLE_PREFIX_BLOOM_RATIO);
+            }
             cf.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(name, cf)
         })
         .collect();
     (db, families)
+}
+
+/// The name RocksDB records in each `streams` table file for its prefix
+/// extractor ([`codec::stream_key_prefix`]); files written under another
+/// name are read without their prefix filters.
+const STREAMS_PREFIX_EXTRACTOR: &str = "eventfold.stream-prefix.v1";
+
+/// Share of the `streams` memtable's size given to its prefix bloom filter.
+const STREAMS_MEMTABLE_PREFIX_BLOOM_RATIO: f64 = 0.1;
+
+/// Read options for the index entries of one stream: bounded to them, and
+/// seeking in prefix mode so the `streams` prefix filters skip the table
+/// files that hold none of them.
+pub(crate) fn stream_read_options(stream: &str, cache_only: bool) -> ReadOptions {
+    let (lower, upper) = codec::stream_key_bounds(stream);
+    let mut options = read_options(cache_only);
+    options.set_prefix_same_as_start(true);
+    options.set_iterate_lower_bound(lower);
+    options.set_iterate_upper_bound(upper);
+    options
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, OpenError> {
@@ -391,10 +423,7 @@ impl RocksStore {
             return Ok(Cached::Ready(Vec::new()));
         }
         let head = self.head();
-        let (lower, upper) = codec::stream_key_bounds(stream.as_str());
-        let mut read_options = read_options(cache_only);
-        read_options.set_iterate_lower_bound(lower);
-        read_options.set_iterate_upper_bound(upper);
+        let read_options = stream_read_options(stream.as_str(), cache_only);
         let start = codec::stream_key(stream.as_str(), from.max(1));
         let mode = match direction {
             Direction::Forward => IteratorMode::From(&start, rocksdb::Direction::Forward),
@@ -523,14 +552,13 @@ impl EventStore for RocksStore {
 
     fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadError> {
         let head = self.head();
-        let (lower, upper) = codec::stream_key_bounds(stream.as_str());
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_lower_bound(lower);
-        read_options.set_iterate_upper_bound(upper);
-        let iter =
-            self.inner
-                .db
-                .iterator_cf_opt(self.cf(CF_STREAMS)?, read_options, IteratorMode::End);
+        let read_options = stream_read_options(stream.as_str(), false);
+        let last = codec::stream_key(stream.as_str(), u64::MAX);
+        let iter = self.inner.db.iterator_cf_opt(
+            self.cf(CF_STREAMS)?,
+            read_options,
+            IteratorMode::From(&last, rocksdb::Direction::Reverse),
+        );
         for item in iter {
             let (key, value) = item.map_err(engine)?;
             // Entries of a batch not yet durable are skipped.

@@ -113,7 +113,14 @@ impl Walk<'_> {
     fn streams(&mut self, head: u64) -> Result<(), ReadError> {
         let db = &self.store.inner.db;
         let mut current: Option<(String, u64)> = None; // stream, last version
-        for item in db.iterator_cf(self.store.cf(CF_STREAMS)?, IteratorMode::Start) {
+        // The whole keyspace in key order, across stream prefixes.
+        let mut read_options = rocksdb::ReadOptions::default();
+        read_options.set_total_order_seek(true);
+        for item in db.iterator_cf_opt(
+            self.store.cf(CF_STREAMS)?,
+            read_options,
+            IteratorMode::Start,
+        ) {
             let (key, value) = item.map_err(engine)?;
             let Some((stream, version)) = codec::parse_stream_key(&key) else {
                 self.fault(CF_STREAMS, &key, CorruptionKind::MalformedKey);

@@ -18,13 +18,13 @@
 //! move, before the batch holding its events is durable under the store's
 //! durability. Readers only see positions up to the head.
 
-use super::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS, Shared, write_options};
+use super::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS, Shared, stream_read_options, write_options};
 use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
 use crate::options::{Durability, StoreOptions};
 use eventfold_domain::{CommandId, EventId, RecordedEvent, StreamId, Timestamp};
-use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{DB, IteratorMode, WriteBatch};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -398,12 +398,13 @@ pub(crate) fn last_indexed_tip(
     stream: &StreamId,
 ) -> Result<Tip, AppendError> {
     let cf = shared.cf(db, CF_STREAMS)?;
-    let (lower, upper) = codec::stream_key_bounds(stream.as_str());
-    let mut read_options = ReadOptions::default();
-    read_options.set_iterate_lower_bound(lower);
-    read_options.set_iterate_upper_bound(upper);
+    let last = codec::stream_key(stream.as_str(), u64::MAX);
     let (key, value) = match db
-        .iterator_cf_opt(cf, read_options, IteratorMode::End)
+        .iterator_cf_opt(
+            cf,
+            stream_read_options(stream.as_str(), false),
+            IteratorMode::From(&last, rocksdb::Direction::Reverse),
+        )
         .next()
     {
         None => {

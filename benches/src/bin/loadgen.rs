@@ -44,7 +44,8 @@ struct Args {
     /// W4: resident aggregate actors at most (passivation beyond).
     #[arg(long, default_value_t = 250_000)]
     resident_max: usize,
-    /// Size of RocksDB's block cache in MiB. Default: the store's (64 MiB).
+    /// Size of RocksDB's block cache in MiB. Default: the store's (64 MiB); W4: 512
+    /// MiB, a quarter of its memory budget.
     #[arg(long)]
     block_cache_mib: Option<usize>,
     /// Seed of the clients' choices.

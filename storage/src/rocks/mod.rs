@@ -195,6 +195,22 @@ pub(crate) fn stream_read_options(stream: &str, cache_only: bool) -> ReadOptions
     options
 }
 
+/// The index entries of one stream from its last backwards (prefix-mode
+/// reverse seek from the stream's last possible key): how a stream's tip is
+/// read, by readers and by the writer.
+pub(crate) fn stream_entries_backward<'a>(
+    db: &'a DB,
+    cf: &ColumnFamily,
+    stream: &str,
+) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
+    let last = codec::stream_key(stream, u64::MAX);
+    db.iterator_cf_opt(
+        cf,
+        stream_read_options(stream, false),
+        IteratorMode::From(&last, rocksdb::Direction::Reverse),
+    )
+}
+
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, OpenError> {
     std::thread::Builder::new()
         .name(name.into())
@@ -552,13 +568,7 @@ impl EventStore for RocksStore {
 
     fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadError> {
         let head = self.head();
-        let read_options = stream_read_options(stream.as_str(), false);
-        let last = codec::stream_key(stream.as_str(), u64::MAX);
-        let iter = self.inner.db.iterator_cf_opt(
-            self.cf(CF_STREAMS)?,
-            read_options,
-            IteratorMode::From(&last, rocksdb::Direction::Reverse),
-        );
+        let iter = stream_entries_backward(&self.inner.db, self.cf(CF_STREAMS)?, stream.as_str());
         for item in iter {
             let (key, value) = item.map_err(engine)?;
             // Entries of a batch not yet durable are skipped.

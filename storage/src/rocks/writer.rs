@@ -18,13 +18,15 @@
 //! move, before the batch holding its events is durable under the store's
 //! durability. Readers only see positions up to the head.
 
-use super::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS, Shared, stream_read_options, write_options};
+use super::{
+    CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS, Shared, stream_entries_backward, write_options,
+};
 use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
 use crate::options::{Durability, StoreOptions};
 use eventfold_domain::{CommandId, EventId, RecordedEvent, StreamId, Timestamp};
-use rocksdb::{DB, IteratorMode, WriteBatch};
+use rocksdb::{DB, WriteBatch};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -398,15 +400,7 @@ pub(crate) fn last_indexed_tip(
     stream: &StreamId,
 ) -> Result<Tip, AppendError> {
     let cf = shared.cf(db, CF_STREAMS)?;
-    let last = codec::stream_key(stream.as_str(), u64::MAX);
-    let (key, value) = match db
-        .iterator_cf_opt(
-            cf,
-            stream_read_options(stream.as_str(), false),
-            IteratorMode::From(&last, rocksdb::Direction::Reverse),
-        )
-        .next()
-    {
+    let (key, value) = match stream_entries_backward(db, cf, stream.as_str()).next() {
         None => {
             return Ok(Tip {
                 version: 0,

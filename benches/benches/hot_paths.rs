@@ -135,6 +135,8 @@ fn activation_from_snapshot(c: &mut Criterion) {
         .passivation(Passivation {
             idle_after: Duration::from_secs(300),
             resident_actors_max: 1,
+            // Activation reads the store: the state cache is what it avoids.
+            state_cache_bytes_max: 0,
         })
         .aggregate::<Account>()
         .start()

@@ -32,6 +32,7 @@ use crate::metric_names::{
 };
 use crate::outcome::{CommandOutcome, ExecuteOptions};
 use crate::shard::{CommandResult, Execute, Reply, Shard, Shared, Stopped, refuse};
+use crate::state_cache::CachedState;
 use actix::prelude::*;
 use eventfold_domain::{
     Aggregate, CausationId, CommandId, DomainEvent, EventId, ExpectedVersion, Metadata, NewEvent,
@@ -161,6 +162,50 @@ impl<A: Aggregate> AggregateActor<A> {
             next_seq: 0,
             held: Held(None),
             passivating: false,
+        }
+    }
+
+    /// Starts from the state a stopped actor of this stream left in the
+    /// shard's state cache instead of loading from the store. A state that
+    /// does not decode is ignored (a warning) and the store is read.
+    pub(crate) fn restore(&mut self, cached: CachedState) {
+        match payload::decode::<A>(&cached.state) {
+            Ok(state) => {
+                self.state = state;
+                self.version = cached.version;
+                self.last_event = cached.last_event;
+                self.snapshot_version = cached.snapshot_version;
+                self.ready = true;
+            }
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, %error, "cached state ignored: it does not decode")
+            }
+        }
+    }
+
+    /// The state to leave in the shard's state cache when stopping: only a
+    /// clean one (loaded, nothing in flight, no reload pending), and only
+    /// when the cache is on.
+    fn state_to_cache(&self) -> Option<CachedState> {
+        if !self.ready
+            || self.reload_needed
+            || !self.in_flight.is_empty()
+            || self.shared.settings.state_cache_bytes_per_shard() == 0
+        {
+            return None;
+        }
+        match payload::encode(&self.state) {
+            Ok(state) => Some(CachedState {
+                kind: A::KIND,
+                state: state.into_boxed_slice(),
+                version: self.version,
+                last_event: self.last_event,
+                snapshot_version: self.snapshot_version,
+            }),
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, %error, "state not cached: it does not encode");
+                None
+            }
         }
     }
 
@@ -604,7 +649,10 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::counter!(ACTIVATIONS_TOTAL, "kind" => A::KIND).increment(1);
-        self.load(ctx);
+        // Ready already when restored from the state cache.
+        if !self.ready {
+            self.load(ctx);
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -615,6 +663,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         self.shard.do_send(Stopped {
             stream: self.stream.clone(),
             generation: self.generation,
+            state: self.state_to_cache(),
         });
     }
 }

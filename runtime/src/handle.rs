@@ -519,9 +519,18 @@ impl RuntimeHandle {
     }
 
     /// Aggregate actors activated (started, loading their state from the
-    /// store) since the runtime started, over all shards.
+    /// store or the state cache) since the runtime started, over all shards.
     pub fn activations_total(&self) -> u64 {
         self.inner.shared.activations.load(Ordering::Relaxed)
+    }
+
+    /// Activations that started from the state cache (the state of stopped
+    /// aggregates kept in memory, [`Passivation::state_cache_bytes_max`])
+    /// instead of reading the store, since the runtime started.
+    ///
+    /// [`Passivation::state_cache_bytes_max`]: crate::Passivation::state_cache_bytes_max
+    pub fn state_cache_hits_total(&self) -> u64 {
+        self.inner.shared.state_cache_hits.load(Ordering::Relaxed)
     }
 
     /// Stops taking commands (later calls fail with `ShutDown`), lets every

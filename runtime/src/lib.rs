@@ -98,6 +98,7 @@ pub mod projection;
 mod registry;
 mod settings;
 mod shard;
+mod state_cache;
 mod timeout;
 
 pub use bus::{EventBatch, EventBus};
@@ -381,6 +382,7 @@ impl RuntimeBuilder {
             settings: self.settings,
             resident: AtomicI64::new(0),
             activations: std::sync::atomic::AtomicU64::new(0),
+            state_cache_hits: std::sync::atomic::AtomicU64::new(0),
         });
         let registry = Arc::new(registry::Registry::new(
             Arc::clone(&store),

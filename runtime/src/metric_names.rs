@@ -10,8 +10,11 @@ pub const APPEND_LATENCY_SECONDS: &str = "eventfold_append_latency_seconds";
 pub const WRITE_BATCH_EVENTS: &str = "eventfold_write_batch_events";
 /// Gauge: aggregate actors resident over all shards.
 pub const RESIDENT_ACTORS: &str = "eventfold_resident_actors";
-/// Counter: aggregate actors activated (loaded from the store). Label: `kind`.
+/// Counter: aggregate actors activated (from the store or the state cache). Label: `kind`.
 pub const ACTIVATIONS_TOTAL: &str = "eventfold_activations_total";
+/// Counter: activations that started from the state cache (the state of
+/// stopped aggregates kept in memory) instead of reading the store. Label: `kind`.
+pub const STATE_CACHE_HITS_TOTAL: &str = "eventfold_state_cache_hits_total";
 /// Counter: aggregate actors passivated. Label: `kind`.
 pub const PASSIVATIONS_TOTAL: &str = "eventfold_passivations_total";
 /// Counter: commands refused before being decided. Label: `reason`

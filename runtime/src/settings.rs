@@ -11,6 +11,10 @@ pub struct Passivation {
     /// Most aggregate actors resident at once (over all shards); past it the
     /// least recently used are stopped.
     pub resident_actors_max: usize,
+    /// Bytes of stopped aggregates' state kept in memory (encoded, over all
+    /// shards), so that reactivating one skips the store; the least recently
+    /// stopped go first. 0 turns the cache off. See the `state_cache` module.
+    pub state_cache_bytes_max: usize,
 }
 
 impl Default for Passivation {
@@ -18,6 +22,7 @@ impl Default for Passivation {
         Self {
             idle_after: Duration::from_secs(300),
             resident_actors_max: 250_000,
+            state_cache_bytes_max: 64 << 20,
         }
     }
 }
@@ -102,6 +107,11 @@ impl Settings {
             return Err("snapshot_every_events must be at least 1 (or None)".into());
         }
         Ok(())
+    }
+
+    /// State-cache bytes per shard.
+    pub(crate) fn state_cache_bytes_per_shard(&self) -> usize {
+        self.passivation.state_cache_bytes_max / self.shards
     }
 
     /// Resident actors per shard.

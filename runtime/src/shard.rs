@@ -10,9 +10,10 @@
 
 use crate::actor::{AggregateActor, Passivate};
 use crate::error::CommandError;
-use crate::metric_names::{REJECTIONS_TOTAL, RESIDENT_ACTORS};
+use crate::metric_names::{REJECTIONS_TOTAL, RESIDENT_ACTORS, STATE_CACHE_HITS_TOTAL};
 use crate::outcome::{CommandOutcome, ExecuteOptions};
 use crate::settings::Settings;
+use crate::state_cache::{CachedState, StateCache};
 use actix::dev::SendError;
 use actix::prelude::*;
 use eventfold_domain::{Aggregate, StreamId};
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     pub resident: AtomicI64,
     /// Aggregate actors started (activated) since the runtime started.
     pub activations: std::sync::atomic::AtomicU64,
+    /// Activations that started from the state cache instead of the store.
+    pub state_cache_hits: std::sync::atomic::AtomicU64,
 }
 
 /// A command's result, as the caller receives it.
@@ -70,6 +73,8 @@ pub(crate) fn refuse<A: Aggregate>(
 pub(crate) struct Stopped {
     pub stream: StreamId,
     pub generation: u64,
+    /// Its state, when it stopped with a clean one and the cache is on.
+    pub state: Option<CachedState>,
 }
 
 impl Message for Stopped {
@@ -116,6 +121,8 @@ pub(crate) struct Shard {
     resident_max: usize,
     /// Streams whose actor is stopping: its generation and the held commands.
     stopping: HashMap<StreamId, (u64, Vec<Held>)>,
+    /// The state of this shard's stopped aggregates.
+    cache: StateCache,
     next_generation: u64,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
@@ -126,11 +133,13 @@ pub(crate) struct Shard {
 impl Shard {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let resident_max = shared.settings.resident_per_shard();
+        let cache = StateCache::new(shared.settings.state_cache_bytes_per_shard());
         Self {
             shared,
             resident: LruCache::unbounded(),
             resident_max,
             stopping: HashMap::new(),
+            cache,
             next_generation: 1,
             draining: false,
             drained: Vec::new(),
@@ -213,9 +222,18 @@ impl Shard {
         let shared = Arc::clone(&self.shared);
         let capacity = self.shared.settings.actor_mailbox_commands_max;
         let actor_stream = stream.clone();
+        let cached = self.cache.take(&stream, A::KIND);
+        if cached.is_some() {
+            self.shared.state_cache_hits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(STATE_CACHE_HITS_TOTAL, "kind" => A::KIND).increment(1);
+        }
         let addr = AggregateActor::<A>::create(move |actor_ctx| {
             actor_ctx.set_mailbox_capacity(capacity);
-            AggregateActor::new(actor_stream, generation, shard, shared)
+            let mut actor = AggregateActor::new(actor_stream, generation, shard, shared);
+            if let Some(cached) = cached {
+                actor.restore(cached);
+            }
+            actor
         });
         self.resident.put(
             stream,
@@ -293,6 +311,11 @@ impl Handler<Stopped> for Shard {
             .get(&msg.stream)
             .is_some_and(|(generation, _)| *generation == msg.generation);
         if was_stopping {
+            // Cached before the held commands run: the first of them
+            // activates the next actor from it.
+            if let Some(state) = msg.state {
+                self.cache.put(msg.stream.clone(), state);
+            }
             if let Some((_, held)) = self.stopping.remove(&msg.stream) {
                 for command in held {
                     command(self, ctx);

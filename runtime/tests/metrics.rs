@@ -53,6 +53,7 @@ fn commands_activations_passivations_and_rejections_are_recorded() {
         .passivation(Passivation {
             idle_after: Duration::from_millis(50),
             resident_actors_max: 100,
+            ..Passivation::default()
         })
         .aggregate::<Counter>()
         .start()
@@ -74,6 +75,8 @@ fn commands_activations_passivations_and_rejections_are_recorded() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Activated again, from the state cache.
+    runtime.execute_blocking::<Counter>("c1", 1).unwrap();
     // The batch-size sampler runs once a second.
     std::thread::sleep(Duration::from_millis(1200));
     runtime.shutdown_blocking().unwrap();
@@ -104,11 +107,12 @@ fn commands_activations_passivations_and_rejections_are_recorded() {
             })
             .sum::<u64>()
     };
-    assert_eq!(histogram_count(COMMAND_LATENCY_SECONDS), 11);
-    assert_eq!(histogram_count(APPEND_LATENCY_SECONDS), 10);
+    assert_eq!(histogram_count(COMMAND_LATENCY_SECONDS), 12);
+    assert_eq!(histogram_count(APPEND_LATENCY_SECONDS), 11);
     assert!(histogram_count(WRITE_BATCH_EVENTS) >= 1);
-    assert_eq!(counter_sum(ACTIVATIONS_TOTAL), 3);
-    assert_eq!(counter_sum(PASSIVATIONS_TOTAL), 3);
+    assert_eq!(counter_sum(ACTIVATIONS_TOTAL), 4);
+    assert_eq!(counter_sum(STATE_CACHE_HITS_TOTAL), 1);
+    assert_eq!(counter_sum(PASSIVATIONS_TOTAL), 4);
     assert_eq!(counter_sum(REJECTIONS_TOTAL), 1, "the call after shutdown");
     assert!(find(RESIDENT_ACTORS).next().is_some());
     let rejected = find(COMMAND_LATENCY_SECONDS).any(|(key, ..)| {

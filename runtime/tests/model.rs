@@ -114,24 +114,28 @@ fn rounds() -> impl Strategy<Value = Vec<Vec<(u8, Cmd)>>> {
     prop::collection::vec(prop::collection::vec((0u8..4, command()), 1..30), 1..4)
 }
 
-fn start(path: &std::path::Path) -> Result<RuntimeHandle, StartError> {
+fn start(
+    path: &std::path::Path,
+    state_cache_bytes_max: usize,
+) -> Result<RuntimeHandle, StartError> {
     Runtime::builder()
         .path(path)
         .aggregate::<Meter>()
         .passivation(Passivation {
             idle_after: Duration::from_millis(2),
             resident_actors_max: 2,
+            state_cache_bytes_max,
         })
         .snapshot_every_events(Some(3))
         .start()
 }
 
-fn run(rounds: Vec<Vec<(u8, Cmd)>>) -> Result<(), TestCaseError> {
+fn run(rounds: Vec<Vec<(u8, Cmd)>>, state_cache_bytes_max: usize) -> Result<(), TestCaseError> {
     let fail = |e: &dyn std::fmt::Display| TestCaseError::fail(e.to_string());
     let dir = tempfile::tempdir().map_err(|e| fail(&e))?;
     let mut model: BTreeMap<u8, Meter> = BTreeMap::new();
     for round in rounds {
-        let runtime = start(dir.path()).map_err(|e| fail(&e))?;
+        let runtime = start(dir.path(), state_cache_bytes_max).map_err(|e| fail(&e))?;
         let mut per_aggregate: BTreeMap<u8, Vec<(Cmd, Expected)>> = BTreeMap::new();
         for (aggregate, command) in round {
             let state = model.entry(aggregate).or_default();
@@ -201,7 +205,12 @@ proptest! {
     })]
 
     #[test]
-    fn the_runtime_agrees_with_a_pure_fold(rounds in rounds()) {
-        run(rounds)?;
+    /// With the state cache off, big enough for every aggregate, and with
+    /// room for about one entry per shard (evictions).
+    fn the_runtime_agrees_with_a_pure_fold(
+        rounds in rounds(),
+        state_cache_bytes_max in prop_oneof![Just(0usize), Just(400), Just(64 << 20)],
+    ) {
+        run(rounds, state_cache_bytes_max)?;
     }
 }

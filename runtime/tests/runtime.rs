@@ -249,12 +249,21 @@ fn one_hot_aggregate_pipelines_its_appends() {
 
 #[test]
 fn passivation_by_idle_time_and_by_count_preserves_state() {
+    // From the state cache, from the store, and with a cache too small for
+    // the twelve (room for about five).
+    for state_cache_bytes_max in [64 << 20, 0, 1000] {
+        passivation_preserves_state(state_cache_bytes_max);
+    }
+}
+
+fn passivation_preserves_state(state_cache_bytes_max: usize) {
     let rt = Runtime::builder()
         .temporary()
         .shards(1)
         .passivation(Passivation {
             idle_after: Duration::from_millis(200),
             resident_actors_max: 4,
+            state_cache_bytes_max,
         })
         .aggregate::<Tally>()
         .start()
@@ -278,6 +287,63 @@ fn passivation_by_idle_time_and_by_count_preserves_state() {
         "a reactivated actor continues its stream"
     );
     check(&rt, "3", 4 * 3 + 1, 4);
+    let hits = rt.state_cache_hits_total();
+    let activations = rt.activations_total();
+    match state_cache_bytes_max {
+        0 => assert_eq!(hits, 0),
+        // Commands cycle over twelve aggregates, four resident and about
+        // five cached: evicted before they come round again.
+        1000 => assert!(hits < activations - 12, "{hits} of {activations}"),
+        // Every activation after the first of each aggregate.
+        _ => assert_eq!(hits, activations - 12, "{hits} of {activations}"),
+    }
+}
+
+#[test]
+fn a_cached_state_behind_a_foreign_write_is_refused_then_reloaded() {
+    // Resident bound 1: each command passivates the other aggregate, whose
+    // state goes to the cache.
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .passivation(Passivation {
+            resident_actors_max: 1,
+            ..Passivation::default()
+        })
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    rt.execute_blocking::<Tally>("c", Cmd::Add(5)).unwrap();
+    rt.execute_blocking::<Tally>("other", Cmd::Add(1)).unwrap();
+    wait_until("c is passivated", || rt.resident_actors() == 1);
+    // Written straight to the store while c's state sits in the cache.
+    let foreign = NewEvent::new(
+        "Added",
+        1,
+        payload::encode(&Ev::Added(100)).unwrap(),
+        Metadata::new(),
+    );
+    rt.store()
+        .append(&stream("c"), ExpectedVersion::Any, vec![foreign])
+        .unwrap();
+    let hits_before = rt.state_cache_hits_total();
+    let refused = rt.execute_blocking::<Tally>("c", Cmd::Add(7));
+    assert_eq!(rt.state_cache_hits_total(), hits_before + 1);
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::WrongExpectedVersion { actual: 2, .. })
+        ),
+        "{refused:?}"
+    );
+    // The refusal made the actor reload: the foreign event is in its state.
+    check(&rt, "c", 105, 2);
+    assert_eq!(
+        rt.execute_blocking::<Tally>("c", Cmd::Add(1))
+            .unwrap()
+            .version,
+        3
+    );
 }
 
 #[test]

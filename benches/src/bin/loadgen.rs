@@ -48,6 +48,11 @@ struct Args {
     /// MiB, a quarter of its memory budget.
     #[arg(long)]
     block_cache_mib: Option<usize>,
+    /// W4: bytes of the state cache (the state of passivated aggregates kept
+    /// in memory) in MiB; 0 turns it off, so that every activation reads the
+    /// store. Default: 256 MiB, within the memory budget.
+    #[arg(long)]
+    state_cache_mib: Option<usize>,
     /// Seed of the clients' choices.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -90,6 +95,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         block_cache_bytes: args
             .block_cache_mib
             .map_or(Config::new(args.workload).block_cache_bytes, |m| m << 20),
+        state_cache_bytes: args
+            .state_cache_mib
+            .map_or(Config::new(args.workload).state_cache_bytes, |m| m << 20),
         shards: args.shards,
         no_baseline: args.no_baseline,
         quiet: args.quiet,

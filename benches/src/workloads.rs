@@ -153,8 +153,9 @@ pub struct Config {
 pub const W4_BLOCK_CACHE_BYTES: usize = 512 << 20;
 
 /// W4's share of its memory budget for the runtime's state cache: room for
-/// the encoded state of every account (about 200 bytes each, counted), so
-/// that an activation creates an actor but does not read the store.
+/// the encoded state of every account (about 220 bytes each as the cache
+/// counts them, so 1,000,000 fit), so that an activation creates an actor
+/// but does not read the store.
 /// `--state-cache-mib 0` measures activations that read the store.
 pub const W4_STATE_CACHE_BYTES: usize = 256 << 20;
 

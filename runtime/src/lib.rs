@@ -226,7 +226,22 @@ impl RuntimeBuilder {
         self
     }
 
-    /// When actors are passivated.
+    /// When actors are passivated, and how much of the stopped aggregates'
+    /// state stays in memory (the state cache) so that reactivating them
+    /// skips the store.
+    ///
+    /// ```
+    /// use eventfold_runtime::{Passivation, Runtime};
+    /// use std::time::Duration;
+    ///
+    /// let builder = Runtime::builder().temporary().passivation(Passivation {
+    ///     idle_after: Duration::from_secs(60),
+    ///     resident_actors_max: 100_000,
+    ///     // About a million small states; 0 reads every activation from the store.
+    ///     state_cache_bytes_max: 256 << 20,
+    /// });
+    /// # drop(builder);
+    /// ```
     pub fn passivation(mut self, passivation: Passivation) -> Self {
         self.settings.passivation = passivation;
         self

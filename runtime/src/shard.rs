@@ -312,8 +312,10 @@ impl Handler<Stopped> for Shard {
             .is_some_and(|(generation, _)| *generation == msg.generation);
         if was_stopping {
             // Cached before the held commands run: the first of them
-            // activates the next actor from it.
-            if let Some(state) = msg.state {
+            // activates the next actor from it. Not while shutting down.
+            if let Some(state) = msg.state
+                && !self.draining
+            {
                 self.cache.put(msg.stream.clone(), state);
             }
             if let Some((_, held)) = self.stopping.remove(&msg.stream) {

@@ -441,35 +441,39 @@ impl RocksStore {
         let head = self.head();
         let read_options = stream_read_options(stream.as_str(), cache_only);
         let start = codec::stream_key(stream.as_str(), from.max(1));
-        let mode = match direction {
-            Direction::Forward => IteratorMode::From(&start, rocksdb::Direction::Forward),
-            Direction::Backward => IteratorMode::From(&start, rocksdb::Direction::Reverse),
-        };
-        let iter = self
+        // A raw iterator: index entries are decoded from RocksDB's buffers.
+        let mut iter = self
             .inner
             .db
-            .iterator_cf_opt(self.cf(CF_STREAMS)?, read_options, mode);
+            .raw_iterator_cf_opt(self.cf(CF_STREAMS)?, read_options);
+        match direction {
+            Direction::Forward => iter.seek(&start),
+            Direction::Backward => iter.seek_for_prev(&start),
+        }
         let mut entries = Vec::with_capacity(max_count.min(4096));
-        for item in iter {
-            let (key, value) = match item {
-                Ok(entry) => entry,
-                Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => {
-                    return Ok(Cached::NeedsIo);
-                }
-                Err(error) => return Err(engine(error)),
-            };
-            let position = codec::decode_stream_index(&key, &value)?;
-            if position > head {
-                // Written by a batch not yet acknowledged: not visible.
-                if direction == Direction::Forward {
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let position = codec::decode_stream_index(key, value)?;
+            // Past the head: written by a batch not yet acknowledged, not
+            // visible (and nothing after it is, going forward).
+            if position <= head {
+                entries.push((key.to_vec(), position));
+                if entries.len() == max_count {
                     break;
                 }
-                continue;
-            }
-            entries.push((key.into_vec(), position));
-            if entries.len() == max_count {
+            } else if direction == Direction::Forward {
                 break;
             }
+            match direction {
+                Direction::Forward => iter.next(),
+                Direction::Backward => iter.prev(),
+            }
+        }
+        match iter.status() {
+            Ok(()) => {}
+            Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => {
+                return Ok(Cached::NeedsIo);
+            }
+            Err(error) => return Err(engine(error)),
         }
         self.load_indexed(entries, cache_only)
     }
@@ -643,20 +647,20 @@ impl EventStore for RocksStore {
         }
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(codec::global_key(head + 1).to_vec());
-        let start = codec::global_key(from);
-        let iter = self.inner.db.iterator_cf_opt(
-            self.cf(CF_GLOBAL)?,
-            read_options,
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-        );
+        // A raw iterator: the records are decoded from RocksDB's own
+        // buffers, without a copy of each key and value.
+        let mut iter = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_GLOBAL)?, read_options);
+        iter.seek(codec::global_key(from));
         let mut examined = 0usize;
-        for item in iter {
-            let (key, value) = item.map_err(engine)?;
-            let event = codec::decode_event(CF_GLOBAL, &key, &value)?;
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let event = codec::decode_event(CF_GLOBAL, key, value)?;
             if event.position != slice.next_position {
                 return Err(Corruption {
                     keyspace: CF_GLOBAL,
-                    key: key.into_vec(),
+                    key: key.to_vec(),
                     kind: CorruptionKind::Inconsistent(format!(
                         "expected position {}, found {}",
                         slice.next_position, event.position
@@ -675,7 +679,9 @@ impl EventStore for RocksStore {
             if examined == READ_ALL_SCAN_EVENTS_MAX {
                 break;
             }
+            iter.next();
         }
+        iter.status().map_err(engine)?;
         if slice.next_position <= head
             && examined < READ_ALL_SCAN_EVENTS_MAX
             && slice.events.len() < max_count

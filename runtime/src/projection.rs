@@ -217,9 +217,19 @@ impl ReadModelTx<'_> {
 
     /// The value of `key` decoded (bincode 2).
     pub fn get_as<T: DeserializeOwned>(&mut self, key: &[u8]) -> Result<Option<T>, HandlerError> {
-        self.get(key)?
-            .map(|bytes| Ok(payload::decode(&bytes)?))
-            .transpose()
+        // Decoded in place when the batch or the cache holds it: no copy.
+        let held = match self.pending.get(key) {
+            Some(value) => Some(value),
+            None => self.cache.get(key),
+        };
+        match held {
+            Some(Some(bytes)) => Ok(Some(payload::decode(bytes)?)),
+            Some(None) => Ok(None),
+            None => self
+                .get(key)?
+                .map(|bytes| Ok(payload::decode(&bytes)?))
+                .transpose(),
+        }
     }
 
     /// Sets `key` to `value`.
@@ -240,7 +250,12 @@ impl ReadModelTx<'_> {
     }
 
     fn record(&mut self, key: &[u8], value: Option<Vec<u8>>) {
-        let previous = self.pending.insert(key.to_vec(), value);
+        // A key the batch already wrote is updated in place (one copy of
+        // the key, for the undo entry, instead of two).
+        let previous = match self.pending.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, value)),
+            None => self.pending.insert(key.to_vec(), value),
+        };
         self.undo.push((key.to_vec(), previous));
     }
 }

@@ -478,11 +478,20 @@ fn start_system(shared: Arc<Shared>) -> Result<(Vec<Addr<Shard>>, SystemThread),
                     })
                     .map_err(|e| e.to_string())?;
                     let shard_shared = Arc::clone(&shared);
-                    let capacity = shared.settings.shard_mailbox_commands_max;
-                    shards.push(Shard::start_in_arbiter(&arbiter.handle(), move |ctx| {
-                        ctx.set_mailbox_capacity(capacity);
-                        Shard::new(shard_shared)
-                    }));
+                    // The mailbox is created with its bound, here, before the
+                    // handle can send: `start_in_arbiter` would create it with
+                    // actix's default of 16 and set the bound only once the
+                    // arbiter runs the shard, and commands sent in between
+                    // were refused as `Overloaded`.
+                    let (sender, receiver) =
+                        actix::dev::channel::channel(shared.settings.shard_mailbox_commands_max);
+                    let spawned = arbiter.handle().spawn_fn(move || {
+                        Context::with_receiver(receiver).run(Shard::new(shard_shared));
+                    });
+                    if !spawned {
+                        return Err(format!("the arbiter of shard {index} stopped at start"));
+                    }
+                    shards.push(Addr::new(sender));
                     arbiters.push(arbiter);
                 }
                 let monitor = Monitor {

@@ -829,3 +829,46 @@ fn the_handle_works_from_any_executor() {
         Err(CommandError::ShutDown)
     ));
 }
+
+#[test]
+fn a_burst_sent_the_moment_the_runtime_starts_is_not_refused() {
+    // The shard's mailbox has its bound from the start: it used to get it
+    // only once the arbiter ran the shard, and until then actix's default
+    // of 16 refused the rest of a burst as `Overloaded`. Busy threads make
+    // the arbiter late, as a loaded machine does.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        let rt = Runtime::builder()
+            .in_memory()
+            .shards(1)
+            .aggregate::<Tally>()
+            .start()
+            .unwrap();
+        let burst = (0..200u64).map(|i| {
+            let rt = rt.clone();
+            async move {
+                rt.execute::<Tally>(&format!("burst-{i}"), Cmd::Add(i + 1))
+                    .await
+            }
+        });
+        let outcomes = futures::executor::block_on(futures::future::join_all(burst));
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            assert!(outcome.is_ok(), "command {i}: {outcome:?}");
+        }
+        rt.shutdown_blocking().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for hog in hogs {
+        hog.join().unwrap();
+    }
+}

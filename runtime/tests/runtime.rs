@@ -317,18 +317,32 @@ fn a_cached_state_behind_a_foreign_write_is_refused_then_reloaded() {
     rt.execute_blocking::<Tally>("other", Cmd::Add(1)).unwrap();
     wait_until("c is passivated", || rt.resident_actors() == 1);
     // Written straight to the store while c's state sits in the cache.
+    write_behind_the_actor(&rt, "c", 100);
+    let hits_before = rt.state_cache_hits_total();
+    conflicts_then_reloads(&rt, "c", 105);
+    // Only the conflicting command activated c, from the cache.
+    assert_eq!(rt.state_cache_hits_total(), hits_before + 1);
+}
+
+/// Appends `Added(amount)` to the stream of `id` straight through the
+/// store, behind its actor's back.
+fn write_behind_the_actor(rt: &RuntimeHandle, id: &str, amount: u64) {
     let foreign = NewEvent::new(
         "Added",
         1,
-        payload::encode(&Ev::Added(100)).unwrap(),
+        payload::encode(&Ev::Added(amount)).unwrap(),
         Metadata::new(),
     );
     rt.store()
-        .append(&stream("c"), ExpectedVersion::Any, vec![foreign])
+        .append(&stream(id), ExpectedVersion::Any, vec![foreign])
         .unwrap();
-    let hits_before = rt.state_cache_hits_total();
-    let refused = rt.execute_blocking::<Tally>("c", Cmd::Add(7));
-    assert_eq!(rt.state_cache_hits_total(), hits_before + 1);
+}
+
+/// After one event of the actor's and one foreign event: the next command
+/// conflicts at version 2, the actor reloads (its state is `total` over
+/// two events), and the command after that lands at version 3.
+fn conflicts_then_reloads(rt: &RuntimeHandle, id: &str, total: u64) {
+    let refused = rt.execute_blocking::<Tally>(id, Cmd::Add(7));
     assert!(
         matches!(
             refused,
@@ -336,10 +350,9 @@ fn a_cached_state_behind_a_foreign_write_is_refused_then_reloaded() {
         ),
         "{refused:?}"
     );
-    // The refusal made the actor reload: the foreign event is in its state.
-    check(&rt, "c", 105, 2);
+    check(rt, id, total, 2);
     assert_eq!(
-        rt.execute_blocking::<Tally>("c", Cmd::Add(1))
+        rt.execute_blocking::<Tally>(id, Cmd::Add(1))
             .unwrap()
             .version,
         3
@@ -648,30 +661,8 @@ fn a_failed_append_leaves_the_state_unchanged() {
     // A conflicting write behind the actor's back.
     let rt = runtime();
     rt.execute_blocking::<Tally>("f", Cmd::Add(5)).unwrap();
-    let foreign = NewEvent::new(
-        "Added",
-        1,
-        payload::encode(&Ev::Added(100)).unwrap(),
-        Metadata::new(),
-    );
-    rt.store()
-        .append(&stream("f"), ExpectedVersion::Any, vec![foreign])
-        .unwrap();
-    let refused = rt.execute_blocking::<Tally>("f", Cmd::Add(7));
-    assert!(
-        matches!(
-            refused,
-            Err(CommandError::WrongExpectedVersion { actual: 2, .. })
-        ),
-        "{refused:?}"
-    );
-    check(&rt, "f", 105, 2);
-    assert_eq!(
-        rt.execute_blocking::<Tally>("f", Cmd::Add(1))
-            .unwrap()
-            .version,
-        3
-    );
+    write_behind_the_actor(&rt, "f", 100);
+    conflicts_then_reloads(&rt, "f", 105);
 
     // An injected write failure.
     let faults = FaultInjector::new();
@@ -707,15 +698,7 @@ fn commands_decided_on_a_failed_append_fail_too() {
         .unwrap();
     rt.execute_blocking::<Tally>("q", Cmd::Add(1)).unwrap();
     // A foreign write makes the actor's next append conflict.
-    let foreign = NewEvent::new(
-        "Added",
-        1,
-        payload::encode(&Ev::Added(1000)).unwrap(),
-        Metadata::new(),
-    );
-    rt.store()
-        .append(&stream("q"), ExpectedVersion::Any, vec![foreign])
-        .unwrap();
+    write_behind_the_actor(&rt, "q", 1000);
     // Hold the only shard so that five commands reach the actor together and
     // are decided one on another before any append completes.
     let blocker = hold_shard(

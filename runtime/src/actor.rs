@@ -166,9 +166,10 @@ impl<A: Aggregate> AggregateActor<A> {
     }
 
     /// Starts from the state a stopped actor of this stream left in the
-    /// shard's state cache instead of loading from the store. A state that
-    /// does not decode is ignored (a warning) and the store is read.
-    pub(crate) fn restore(&mut self, cached: CachedState) {
+    /// shard's state cache instead of loading from the store (true). A
+    /// state that does not decode is ignored (a warning; false) and the
+    /// store is read.
+    pub(crate) fn restore(&mut self, cached: CachedState) -> bool {
         match payload::decode::<A>(&cached.state) {
             Ok(state) => {
                 self.state = state;
@@ -176,9 +177,11 @@ impl<A: Aggregate> AggregateActor<A> {
                 self.last_event = cached.last_event;
                 self.snapshot_version = cached.snapshot_version;
                 self.ready = true;
+                true
             }
             Err(error) => {
-                tracing::warn!(stream = %self.stream, %error, "cached state ignored: it does not decode")
+                tracing::warn!(stream = %self.stream, %error, "cached state ignored: it does not decode");
+                false
             }
         }
     }

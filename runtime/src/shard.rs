@@ -223,18 +223,19 @@ impl Shard {
         let capacity = self.shared.settings.actor_mailbox_commands_max;
         let actor_stream = stream.clone();
         let cached = self.cache.take(&stream, A::KIND);
-        if cached.is_some() {
-            self.shared.state_cache_hits.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(STATE_CACHE_HITS_TOTAL, "kind" => A::KIND).increment(1);
-        }
-        let addr = AggregateActor::<A>::create(move |actor_ctx| {
+        let mut restored = false;
+        let addr = AggregateActor::<A>::create(|actor_ctx| {
             actor_ctx.set_mailbox_capacity(capacity);
             let mut actor = AggregateActor::new(actor_stream, generation, shard, shared);
             if let Some(cached) = cached {
-                actor.restore(cached);
+                restored = actor.restore(cached);
             }
             actor
         });
+        if restored {
+            self.shared.state_cache_hits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(STATE_CACHE_HITS_TOTAL, "kind" => A::KIND).increment(1);
+        }
         self.resident.put(
             stream,
             Resident {

@@ -14,7 +14,10 @@
 //! a resident actor's state would be. A write to the stream from outside the
 //! runtime (straight through the store) is caught the way it is for a
 //! resident actor: the next append's expected version fails and the actor
-//! reloads from the store.
+//! reloads from the store. Until then, a command that writes nothing (a
+//! refusal, a no-op) is decided on the state as it stands, as a resident
+//! actor would decide it; turn the cache off (`state_cache_bytes_max: 0`)
+//! and keep `resident_actors_max` low if streams are written from outside.
 
 use eventfold_domain::{EventId, StreamId};
 use lru::LruCache;

@@ -266,6 +266,11 @@ pub struct WriterStats {
     /// WAL syncs under `Durability::Sync`; each covers one or more batches
     /// (0 under the other durabilities).
     pub syncs: u64,
+    /// Writes made outside the writer (read-model commits, checkpoints)
+    /// that waited for a WAL sync of their own under `Durability::Sync`:
+    /// those not marked [`relaxed`](ReadModelBatch::relaxed). Relaxed
+    /// batches and snapshots ride on the writer's next sync.
+    pub direct_syncs: u64,
     /// Appends acknowledged as written (not deduplicated ones).
     pub appends: u64,
     /// Events written.
@@ -412,6 +417,10 @@ pub trait EventStore: Send + Sync {
     ) -> Result<GlobalSlice, ReadError>;
 
     /// Saves the latest snapshot of a stream, replacing any earlier one.
+    ///
+    /// It does not wait for a WAL sync of its own: a snapshot lost in a
+    /// crash only means a longer replay, and one that survives holds only
+    /// events written to the log before it.
     fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<(), WriteError>;
 
     /// The latest snapshot of a stream.

@@ -228,6 +228,68 @@ fn every_durability_keeps_appends_across_a_clean_reopen() {
 }
 
 #[test]
+fn only_read_model_commits_not_marked_relaxed_wait_for_a_sync_of_their_own() {
+    for durability in [Durability::Sync, Durability::Buffered] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::with_durability(durability);
+        let store = RocksStore::open(dir.path(), options.clone()).unwrap();
+        let mut relaxed = ReadModelBatch::new();
+        relaxed.put("m", b"a".to_vec(), b"1".to_vec());
+        relaxed.set_checkpoint("m", 0);
+        store.commit_read_model(relaxed.relaxed()).unwrap();
+        store
+            .save_snapshot(
+                &sid("acc-1"),
+                &Snapshot {
+                    snapshot_version: 1,
+                    stream_version: 0,
+                    state: b"s".to_vec(),
+                },
+            )
+            .unwrap();
+        assert_eq!(store.writer_stats().direct_syncs, 0, "{durability:?}");
+        let mut own = ReadModelBatch::new();
+        own.put("m", b"b".to_vec(), b"2".to_vec());
+        store.commit_read_model(own).unwrap();
+        let expected = u64::from(durability == Durability::Sync);
+        assert_eq!(
+            store.writer_stats().direct_syncs,
+            expected,
+            "{durability:?}"
+        );
+        // An append syncs the WAL through the syncer, which covers the
+        // relaxed writes before it; a clean reopen keeps them all.
+        store
+            .append(
+                &sid("acc-1"),
+                ExpectedVersion::NoStream,
+                vec![ev("E", b"x")],
+            )
+            .unwrap();
+        assert_eq!(
+            store.writer_stats().direct_syncs,
+            expected,
+            "{durability:?}"
+        );
+        store.close();
+        drop(store);
+        let store = RocksStore::open(dir.path(), options).unwrap();
+        assert_eq!(
+            store.read_model_get("m", b"a").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            store.read_model_get("m", b"b").unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(store.checkpoint("m").unwrap(), Some(0));
+        let snapshot = store.load_snapshot(&sid("acc-1")).unwrap().unwrap();
+        assert_eq!(snapshot.state, b"s".to_vec());
+        assert_eq!(store.writer_stats().direct_syncs, 0);
+    }
+}
+
+#[test]
 fn backup_of_a_live_store_restores_to_an_equal_store() {
     let dir = tempfile::tempdir().unwrap();
     let backups = tempfile::tempdir().unwrap();

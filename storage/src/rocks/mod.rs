@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
     pub stats_batches: AtomicU64,
     pub stats_syncs: AtomicU64,
+    /// Writes outside the writer that waited for a WAL sync of their own.
+    pub stats_direct_syncs: AtomicU64,
     pub stats_appends: AtomicU64,
     pub stats_events: AtomicU64,
     /// Told of every durable batch; read once per batch by the writer.
@@ -63,6 +65,16 @@ impl Shared {
         db.cf_handle(name)
             .ok_or_else(|| AppendError::Io(format!("column family {name} is missing")))
     }
+}
+
+/// Whether a write made outside the writer thread waits for a WAL sync of
+/// its own under `Durability::Sync` (see `RocksStore::write_direct`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DirectSync {
+    /// Synced before the write returns.
+    Own,
+    /// Written to the WAL unsynced; a later sync covers it.
+    Covered,
 }
 
 pub(crate) fn write_options(durability: Durability) -> WriteOptions {
@@ -262,6 +274,7 @@ impl RocksStore {
             closed: AtomicBool::new(false),
             stats_batches: AtomicU64::new(0),
             stats_syncs: AtomicU64::new(0),
+            stats_direct_syncs: AtomicU64::new(0),
             stats_appends: AtomicU64::new(0),
             stats_events: AtomicU64::new(0),
             listener: std::sync::RwLock::new(None),
@@ -399,9 +412,22 @@ impl RocksStore {
     }
 
     /// Writes a batch outside the writer thread (snapshots, checkpoints, read
-    /// models), under the store's durability; a failure poisons the store.
-    fn write_direct(&self, batch: WriteBatch) -> Result<(), WriteError> {
+    /// models); a failure poisons the store.
+    ///
+    /// Under `Durability::Sync` the write waits for a WAL sync of its own
+    /// only with [`DirectSync::Own`]; a [`DirectSync::Covered`] write is in
+    /// the WAL before anything written after it, so the next sync (the
+    /// syncer's, for the next append) makes it durable, and losing it in a
+    /// crash is harmless to its caller (a relaxed read-model batch loses its
+    /// checkpoint with it; a snapshot only shortens a replay).
+    fn write_direct(&self, batch: WriteBatch, sync: DirectSync) -> Result<(), WriteError> {
         self.check_writable()?;
+        let durability = self.inner.options.durability;
+        let own_sync = durability == Durability::Sync && sync == DirectSync::Own;
+        let mut options = write_options(durability);
+        if durability == Durability::Sync {
+            options.set_sync(own_sync);
+        }
         let faulted = self
             .inner
             .options
@@ -413,9 +439,15 @@ impl RocksStore {
         } else {
             self.inner
                 .db
-                .write_opt(batch, &write_options(self.inner.options.durability))
+                .write_opt(batch, &options)
                 .map_err(|e| e.into_string())
         };
+        if result.is_ok() && own_sync {
+            self.inner
+                .shared
+                .stats_direct_syncs
+                .fetch_add(1, Ordering::Relaxed);
+        }
         result.map_err(|message| {
             self.inner.shared.poisoned.store(true, Ordering::SeqCst);
             tracing::error!(error = %message, "event store write failed; the store is poisoned");
@@ -713,7 +745,7 @@ impl EventStore for RocksStore {
             stream.as_str().as_bytes(),
             codec::encode_snapshot(snapshot),
         );
-        self.write_direct(batch)
+        self.write_direct(batch, DirectSync::Covered)
     }
 
     fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, ReadError> {
@@ -812,7 +844,12 @@ impl EventStore for RocksStore {
                 codec::encode_checkpoint(*position),
             );
         }
-        self.write_direct(write)
+        let sync = if batch.relaxed {
+            DirectSync::Covered
+        } else {
+            DirectSync::Own
+        };
+        self.write_direct(write, sync)
     }
 
     fn verify(&self) -> Result<VerifyReport, ReadError> {
@@ -848,6 +885,7 @@ impl EventStore for RocksStore {
         WriterStats {
             batches: shared.stats_batches.load(Ordering::Relaxed),
             syncs: shared.stats_syncs.load(Ordering::Relaxed),
+            direct_syncs: shared.stats_direct_syncs.load(Ordering::Relaxed),
             appends: shared.stats_appends.load(Ordering::Relaxed),
             events: shared.stats_events.load(Ordering::Relaxed),
         }

@@ -652,6 +652,15 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::counter!(ACTIVATIONS_TOTAL, "kind" => A::KIND).increment(1);
+        // The shard holds only a weak address (see `shard::ResidentActor`),
+        // so the actor must outlive its last strong address: actix keeps an
+        // actor alive while its context has a spawned future, and this one
+        // never completes. It is zero-sized, so it allocates nothing, and it
+        // is dropped when the actor stops (passivation, failed load,
+        // shutdown of the arbiter).
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(
+            std::future::pending::<()>(),
+        ));
         // Ready already when restored from the state cache.
         if !self.ready {
             self.load(ctx);

@@ -14,6 +14,7 @@ use crate::metric_names::{REJECTIONS_TOTAL, RESIDENT_ACTORS, STATE_CACHE_HITS_TO
 use crate::outcome::{CommandOutcome, ExecuteOptions};
 use crate::settings::Settings;
 use crate::state_cache::{CachedState, StateCache};
+use actix::WeakAddr;
 use actix::dev::SendError;
 use actix::prelude::*;
 use eventfold_domain::{Aggregate, StreamId};
@@ -96,10 +97,19 @@ trait ResidentActor {
     fn as_any(&self) -> &dyn Any;
 }
 
-impl<A: Aggregate> ResidentActor for Addr<AggregateActor<A>> {
+/// The shard keeps a weak address of each resident actor: a strong `Addr`
+/// holds a sender task and a parking flag of its own (about 100 bytes of
+/// heap per resident actor), a weak one only a pointer. An address is made
+/// for each send and dropped after it; the actor does not stop when the last
+/// one goes (see `AggregateActor::started`), only when told to or when its
+/// load fails.
+impl<A: Aggregate> ResidentActor for WeakAddr<AggregateActor<A>> {
     fn passivate(&self) {
-        // Bypasses the mailbox bound: passivation must not be refused.
-        self.do_send(Passivate);
+        // Bypasses the mailbox bound: passivation must not be refused. An
+        // actor already gone has sent (or is sending) its `Stopped`.
+        if let Some(addr) = self.upgrade() {
+            addr.do_send(Passivate);
+        }
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -163,17 +173,18 @@ impl Shard {
             held.push(Box::new(move |shard, ctx| shard.dispatch(msg, ctx)));
             return;
         }
-        // Sent through the resident's own address: a clone of an `Addr`
-        // allocates.
         let sent = match self.resident.get_mut(&msg.stream) {
             Some(resident) => {
                 resident.last_used = Instant::now();
                 match resident
                     .actor
                     .as_any()
-                    .downcast_ref::<Addr<AggregateActor<A>>>()
+                    .downcast_ref::<WeakAddr<AggregateActor<A>>>()
                 {
-                    Some(addr) => addr.try_send(msg),
+                    Some(weak) => match weak.upgrade() {
+                        Some(addr) => addr.try_send(msg),
+                        None => Err(SendError::Closed(msg)),
+                    },
                     // Kinds are unique per runtime, so a stream id names one type.
                     None => {
                         return refuse::<A>(
@@ -239,7 +250,7 @@ impl Shard {
         self.resident.put(
             stream,
             Resident {
-                actor: Box::new(addr.clone()),
+                actor: Box::new(addr.downgrade()),
                 generation,
                 last_used: Instant::now(),
             },

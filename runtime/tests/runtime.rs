@@ -300,6 +300,29 @@ fn passivation_preserves_state(state_cache_bytes_max: usize) {
 }
 
 #[test]
+fn an_idle_actor_stays_resident_with_no_address_held_but_the_shards_weak_one() {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    rt.execute_blocking::<Tally>("a", Cmd::Add(1)).unwrap();
+    // Every strong address made to send that command is gone by now; an
+    // actor kept alive only by them would have stopped.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((rt.resident_actors(), rt.activations_total()), (1, 1));
+    let outcome = rt.execute_blocking::<Tally>("a", Cmd::Add(1)).unwrap();
+    assert_eq!(outcome.version, 2);
+    assert_eq!(
+        rt.activations_total(),
+        1,
+        "the second command found it resident"
+    );
+    rt.shutdown_blocking().unwrap();
+}
+
+#[test]
 fn a_cached_state_behind_a_foreign_write_is_refused_then_reloaded() {
     // Resident bound 1: each command passivates the other aggregate, whose
     // state goes to the cache.

@@ -37,6 +37,13 @@ pub(crate) struct Shared {
     pub state_cache_hits: std::sync::atomic::AtomicU64,
 }
 
+/// What each actor of a shard needs of it: its address (for `Stopped`) and
+/// the runtime's shared parts, behind one pointer per actor.
+pub(crate) struct ShardLink {
+    pub shard: Addr<Shard>,
+    pub shared: Arc<Shared>,
+}
+
 /// A command's result, as the caller receives it.
 pub(crate) type CommandResult<A> =
     Result<CommandOutcome<<A as Aggregate>::Event>, CommandError<<A as Aggregate>::Error>>;
@@ -73,7 +80,7 @@ pub(crate) fn refuse<A: Aggregate>(
 /// Sent by an aggregate actor when it has stopped.
 pub(crate) struct Stopped {
     pub stream: StreamId,
-    pub generation: u64,
+    pub generation: u32,
     /// Its state, when it stopped with a clean one and the cache is on.
     pub state: Option<CachedState>,
 }
@@ -118,7 +125,7 @@ impl<A: Aggregate> ResidentActor for WeakAddr<AggregateActor<A>> {
 
 struct Resident {
     actor: Box<dyn ResidentActor>,
-    generation: u64,
+    generation: u32,
     last_used: Instant,
 }
 
@@ -130,14 +137,16 @@ pub(crate) struct Shard {
     resident: LruCache<StreamId, Resident>,
     resident_max: usize,
     /// Streams whose actor is stopping: its generation and the held commands.
-    stopping: HashMap<StreamId, (u64, Vec<Held>)>,
+    stopping: HashMap<StreamId, (u32, Vec<Held>)>,
     /// The state of this shard's stopped aggregates.
     cache: StateCache,
-    next_generation: u64,
+    /// Wraps after 2^32 activations: a shard never has two actors of one
+    /// stream that far apart.
+    next_generation: u32,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
-    /// This shard's address, shared by its actors.
-    me: Option<Arc<Addr<Shard>>>,
+    /// This shard's address and the shared parts, one pointer per actor.
+    link: Option<Arc<ShardLink>>,
 }
 
 impl Shard {
@@ -153,7 +162,7 @@ impl Shard {
             next_generation: 1,
             draining: false,
             drained: Vec::new(),
-            me: None,
+            link: None,
         }
     }
 
@@ -226,18 +235,23 @@ impl Shard {
         ctx: &mut Context<Self>,
     ) -> Addr<AggregateActor<A>> {
         let generation = self.next_generation;
-        self.next_generation += 1;
+        self.next_generation = self.next_generation.wrapping_add(1);
         // One address of the shard shared by its actors: an `Addr` clone
         // allocates a sender task, which would cost each resident actor.
-        let shard = Arc::clone(self.me.get_or_insert_with(|| Arc::new(ctx.address())));
-        let shared = Arc::clone(&self.shared);
+        let shared = &self.shared;
+        let link = Arc::clone(self.link.get_or_insert_with(|| {
+            Arc::new(ShardLink {
+                shard: ctx.address(),
+                shared: Arc::clone(shared),
+            })
+        }));
         let capacity = self.shared.settings.actor_mailbox_commands_max;
         let actor_stream = stream.clone();
         let cached = self.cache.take(&stream, A::KIND);
         let mut restored = false;
         let addr = AggregateActor::<A>::create(|actor_ctx| {
             actor_ctx.set_mailbox_capacity(capacity);
-            let mut actor = AggregateActor::new(actor_stream, generation, shard, shared);
+            let mut actor = AggregateActor::new(actor_stream, generation, link);
             if let Some(cached) = cached {
                 restored = actor.restore(cached);
             }

@@ -69,6 +69,22 @@ impl Workload {
         }
     }
 
+    /// The JSON field a run is judged by, and its unit: `--runs` reports
+    /// the run with its median. Throughput, but for W8, whose figure is
+    /// memory per resident aggregate.
+    pub fn headline(self) -> (&'static str, &'static str) {
+        match self {
+            Workload::W8 => (
+                "rss_bytes_per_resident_aggregate",
+                "bytes RSS per resident aggregate",
+            ),
+            Workload::W5 => ("commands_per_s", "events/s"),
+            Workload::W6 => ("commands_per_s", "activations/s"),
+            Workload::W7 => ("commands_per_s", "transfers/s"),
+            _ => ("commands_per_s", "commands/s"),
+        }
+    }
+
     /// What the workload's `commands` count.
     pub fn unit(self) -> &'static str {
         match self {

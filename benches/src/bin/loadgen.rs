@@ -72,8 +72,8 @@ struct Args {
     #[arg(long)]
     quiet: bool,
     /// Runs of the workload, each in a process of its own from a fresh
-    /// store; the figures are those of the run with the median throughput,
-    /// the JSON lists every run.
+    /// store; the figures are those of the run with the median throughput
+    /// (W8: bytes per resident aggregate), the JSON lists every run.
     #[arg(long, default_value_t = 1)]
     runs: usize,
 }
@@ -121,8 +121,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `--runs N`: each run in a process of its own (so that peak RSS and the
-/// heap are its own), then the figures of the run with the median
-/// throughput, with every run listed in the JSON.
+/// heap are its own), then the figures of the run with the median headline
+/// figure (`Workload::headline`), with every run listed in the JSON.
 fn repeat(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let mut own_args: Vec<String> = Vec::new();
@@ -158,9 +158,10 @@ fn repeat(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("run {} failed", i + 1).into());
         }
         let figures: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-        let rate = figures["commands_per_s"].as_f64().unwrap_or(0.0);
-        println!("run {}: {rate:.0} {}/s", i + 1, args.workload.unit());
-        runs.push((rate, figures, stdout, plot));
+        let (field, unit) = args.workload.headline();
+        let figure = figures[field].as_f64().unwrap_or(0.0);
+        println!("run {}: {figure:.0} {unit}", i + 1);
+        runs.push((figure, figures, stdout, plot));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let all: Vec<_> = runs.iter().map(|r| r.1.clone()).collect();

@@ -18,9 +18,13 @@
 //! The host's blocking store calls (catch-up reads, commits, activation)
 //! run on its own thread, which serves no other actor: a deliberate choice,
 //! so that the host never waits on a shard's executor and no shard waits on
-//! the host. The futures of the commands it sends run on a dispatcher thread
-//! of its own (a current-thread tokio runtime), so delivery goes on while the
-//! host works.
+//! the host. The futures of the commands it sends run on the host's own
+//! current-thread tokio runtime: each round polls those that are ready
+//! (`Host::drive`), which routes new commands to their shards and hands
+//! answers to the results queue, and the host's wait is a `block_on` of the
+//! same runtime, so an answer wakes it directly. (A dispatcher thread of
+//! its own cost W7 two thread wake-ups per command, in a workload bound by
+//! them.)
 
 use crate::error::{CommandError, panic_message};
 use crate::handle::{Inner, RuntimeHandle};
@@ -253,7 +257,7 @@ impl<A: Aggregate> Dispatch for TypedDispatch<A> {
                         if outcome.deduplicated && outcome.events.is_empty() {
                             // The answer of a duplicate found at append time
                             // carries no events: read the original's. Blocks
-                            // the dispatcher thread, which serves only this host.
+                            // the host's thread, which serves only this host.
                             if let Ok(Some(original)) =
                                 crate::actor::applied::<A>(&*store, command_id)
                             {
@@ -425,62 +429,6 @@ impl<P: ProcessManager> Host<P> {
     }
 }
 
-/// The dispatcher: a thread running a current-thread tokio runtime that
-/// drives the futures of the commands a host sends, so that delivery goes on
-/// while the host works; stopped (its futures dropped) with the host.
-struct Dispatcher {
-    handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Dispatcher {
-    fn start(name: &str) -> Result<Self, String> {
-        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("eventfold-pm-send-{name}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = handle_tx.send(Err(error.to_string()));
-                        return;
-                    }
-                };
-                let _ = handle_tx.send(Ok(runtime.handle().clone()));
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
-            })
-            .map_err(|e| format!("no dispatcher thread: {e}"))?;
-        let handle = handle_rx
-            .recv()
-            .map_err(|_| "the dispatcher thread ended while starting".to_owned())??;
-        Ok(Self {
-            handle,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("a process manager's dispatcher thread panicked");
-        }
-    }
-}
-
 impl<P: ProcessManager> HostRun for Host<P> {
     fn run(mut self: Box<Self>) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -490,16 +438,12 @@ impl<P: ProcessManager> HostRun for Host<P> {
             Ok(runtime) => runtime,
             Err(error) => return self.stopped(format!("no runtime to wait on: {error}")),
         };
-        let dispatcher = match Dispatcher::start(&self.name) {
-            Ok(dispatcher) => dispatcher,
-            Err(error) => return self.stopped(error),
-        };
         let mut bus = self.config.bus.subscribe();
         if let Err(reason) = self.recover() {
             return self.stopped(reason);
         }
         loop {
-            match self.round(&runtime, &dispatcher.handle, &mut bus) {
+            match self.round(&runtime, &mut bus) {
                 Ok(true) => {}
                 Ok(false) => {
                     // Told to stop: keep what was handled.
@@ -595,12 +539,19 @@ impl<P: ProcessManager> Host<P> {
         Ok(())
     }
 
+    /// Polls the delivery futures that are ready, without waiting: those
+    /// just spawned route their command to its shard, those whose answer
+    /// came send it to the results queue. A `block_on` of a future that is
+    /// pending once lets the current-thread scheduler run its ready tasks.
+    fn drive(runtime: &tokio::runtime::Runtime) {
+        runtime.block_on(tokio::task::yield_now());
+    }
+
     /// One round: control, results, timers, events, commit, dispatch, wait.
     /// False when told to stop.
     fn round(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        dispatcher: &tokio::runtime::Handle,
         bus: &mut broadcast::Receiver<crate::bus::EventBatch>,
     ) -> Result<bool, String> {
         if self.config.shared.stopping.load(Ordering::SeqCst) {
@@ -636,7 +587,8 @@ impl<P: ProcessManager> Host<P> {
             };
         }
         self.commit()?;
-        self.dispatch(dispatcher);
+        self.dispatch(runtime.handle());
+        Self::drive(runtime);
         self.passivate();
         self.publish();
         if work == 0 {

@@ -152,17 +152,24 @@ fn w8_measures_memory_per_resident_aggregate() {
     assert!(number(&figures, "heap_bytes_per_resident_aggregate") > 512.0);
     // W8's runs are judged by memory, not throughput: the figures are
     // those of the run with the median bytes per aggregate.
-    let mut bytes: Vec<f64> = figures["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|run| number(run, "rss_bytes_per_resident_aggregate"))
-        .collect();
-    bytes.sort_by(f64::total_cmp);
+    let bytes = sorted_runs(&figures, "rss_bytes_per_resident_aggregate");
+    assert_eq!(bytes.len(), 3);
     assert_eq!(
         number(&figures, "rss_bytes_per_resident_aggregate"),
         bytes[1]
     );
+}
+
+/// `field` of every run `--runs` listed, in ascending order.
+fn sorted_runs(figures: &Value, field: &str) -> Vec<f64> {
+    let mut values: Vec<f64> = figures["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| number(run, field))
+        .collect();
+    values.sort_by(f64::total_cmp);
+    values
 }
 
 #[test]
@@ -190,13 +197,7 @@ fn runs_report_the_median_run_and_list_every_run() {
             "3",
         ],
     );
-    let mut rates: Vec<f64> = figures["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|run| number(run, "commands_per_s"))
-        .collect();
+    let rates = sorted_runs(&figures, "commands_per_s");
     assert_eq!(rates.len(), 3);
-    rates.sort_by(f64::total_cmp);
     assert_eq!(number(&figures, "commands_per_s"), rates[1]);
 }

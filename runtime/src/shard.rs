@@ -252,8 +252,9 @@ impl Shard {
     ) -> Addr<AggregateActor<A>> {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        // One address of the shard shared by its actors: an `Addr` clone
-        // allocates a sender task, which would cost each resident actor.
+        // One link (the shard's address and the shared parts) for all the
+        // shard's actors: an `Addr` clone allocates a sender task, which
+        // would cost each resident actor.
         let shared = &self.shared;
         let link = Arc::clone(self.link.get_or_insert_with(|| {
             Arc::new(ShardLink {

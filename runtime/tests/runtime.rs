@@ -115,9 +115,13 @@ impl Aggregate for TallyV2 {
 }
 
 fn runtime() -> RuntimeHandle {
+    runtime_with_shards(2)
+}
+
+fn runtime_with_shards(shards: usize) -> RuntimeHandle {
     Runtime::builder()
         .temporary()
-        .shards(2)
+        .shards(shards)
         .aggregate::<Tally>()
         .start()
         .unwrap()
@@ -301,12 +305,7 @@ fn passivation_preserves_state(state_cache_bytes_max: usize) {
 
 #[test]
 fn an_idle_actor_stays_resident_with_no_address_held_but_the_shards_weak_one() {
-    let rt = Runtime::builder()
-        .temporary()
-        .shards(1)
-        .aggregate::<Tally>()
-        .start()
-        .unwrap();
+    let rt = runtime_with_shards(1);
     rt.execute_blocking::<Tally>("a", Cmd::Add(1)).unwrap();
     // Every strong address made to send that command is gone by now; an
     // actor kept alive only by them would have stopped.
@@ -521,12 +520,7 @@ fn full_mailboxes_answer_overloaded() {
 
 #[test]
 fn a_timeout_says_the_outcome_is_unknown_and_a_late_command_is_dropped() {
-    let rt = Runtime::builder()
-        .temporary()
-        .shards(1)
-        .aggregate::<Tally>()
-        .start()
-        .unwrap();
+    let rt = runtime_with_shards(1);
     let blocker = hold_shard(
         &rt,
         "t",

@@ -135,7 +135,7 @@ type Held = Box<dyn FnOnce(&mut Shard, &mut Context<Shard>)>;
 
 pub(crate) struct Shard {
     shared: Arc<Shared>,
-    resident: LruCache<StreamId, Resident>,
+    resident: LruCache<StreamId, Resident, foldhash::fast::RandomState>,
     resident_max: usize,
     /// Streams whose actor is stopping: its generation and the held commands.
     stopping: HashMap<StreamId, (u32, Vec<Held>)>,
@@ -158,7 +158,7 @@ impl Shard {
         let cache = StateCache::new(shared.settings.state_cache_bytes_per_shard());
         Self {
             shared,
-            resident: LruCache::unbounded(),
+            resident: LruCache::unbounded_with_hasher(foldhash::fast::RandomState::default()),
             resident_max,
             stopping: HashMap::new(),
             cache,

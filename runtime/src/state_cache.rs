@@ -52,7 +52,7 @@ impl CachedState {
 
 /// One shard's cached states, bounded by `bytes_max`.
 pub(crate) struct StateCache {
-    entries: LruCache<StreamId, CachedState>,
+    entries: LruCache<StreamId, CachedState, foldhash::fast::RandomState>,
     bytes: usize,
     bytes_max: usize,
 }
@@ -61,7 +61,7 @@ impl StateCache {
     /// A cache holding at most `bytes_max` bytes (0: keeps nothing).
     pub(crate) fn new(bytes_max: usize) -> Self {
         Self {
-            entries: LruCache::unbounded(),
+            entries: LruCache::unbounded_with_hasher(foldhash::fast::RandomState::default()),
             bytes: 0,
             bytes_max,
         }

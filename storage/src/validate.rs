@@ -4,7 +4,7 @@ use crate::api::AppendRequest;
 use crate::error::{AppendError, NameError, WriteError};
 use crate::options::{NAME_BYTES_MAX, StoreOptions};
 use crate::{ReadModelBatch, ReadModelOp};
-use std::collections::HashSet;
+use std::hash::Hash;
 
 /// Checks a request against the store's limits; an error names what to fix.
 pub(crate) fn append_request(
@@ -21,8 +21,8 @@ pub(crate) fn append_request(
             limit: options.events_per_append_max,
         });
     }
-    let mut seen = HashSet::with_capacity(request.streams.len());
-    let mut event_ids = HashSet::with_capacity(count);
+    let mut seen = Seen::new();
+    let mut event_ids = Seen::new();
     for part in &request.streams {
         if !seen.insert(part.stream.as_str()) {
             return Err(AppendError::DuplicateStream {
@@ -80,6 +80,42 @@ pub(crate) fn append_request(
     Ok(())
 }
 
+/// Items [`Seen`] keeps in place before it spills into a hash set: an append
+/// usually has one stream and a few events, and its check then allocates
+/// nothing.
+const SEEN_INLINE: usize = 8;
+
+/// The items of a request seen so far, to find one given twice.
+struct Seen<T> {
+    inline: [Option<T>; SEEN_INLINE],
+    len: usize,
+    spill: foldhash::HashSet<T>,
+}
+
+impl<T: Copy + Eq + Hash> Seen<T> {
+    fn new() -> Self {
+        Self {
+            inline: [None; SEEN_INLINE],
+            len: 0,
+            spill: foldhash::HashSet::default(),
+        }
+    }
+
+    /// Remembers `item`; false if it was seen before.
+    fn insert(&mut self, item: T) -> bool {
+        if self.inline[..self.len].contains(&Some(item)) || self.spill.contains(&item) {
+            return false;
+        }
+        if self.len < SEEN_INLINE {
+            self.inline[self.len] = Some(item);
+            self.len += 1;
+            true
+        } else {
+            self.spill.insert(item)
+        }
+    }
+}
+
 /// Checks a checkpoint, read-model or other name.
 pub(crate) fn name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
@@ -125,4 +161,74 @@ pub(crate) fn read_model_batch(
         name(checkpoint)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::StreamAppend;
+    use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
+
+    fn event() -> NewEvent {
+        NewEvent::new("E", 1, Vec::new(), Metadata::new())
+    }
+
+    fn part(stream: &str, events: Vec<NewEvent>) -> StreamAppend {
+        StreamAppend {
+            stream: StreamId::new(stream).expect("a valid id"),
+            expected: ExpectedVersion::Any,
+            events,
+        }
+    }
+
+    #[test]
+    fn seen_finds_a_repeat_kept_in_place_and_one_spilled() {
+        let mut seen = Seen::new();
+        for i in 0..40u32 {
+            assert!(seen.insert(i), "{i} is new");
+        }
+        assert!(!seen.insert(3), "kept in place");
+        assert!(!seen.insert(33), "spilled");
+        assert!(seen.insert(40));
+    }
+
+    #[test]
+    fn a_repeated_event_id_beyond_the_inline_ones_is_refused_at_its_index() {
+        let options = StoreOptions::default();
+        let request = |events| AppendRequest {
+            streams: vec![part("s", events)],
+            command_id: None,
+        };
+        let mut events: Vec<NewEvent> = (0..20).map(|_| event()).collect();
+        assert!(append_request(&request(events.clone()), &options).is_ok());
+        events[14].metadata.event_id = events[1].metadata.event_id;
+        let result = append_request(&request(events), &options);
+        assert!(
+            matches!(result, Err(AppendError::InvalidEvent { index: 14, .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_stream_given_twice_among_many_is_refused() {
+        let options = StoreOptions::default();
+        let mut streams: Vec<StreamAppend> = (0..12)
+            .map(|i| part(&format!("s{i}"), vec![event()]))
+            .collect();
+        let request = AppendRequest {
+            streams: streams.clone(),
+            command_id: None,
+        };
+        assert!(append_request(&request, &options).is_ok());
+        streams[11] = part("s9", vec![event()]);
+        let request = AppendRequest {
+            streams,
+            command_id: None,
+        };
+        let result = append_request(&request, &options);
+        assert!(
+            matches!(&result, Err(AppendError::DuplicateStream { stream }) if stream.as_str() == "s9"),
+            "{result:?}"
+        );
+    }
 }

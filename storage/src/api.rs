@@ -486,6 +486,18 @@ pub trait EventStore: Send + Sync {
     /// applied and is durable.
     fn command_outcome(&self, id: CommandId) -> Result<Option<AppendOutcome>, ReadError>;
 
+    /// [`EventStore::command_outcome`] answered only if it needs no disk
+    /// I/O; otherwise [`Cached::NeedsIo`] (the default). An actor checks
+    /// each command id with it on its own thread: most ids were never
+    /// applied, and a memtable's bloom filter says so without a read.
+    fn command_outcome_cached(
+        &self,
+        id: CommandId,
+    ) -> Result<Cached<Option<AppendOutcome>>, ReadError> {
+        let _ = id;
+        Ok(Cached::NeedsIo)
+    }
+
     /// Registers the listener told of every durable batch, replacing any
     /// earlier one. See [`CommitListener`].
     fn set_commit_listener(&self, listener: Arc<dyn CommitListener>);

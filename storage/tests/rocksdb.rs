@@ -4,7 +4,7 @@
 mod conformance;
 
 use conformance::{Backend, ev, sid};
-use eventfold_domain::ExpectedVersion;
+use eventfold_domain::{CommandId, ExpectedVersion};
 use eventfold_storage::*;
 use tempfile::TempDir;
 
@@ -495,10 +495,13 @@ fn faults_at_many_points_under_load_lose_nothing_acknowledged()
 fn cached_reads_need_io_for_what_is_only_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let s = sid("acc-1");
+    let cmd = CommandId::from_name("open-1");
     {
         let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
         let events: Vec<_> = (1..=5u8).map(|i| ev("E", &[i])).collect();
-        store.append(&s, ExpectedVersion::NoStream, events).unwrap();
+        let request = AppendRequest::single(s.clone(), ExpectedVersion::NoStream, events)
+            .with_command_id(cmd);
+        store.submit(request).wait().unwrap();
         store.close();
     }
     {
@@ -509,6 +512,13 @@ fn cached_reads_need_io_for_what_is_only_on_disk() {
         }
     }
     let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.command_outcome_cached(cmd).unwrap(), Cached::NeedsIo);
+    let outcome = store.command_outcome(cmd).unwrap();
+    assert_eq!(outcome.map(|o| o.last_position), Some(5));
+    assert_eq!(
+        store.command_outcome_cached(cmd).unwrap(),
+        Cached::Ready(store.command_outcome(cmd).unwrap())
+    );
     assert_eq!(
         store.read_stream_cached(&s, 1, 10).unwrap(),
         Cached::NeedsIo

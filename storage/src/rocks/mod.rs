@@ -475,6 +475,30 @@ impl RocksStore {
 
     /// Loads the records at `positions` (all at or below the head), checking
     /// that each is the event the `streams` index entry `index_keys` names.
+    /// `command_outcome`, from memory only when `cache_only` (then
+    /// `NeedsIo` where the disk would be read).
+    fn command_outcome_tier(
+        &self,
+        id: CommandId,
+        cache_only: bool,
+    ) -> Result<Cached<Option<AppendOutcome>>, ReadError> {
+        let key = codec::command_key(id);
+        match self.inner.db.get_pinned_cf_opt(
+            self.cf(CF_IDEMPOTENCY)?,
+            key,
+            &read_options(cache_only),
+        ) {
+            // An outcome past the head is written but not yet durable.
+            Ok(Some(bytes)) => Ok(Cached::Ready(
+                Some(codec::decode_outcome(&key, &bytes)?)
+                    .filter(|o| o.last_position <= self.head()),
+            )),
+            Ok(None) => Ok(Cached::Ready(None)),
+            Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => Ok(Cached::NeedsIo),
+            Err(error) => Err(engine(error)),
+        }
+    }
+
     /// `read_stream`, from memory only when `cache_only` (then
     /// [`Cached::NeedsIo`] where it would need the disk).
     fn read_stream_tier(
@@ -875,18 +899,18 @@ impl EventStore for RocksStore {
     }
 
     fn command_outcome(&self, id: CommandId) -> Result<Option<AppendOutcome>, ReadError> {
-        let key = codec::command_key(id);
-        match self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(CF_IDEMPOTENCY)?, key)
-            .map_err(engine)?
-        {
-            // An outcome past the head is written but not yet durable.
-            Some(bytes) => Ok(Some(codec::decode_outcome(&key, &bytes)?)
-                .filter(|o| o.last_position <= self.head())),
-            None => Ok(None),
+        match self.command_outcome_tier(id, false)? {
+            Cached::Ready(outcome) => Ok(outcome),
+            Cached::NeedsIo => Err(ReadError::Io("a blocking read reported incomplete".into())),
         }
+    }
+
+    /// Reads with RocksDB's block-cache tier: memtables and block cache only.
+    fn command_outcome_cached(
+        &self,
+        id: CommandId,
+    ) -> Result<Cached<Option<AppendOutcome>>, ReadError> {
+        self.command_outcome_tier(id, true)
     }
 
     fn set_commit_listener(&self, listener: Arc<dyn CommitListener>) {

@@ -958,11 +958,25 @@ pub fn command_outcomes_are_durable<B: Backend>(b: &mut B) {
         AppendRequest::single(sid("acc-1"), ExpectedVersion::NoStream, vec![ev("O", b"")])
             .with_command_id(cmd);
     let outcome = store.submit(request).wait().unwrap();
+    // From memory, right after the append: the same answer as a read.
+    let other = CommandId::from_name("other");
+    for id in [cmd, other] {
+        assert_eq!(
+            store.command_outcome_cached(id).unwrap(),
+            Cached::Ready(store.command_outcome(id).unwrap()),
+            "{id}"
+        );
+    }
     let store = b.reopen(store);
     let found = store
         .command_outcome(cmd)
         .unwrap()
         .expect("applied command is recorded");
+    // After a reopen the outcome may be on disk only; if it is answered
+    // from memory, it is the same.
+    if let Cached::Ready(cached) = store.command_outcome_cached(cmd).unwrap() {
+        assert_eq!(cached.as_ref(), Some(&found));
+    }
     assert!(found.deduplicated);
     assert_eq!(
         (found.first_position, found.last_position, found.streams),

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,32 +34,108 @@ pub enum Refusals {
     Count,
 }
 
+/// Where the clients' futures run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// On the runtime's shard threads, spread evenly
+    /// ([`RuntimeHandle::spawn_on_shard`]), as the request handlers of an
+    /// actix service run: no thread of their own, and a command routed to
+    /// the client's own shard is sent without a thread hand-off.
+    Shards,
+    /// On one thread of their own (the caller's).
+    Thread,
+}
+
+impl Placement {
+    /// Its name in the JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Shards => "shards",
+            Self::Thread => "thread",
+        }
+    }
+}
+
+/// The concurrent clients of a run: how many, and where they run.
+#[derive(Clone, Copy, Debug)]
+pub struct Clients {
+    /// How many (C).
+    pub count: u64,
+    /// Where their futures run.
+    pub on: Placement,
+}
+
+/// Runs client futures `client(0) .. client(count - 1)` where `clients.on`
+/// says and waits for all of them; their results in client order.
+pub fn run_clients<T, F, Fut>(
+    runtime: &RuntimeHandle,
+    clients: Clients,
+    client: F,
+) -> Result<Vec<Result<T, String>>, String>
+where
+    T: Send + 'static,
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, String>> + 'static,
+{
+    match clients.on {
+        Placement::Thread => Ok(futures::executor::block_on(futures::future::join_all(
+            (0..clients.count).map(client),
+        ))),
+        Placement::Shards => {
+            let client = Arc::new(client);
+            let mut answers = Vec::with_capacity(usize::try_from(clients.count).unwrap_or(0));
+            for c in 0..clients.count {
+                let (send, answer) = futures::channel::oneshot::channel();
+                let client = Arc::clone(&client);
+                let shard = usize::try_from(c % runtime.shards().max(1) as u64).unwrap_or(0);
+                runtime
+                    .spawn_on_shard(shard, move || async move {
+                        let _ = send.send(client(c).await);
+                    })
+                    .map_err(|e| format!("client {c} could not start: {e}"))?;
+                answers.push(answer);
+            }
+            Ok(
+                futures::executor::block_on(futures::future::join_all(answers))
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|_| Err("a client task was dropped".into())))
+                    .collect(),
+            )
+        }
+    }
+}
+
 /// Runs commands `0..total` from `clients` concurrent clients, each sending
 /// its next command when the previous one is answered (a closed loop), and
 /// measures every round trip. Client `c` sends the commands
 /// `c * ceil(total / clients) ..` with an RNG seeded by `seed + c`; `command`
 /// gives the account id and the command for an index.
 ///
-/// The clients are futures on one thread (the caller's), awaiting
-/// [`RuntimeHandle::execute`]: like the tasks of a service embedding the
-/// runtime, they cost no thread each.
+/// The clients are futures awaiting [`RuntimeHandle::execute`] where
+/// `clients.on` says ([`run_clients`]): like the tasks of a service
+/// embedding the runtime, they cost no thread each.
 pub fn drive(
     runtime: &RuntimeHandle,
-    clients: u64,
+    clients: Clients,
     total: u64,
     bar: ProgressBar,
     seed: u64,
     refusals: Refusals,
-    command: impl Fn(u64, &mut SmallRng) -> (String, AccountCommand),
+    command: impl Fn(u64, &mut SmallRng) -> (String, AccountCommand) + Send + Sync + 'static,
 ) -> Result<Driven, String> {
-    let clients = clients.clamp(1, total.max(1));
-    let per_client = total.div_ceil(clients);
+    let clients = Clients {
+        count: clients.count.clamp(1, total.max(1)),
+        ..clients
+    };
+    let per_client = total.div_ceil(clients.count);
     let done = Arc::new(AtomicU64::new(0));
     let sampler = Sampler::start(Arc::clone(&done), bar);
-    let command = &command;
     let started = Instant::now();
-    let results = futures::executor::block_on(futures::future::join_all((0..clients).map(|c| {
-        let (runtime, done) = (runtime.clone(), Arc::clone(&done));
+    let handle = runtime.clone();
+    let counted = Arc::clone(&done);
+    let command = Arc::new(command);
+    let results = run_clients(runtime, clients, move |c: u64| {
+        let (runtime, done, command) = (handle.clone(), Arc::clone(&counted), Arc::clone(&command));
         async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(c));
             let mut latency = histogram();
@@ -79,7 +156,7 @@ pub fn drive(
             }
             Ok::<_, String>((latency, rejected))
         }
-    })));
+    })?;
     let elapsed = started.elapsed();
     let timeline = sampler.stop();
     let mut latency = histogram();

@@ -33,6 +33,7 @@ pub fn to_json(report: &Report) -> Value {
         "durability": format!("{:?}", report.durability),
         "accounts": report.accounts,
         "clients": report.clients,
+        "clients_on": report.clients_on.name(),
         "commands": report.commands,
         "seconds": report.seconds,
         "commands_per_s": report.per_second(),
@@ -88,6 +89,7 @@ pub fn table(report: &Report) -> String {
         ("durability", json["durability"].clone()),
         ("accounts", json["accounts"].clone()),
         ("clients", json["clients"].clone()),
+        ("clients on", json["clients_on"].clone()),
         (unit, json["commands"].clone()),
         ("seconds", json["seconds"].clone()),
     ];

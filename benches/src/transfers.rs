@@ -1,6 +1,7 @@
 //! WORKLOADS.md W7: transfers through the `transfers` process manager, each
 //! client waiting until its transfer is credited or refunded in the log.
 
+use crate::clients::{Clients, run_clients};
 use crate::measure::{Sampler, Timeline, histogram, progress};
 use eventfold_examples::transfers;
 use eventfold_examples::{Account, AccountCommand, AccountError, AccountEvent};
@@ -69,8 +70,8 @@ pub struct TransferLoad {
     pub accounts: u64,
     /// Transfers to start.
     pub transfers: u64,
-    /// Concurrent clients.
-    pub clients: u64,
+    /// Concurrent clients, and where they run.
+    pub clients: Clients,
     /// Seed of the clients' choices.
     pub seed: u64,
     /// Hide the progress bar.
@@ -95,9 +96,12 @@ pub fn run_transfers(runtime: &RuntimeHandle, load: &TransferLoad) -> Result<Tra
             .execute_blocking::<Account>(&id.to_string(), AccountCommand::Close)
             .map_err(|e| format!("closing account {id}: {e}"))?;
     }
-    let clients = load.clients.clamp(1, load.transfers.max(1));
+    let clients = Clients {
+        count: load.clients.count.clamp(1, load.transfers.max(1)),
+        ..load.clients
+    };
     let total = load.transfers;
-    let per_client = total.div_ceil(clients);
+    let per_client = total.div_ceil(clients.count);
     let started_at = Timestamp::now();
     let done = Arc::new(AtomicU64::new(0));
     let watcher = Watcher::start(runtime);
@@ -106,10 +110,16 @@ pub fn run_transfers(runtime: &RuntimeHandle, load: &TransferLoad) -> Result<Tra
         move || finished.load(Ordering::Relaxed),
         progress(total, "transfer", load.quiet),
     );
-    let results = futures::executor::block_on(futures::future::join_all((0..clients).map(|c| {
-        let (runtime, done) = (runtime.clone(), Arc::clone(&done));
-        let waiters = Arc::clone(&watcher.waiters);
-        let seed = load.seed.wrapping_add(1000 + c);
+    let (handle, counted, all_waiters) = (
+        runtime.clone(),
+        Arc::clone(&done),
+        Arc::clone(&watcher.waiters),
+    );
+    let base_seed = load.seed;
+    let results = run_clients(runtime, clients, move |c| {
+        let (runtime, done) = (handle.clone(), Arc::clone(&counted));
+        let waiters = Arc::clone(&all_waiters);
+        let seed = base_seed.wrapping_add(1000 + c);
         async move {
             let mut rng = SmallRng::seed_from_u64(seed);
             let mut latency = histogram();
@@ -139,8 +149,15 @@ pub fn run_transfers(runtime: &RuntimeHandle, load: &TransferLoad) -> Result<Tra
                         match futures::future::select(wait, timeout).await {
                             futures::future::Either::Left((Ok(()), _)) => {}
                             _ => {
+                                let instance = runtime.process_instance::<transfers::Transfer>(
+                                    transfers::NAME,
+                                    &transfer_id,
+                                );
+                                let status = runtime.process_status(transfers::NAME);
                                 return Err(format!(
-                                    "transfer {transfer_id} did not finish within {TRANSFER_WAIT_MAX:?}"
+                                    "transfer {transfer_id} did not finish within \
+                                     {TRANSFER_WAIT_MAX:?}; its instance: {instance:?}; \
+                                     the process manager: {status:?}"
                                 ));
                             }
                         }
@@ -156,7 +173,7 @@ pub fn run_transfers(runtime: &RuntimeHandle, load: &TransferLoad) -> Result<Tra
             }
             Ok((latency, end_to_end, refused))
         }
-    })));
+    })?;
     let mut debit_latency = histogram();
     let mut end_to_end = histogram();
     let mut refused_at_source = 0;
@@ -250,10 +267,14 @@ impl Watcher {
                 Arc::clone(&running),
                 Arc::clone(&finished),
             );
+            // Subscribed before the head is read, and both before `start`
+            // returns (the clients start right after): nothing that
+            // finishes after the head is missed. (Done in the thread, a
+            // transfer that finished before the thread ran was skipped and
+            // its client waited until TRANSFER_WAIT_MAX.)
+            let mut bus = runtime.subscribe();
+            let mut next = runtime.store().head() + 1;
             std::thread::spawn(move || -> Result<(), String> {
-                // Subscribed before the head is read: nothing after it is missed.
-                let mut bus = runtime.subscribe();
-                let mut next = runtime.store().head() + 1;
                 let seen = |next: &mut u64, event: &RecordedEvent| -> Result<(), String> {
                     if event.position < *next {
                         return Ok(());

@@ -2,7 +2,7 @@
 //! runtime on an embedded RocksDB in a temporary directory, with its
 //! raw-RocksDB baseline measured in the same run on the same disk.
 
-use crate::clients::{Refusals, drive};
+use crate::clients::{Clients, Placement, Refusals, drive};
 use crate::measure::{
     Timeline, cpu_seconds, heap_bytes_in_use, histogram, peak_rss_bytes, progress, rss_bytes,
 };
@@ -157,6 +157,8 @@ pub struct Config {
     pub seed: u64,
     /// Shards of the runtime (`None`: one per core).
     pub shards: Option<usize>,
+    /// Where the clients' futures run.
+    pub clients_on: Placement,
     /// Skip the raw-RocksDB baseline.
     pub no_baseline: bool,
     /// Hide progress bars.
@@ -199,6 +201,7 @@ impl Config {
             },
             seed: 42,
             shards: None,
+            clients_on: Placement::Shards,
             no_baseline: false,
             quiet: false,
         }
@@ -220,6 +223,14 @@ impl Config {
         self.clients
             .unwrap_or(self.workload.default_clients())
             .max(1)
+    }
+
+    /// The clients: how many, and where they run.
+    fn client_set(&self) -> Clients {
+        Clients {
+            count: self.clients(),
+            on: self.clients_on,
+        }
     }
 
     fn durability(&self) -> Durability {
@@ -253,6 +264,8 @@ pub struct Report {
     pub accounts: u64,
     /// Concurrent clients.
     pub clients: u64,
+    /// Where the clients ran.
+    pub clients_on: Placement,
     /// Operations measured (see [`Workload::unit`]).
     pub commands: u64,
     /// Wall-clock time of the measured phase.
@@ -317,7 +330,7 @@ pub fn open_command(i: u64) -> (String, AccountCommand) {
 fn open_accounts(runtime: &RuntimeHandle, config: &Config, accounts: u64) -> Result<f64, String> {
     let driven = drive(
         runtime,
-        config.clients(),
+        config.client_set(),
         accounts,
         progress(accounts, "open", config.quiet),
         config.seed,
@@ -381,12 +394,12 @@ fn deposits(config: &Config, hot: bool) -> Result<Report, String> {
     let cpu_before = cpu_seconds();
     let driven = drive(
         &runtime,
-        config.clients(),
+        config.client_set(),
         commands,
         progress(commands, "deposit", config.quiet),
         config.seed,
         Refusals::Fail,
-        |_, rng| {
+        move |_, rng| {
             let id = if hot { 0 } else { rng.gen_range(0..accounts) };
             (
                 id.to_string(),
@@ -456,6 +469,7 @@ fn deposits(config: &Config, hot: bool) -> Result<Report, String> {
         durability,
         accounts,
         clients: config.clients(),
+        clients_on: config.clients_on,
         commands,
         seconds,
         latency: Some(driven.latency),
@@ -573,6 +587,8 @@ fn catch_up(config: &Config) -> Result<Report, String> {
         durability: config.durability(),
         accounts,
         clients: 1,
+        // The projection is the only reader; no client sends commands.
+        clients_on: Placement::Thread,
         commands: events,
         seconds,
         latency: None,
@@ -625,12 +641,15 @@ fn rehydration(config: &Config) -> Result<Report, String> {
             .map_err(err)?;
         drive(
             &runtime,
-            64,
+            Clients {
+                count: 64,
+                on: config.clients_on,
+            },
             history - 1,
             progress(history - 1, "history", config.quiet),
             config.seed,
             Refusals::Fail,
-            |_, _| (account.to_string(), AccountCommand::Deposit { amount: 1 }),
+            move |_, _| (account.to_string(), AccountCommand::Deposit { amount: 1 }),
         )?;
         runtime.shutdown_blocking().map_err(err)?;
     }
@@ -701,6 +720,9 @@ fn rehydration(config: &Config) -> Result<Report, String> {
         durability: config.durability(),
         accounts: 2,
         clients: 1,
+        // One caller on the main thread (`execute_blocking`), one command
+        // at a time: what an activation costs alone.
+        clients_on: Placement::Thread,
         commands: with_count,
         seconds: with_seconds,
         latency: Some(with),
@@ -741,7 +763,7 @@ fn transfers(config: &Config) -> Result<Report, String> {
     open_accounts(&runtime, config, accounts)?;
     drive(
         &runtime,
-        config.clients(),
+        config.client_set(),
         accounts,
         progress(accounts, "fund", config.quiet),
         config.seed,
@@ -754,7 +776,7 @@ fn transfers(config: &Config) -> Result<Report, String> {
         &TransferLoad {
             accounts,
             transfers,
-            clients: config.clients(),
+            clients: config.client_set(),
             seed: config.seed,
             quiet: config.quiet,
         },
@@ -768,6 +790,7 @@ fn transfers(config: &Config) -> Result<Report, String> {
         durability: config.durability(),
         accounts,
         clients: config.clients(),
+        clients_on: config.clients_on,
         commands: result.completed + result.compensated,
         seconds: result.seconds,
         rss_bytes_peak: peak_rss_bytes(),
@@ -863,7 +886,7 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
     // before the first reading.
     drive(
         &runtime,
-        config.clients(),
+        config.client_set(),
         config.clients(),
         progress(1, "warm", true),
         config.seed,
@@ -874,7 +897,7 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
     let heap_before = heap_bytes_in_use();
     let driven = drive(
         &runtime,
-        config.clients(),
+        config.client_set(),
         accounts,
         progress(accounts, "activate", config.quiet),
         config.seed,
@@ -897,6 +920,7 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
         durability: config.durability(),
         accounts,
         clients: config.clients(),
+        clients_on: config.clients_on,
         commands: accounts,
         seconds: driven.elapsed.as_secs_f64(),
         latency: Some(driven.latency),

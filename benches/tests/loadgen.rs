@@ -76,12 +76,35 @@ fn w1_w2_w3_deposits_with_their_baselines() {
         assert_eq!(figures["durability"], durability);
         assert!(number(&figures, "baseline_commands_per_s") > 0.0);
         assert!(number(&figures, "ratio_to_baseline") > 0.0);
+        assert_eq!(figures["clients_on"], "shards", "the default");
         if durability == "Sync" {
             assert!(number(&figures, "events_per_fsync") >= 1.0, "{figures}");
         } else {
             assert!(figures["events_per_fsync"].is_null(), "{figures}");
         }
     }
+}
+
+#[test]
+fn clients_run_on_a_thread_of_their_own_when_asked() {
+    let args = [
+        "--accounts",
+        "100",
+        "--commands",
+        "1000",
+        "--clients",
+        "8",
+        "--clients-on",
+        "thread",
+        "--no-baseline",
+    ];
+    let figures = loadgen("w1", &args);
+    check_common(&figures, "W1", 1000);
+    check_latency(&figures);
+    assert_eq!(figures["clients_on"], "thread");
+    let figures = loadgen("w7", &args);
+    assert_eq!(figures["clients_on"], "thread");
+    assert_eq!(figures["money_conserved"], true);
 }
 
 #[test]

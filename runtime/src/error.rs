@@ -165,6 +165,18 @@ pub enum ProjectionError {
     ShutDown,
 }
 
+/// Why [`crate::RuntimeHandle::spawn_on_shard`] did not start a task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The runtime is shutting down or has shut down.
+    #[error("the runtime is shut down")]
+    ShutDown,
+    /// The shard's mailbox is full (`shard_mailbox_commands_max`).
+    #[error("the shard's mailbox is full")]
+    Overloaded,
+}
+
 /// Why shutdown did not complete cleanly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

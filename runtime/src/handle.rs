@@ -1,7 +1,7 @@
 //! The embedding handle.
 
 use crate::bus::{EventBatch, EventBus};
-use crate::error::{CommandError, ProcessError, ProjectionError, ShutdownError};
+use crate::error::{CommandError, ProcessError, ProjectionError, ShutdownError, SpawnError};
 use crate::metric_names::{REJECTIONS_TOTAL, WRITE_BATCH_EVENTS};
 use crate::outcome::{CommandOutcome, ExecuteOptions};
 use crate::process::{InstanceView, ProcessStatus, StuckInstance};
@@ -415,6 +415,66 @@ impl RuntimeHandle {
             Err(oneshot::RecvTimeoutError::Timeout) => Err(CommandError::Timeout(timeout)),
             Err(oneshot::RecvTimeoutError::Disconnected) => Err(CommandError::ShutDown),
         }
+    }
+
+    /// Runs the future `task` makes on the thread of shard `shard` (modulo
+    /// the number of shards), next to its aggregate actors: a task that
+    /// sends commands from there saves a thread hand-off each way for the
+    /// commands routed to that shard, as a request handler of an actix
+    /// service does. The future need not be `Send`; it must not block.
+    ///
+    /// ```
+    /// use eventfold_runtime::Runtime;
+    /// use eventfold_runtime::domain::{Aggregate, DomainEvent};
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// # struct Counter(u64);
+    /// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    /// # struct Added;
+    /// # impl DomainEvent for Added {
+    /// #     fn event_type(&self) -> &'static str { "Added" }
+    /// # }
+    /// # #[derive(Debug, Clone, thiserror::Error)]
+    /// # #[error("never")]
+    /// # struct Never;
+    /// # impl Aggregate for Counter {
+    /// #     const KIND: &'static str = "counter";
+    /// #     type Command = ();
+    /// #     type Event = Added;
+    /// #     type Error = Never;
+    /// #     fn handle(&self, _: ()) -> Result<Vec<Added>, Never> { Ok(vec![Added]) }
+    /// #     fn apply(&mut self, _: &Added) { self.0 += 1; }
+    /// # }
+    /// let runtime = Runtime::builder().temporary().aggregate::<Counter>().start()?;
+    /// let (done, answer) = std::sync::mpsc::channel();
+    /// let handle = runtime.clone();
+    /// runtime.spawn_on_shard(0, move || async move {
+    ///     let outcome = handle.execute::<Counter>("c-1", ()).await;
+    ///     let _ = done.send(outcome.map(|o| o.version));
+    /// })?;
+    /// assert_eq!(answer.recv()??, 1);
+    /// runtime.shutdown_blocking()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn_on_shard<F, Fut>(&self, shard: usize, task: F) -> Result<(), SpawnError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(SpawnError::ShutDown);
+        }
+        let address = &self.inner.shards[shard % self.inner.shards.len()];
+        let message = crate::shard::Spawn(Box::new(move || Box::pin(task())));
+        match address.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => Err(SpawnError::Overloaded),
+            Err(SendError::Closed(_)) => Err(SpawnError::ShutDown),
+        }
+    }
+
+    /// The number of shards (threads hosting aggregate actors).
+    pub fn shards(&self) -> usize {
+        self.inner.shards.len()
     }
 
     /// The event store, for reads.

@@ -103,7 +103,7 @@ mod timeout;
 
 pub use bus::{EventBatch, EventBus};
 pub use error::{
-    CommandError, LoadError, ProcessError, ProjectionError, ShutdownError, StartError,
+    CommandError, LoadError, ProcessError, ProjectionError, ShutdownError, SpawnError, StartError,
 };
 pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;

@@ -98,6 +98,24 @@ impl Message for Drain {
     type Result = ();
 }
 
+/// A task to start on the shard's thread ([`crate::RuntimeHandle::spawn_on_shard`]).
+pub(crate) struct Spawn(pub Box<dyn FnOnce() -> LocalTask + Send>);
+
+/// A future that runs on one shard's thread.
+pub(crate) type LocalTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+impl Message for Spawn {
+    type Result = ();
+}
+
+impl Handler<Spawn> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Spawn, _: &mut Context<Self>) {
+        drop(actix_rt::spawn((msg.0)()));
+    }
+}
+
 /// A resident actor, whatever its aggregate type.
 trait ResidentActor {
     fn passivate(&self);

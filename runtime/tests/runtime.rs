@@ -872,3 +872,75 @@ fn a_burst_sent_the_moment_the_runtime_starts_is_not_refused() {
         hog.join().unwrap();
     }
 }
+
+/// The thread a task spawned on `shard` runs on, after it has executed a
+/// command from there (through an `Rc`: the future need not be `Send`).
+fn thread_of_task_on(rt: &RuntimeHandle, shard: usize, id: String) -> std::thread::ThreadId {
+    let (send, receive) = std::sync::mpsc::channel();
+    let handle = rt.clone();
+    rt.spawn_on_shard(shard, move || async move {
+        let local = std::rc::Rc::new(handle);
+        let outcome = local.execute::<Tally>(&id, Cmd::Add(1)).await;
+        send.send((std::thread::current().id(), outcome.map(|o| o.events.len())))
+            .unwrap();
+    })
+    .unwrap();
+    let (thread, outcome) = receive.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(outcome.unwrap(), 1);
+    thread
+}
+
+#[test]
+fn tasks_spawned_on_a_shard_run_on_its_thread_and_send_commands_from_there() {
+    let rt = runtime_with_shards(2);
+    assert_eq!(rt.shards(), 2);
+    let zero = thread_of_task_on(&rt, 0, "a".into());
+    let one = thread_of_task_on(&rt, 1, "b".into());
+    assert_ne!(zero, one, "two shards, two threads");
+    assert_ne!(zero, std::thread::current().id());
+    assert_eq!(
+        thread_of_task_on(&rt, 2, "c".into()),
+        zero,
+        "modulo the shards"
+    );
+    assert_eq!(thread_of_task_on(&rt, 3, "d".into()), one);
+    check(&rt, "a", 1, 1);
+    rt.shutdown_blocking().unwrap();
+    assert_eq!(rt.spawn_on_shard(0, || async {}), Err(SpawnError::ShutDown));
+}
+
+#[test]
+fn a_full_shard_mailbox_refuses_a_task() {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .mailboxes(4, 2)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let blocker = hold_shard(
+        &rt,
+        "slow",
+        Duration::from_millis(1000),
+        Duration::from_millis(300),
+    );
+    let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let results: Vec<_> = (0..40)
+        .map(|_| {
+            let ran = Arc::clone(&ran);
+            rt.spawn_on_shard(0, move || async move {
+                ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+    blocker.join().unwrap();
+    let refused = results
+        .iter()
+        .filter(|r| **r == Err(SpawnError::Overloaded))
+        .count();
+    assert!(refused > 0, "a full mailbox must refuse");
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    wait_until("every accepted task has run", || {
+        ran.load(std::sync::atomic::Ordering::SeqCst) == accepted
+    });
+}

@@ -19,7 +19,7 @@
 //! `cargo run --release -p eventfold-benches --bin bank -- --help`
 
 use clap::{Parser, ValueEnum};
-use eventfold_benches::clients::{Refusals, drive};
+use eventfold_benches::clients::{Clients, Placement, Refusals, drive};
 use eventfold_benches::measure::{peak_rss_bytes, progress};
 use eventfold_benches::transfers::{TransferLoad, Transfers, run_transfers};
 use eventfold_benches::workloads::open_command;
@@ -54,6 +54,10 @@ struct Args {
     /// Concurrent clients (C).
     #[arg(long, default_value_t = 64)]
     clients: u64,
+    /// Where the clients' futures run: on the runtime's shard threads, or
+    /// on a thread of their own.
+    #[arg(long, value_enum, default_value_t = Placement::Shards)]
+    clients_on: Placement,
     /// Durability of the store.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     durability: DurabilityArg,
@@ -126,7 +130,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let opened = drive(
         &runtime,
-        args.clients,
+        Clients {
+            count: args.clients,
+            on: args.clients_on,
+        },
         args.accounts,
         progress(args.accounts, "open", args.quiet),
         args.seed,
@@ -160,7 +167,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hot = args.hot;
     let driven = drive(
         &runtime,
-        args.clients,
+        Clients {
+            count: args.clients,
+            on: args.clients_on,
+        },
         args.commands,
         progress(args.commands, "deposit", args.quiet),
         args.seed,
@@ -238,7 +248,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &TransferLoad {
                 accounts: args.accounts,
                 transfers: args.transfers,
-                clients: args.transfer_clients,
+                clients: Clients {
+                    count: args.transfer_clients,
+                    on: args.clients_on,
+                },
                 seed: args.seed,
                 quiet: args.quiet,
             },

@@ -5,6 +5,7 @@
 //! `cargo run --release -p eventfold-benches --bin loadgen -- --workload w1`
 
 use clap::{Parser, ValueEnum};
+use eventfold_benches::clients::Placement;
 use eventfold_benches::report::{plot, table, to_json};
 use eventfold_benches::workloads::{Config, Workload, run};
 use eventfold_runtime::storage::Durability;
@@ -59,6 +60,10 @@ struct Args {
     /// Shards of the runtime. Default: one per core.
     #[arg(long)]
     shards: Option<usize>,
+    /// Where the clients' futures run: on the runtime's shard threads (as
+    /// the request handlers of an actix service), or on a thread of their own.
+    #[arg(long, value_enum, default_value_t = Placement::Shards)]
+    clients_on: Placement,
     /// Skip the raw-RocksDB baseline.
     #[arg(long)]
     no_baseline: bool,
@@ -99,6 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .state_cache_mib
             .map_or(Config::new(args.workload).state_cache_bytes, |m| m << 20),
         shards: args.shards,
+        clients_on: args.clients_on,
         no_baseline: args.no_baseline,
         quiet: args.quiet,
         ..Config::new(args.workload)

@@ -2,6 +2,7 @@
 //! the load generator. See `../shared/WORKLOADS.md` for the workloads.
 #![deny(missing_docs)]
 
+pub mod allocator;
 pub mod clients;
 pub mod measure;
 pub mod report;

@@ -35,25 +35,6 @@ pub fn rss_bytes() -> Option<u64> {
     status_kib("VmRSS:").map(|kib| kib * 1024)
 }
 
-/// Bytes of heap the allocator has handed out and not had back, over all of
-/// glibc malloc's arenas (`mallinfo2`: `uordblks` plus `hblkhd`); `None`
-/// with another C library. Unlike RSS it leaves out what the allocator
-/// holds for reuse (free chunks, fragmentation), so the two together tell
-/// the bytes a structure asks for from what it costs the process.
-pub fn heap_bytes_in_use() -> Option<u64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 takes no arguments, only reads the allocator's
-        // counters under its arena locks, and returns a plain struct.
-        let info = unsafe { libc::mallinfo2() };
-        Some((info.uordblks + info.hblkhd) as u64)
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        None
-    }
-}
-
 /// Clock ticks per second of `/proc/<pid>/stat`'s times (Linux's `USER_HZ`,
 /// 100 on every architecture it runs on).
 const USER_HZ: f64 = 100.0;

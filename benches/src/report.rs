@@ -47,6 +47,7 @@ pub fn to_json(report: &Report) -> Value {
         "ratio_to_baseline": report.ratio_to_baseline(),
         "baseline": report.baseline,
         "machine": machine(),
+        "allocator": crate::allocator::NAME,
     });
     if let Value::Object(common) = common {
         map.extend(common);

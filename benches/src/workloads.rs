@@ -3,9 +3,7 @@
 //! raw-RocksDB baseline measured in the same run on the same disk.
 
 use crate::clients::{Clients, Placement, Refusals, drive};
-use crate::measure::{
-    Timeline, cpu_seconds, heap_bytes_in_use, histogram, peak_rss_bytes, progress, rss_bytes,
-};
+use crate::measure::{Timeline, cpu_seconds, histogram, peak_rss_bytes, progress, rss_bytes};
 use crate::transfers::{TransferLoad, run_transfers};
 use crate::{RunReport, raw_group_commit};
 use eventfold_examples::balances::{self, Balances};
@@ -894,7 +892,7 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
         |_, _| ("0".into(), AccountCommand::Deposit { amount: 0 }),
     )?;
     let rss_before = rss_bytes().ok_or("RSS is read from /proc/self/status (Linux only)")?;
-    let heap_before = heap_bytes_in_use();
+    let heap_before = crate::allocator::heap_bytes();
     let driven = drive(
         &runtime,
         config.client_set(),
@@ -905,7 +903,7 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
         |i, _| (i.to_string(), AccountCommand::Deposit { amount: 0 }),
     )?;
     let rss_after = rss_bytes().ok_or("RSS is read from /proc/self/status (Linux only)")?;
-    let heap_after = heap_bytes_in_use();
+    let heap_after = crate::allocator::heap_bytes();
     let resident = runtime.resident_actors();
     runtime.shutdown_blocking().map_err(err)?;
     if driven.rejected != accounts || resident < accounts {
@@ -935,7 +933,7 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
             ("rss_bytes_after", json!(rss_after)),
             ("rss_bytes_per_resident_aggregate", json!(per_actor)),
             (
-                "heap_bytes_per_resident_aggregate",
+                crate::allocator::HEAP_FIGURE,
                 json!(heap_after.zip(heap_before).map(|(after, before)| {
                     after.saturating_sub(before) as f64 / resident as f64
                 })),

@@ -18,6 +18,9 @@
 //!
 //! `cargo run --release -p eventfold-benches --bin bank -- --help`
 
+#[global_allocator]
+static GLOBAL: eventfold_benches::allocator::Global = eventfold_benches::allocator::GLOBAL;
+
 use clap::{Parser, ValueEnum};
 use eventfold_benches::clients::{Clients, Placement, Refusals, drive};
 use eventfold_benches::measure::{peak_rss_bytes, progress};

@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release -p eventfold-benches --bin loadgen -- --workload w1`
 
+#[global_allocator]
+static GLOBAL: eventfold_benches::allocator::Global = eventfold_benches::allocator::GLOBAL;
+
 use clap::{Parser, ValueEnum};
 use eventfold_benches::clients::Placement;
 use eventfold_benches::report::{plot, table, to_json};

@@ -146,6 +146,11 @@ struct Resident {
     generation: u32,
     /// Milliseconds since the shard's epoch, wrapping (see `Shard::now_ms`).
     last_used: u32,
+    /// Used since it was last moved to the front of the LRU list: a command
+    /// only sets this (a CLOCK, or second chance); the list is reordered
+    /// when an actor at its end is found referenced (`evict_one`,
+    /// `passivate_idle`), not on every command.
+    referenced: bool,
 }
 
 /// A command held until its stream's stopping actor has stopped.
@@ -216,9 +221,10 @@ impl Shard {
             return;
         }
         let now = self.now_ms();
-        let sent = match self.resident.get_mut(&msg.stream) {
+        let sent = match self.resident.peek_mut(&msg.stream) {
             Some(resident) => {
                 resident.last_used = now;
+                resident.referenced = true;
                 match resident
                     .actor
                     .as_any()
@@ -302,18 +308,43 @@ impl Shard {
                 actor: Box::new(addr.downgrade()),
                 generation,
                 last_used: self.now_ms(),
+                referenced: false,
             },
         );
         self.shared.activations.fetch_add(1, Ordering::Relaxed);
         let resident = self.shared.resident.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(RESIDENT_ACTORS).set(resident as f64);
-        while self.resident.len() > self.resident_max {
-            match self.resident.pop_lru() {
-                Some((stream, resident)) => self.begin_passivation(stream, resident),
-                None => break,
-            }
-        }
+        while self.resident.len() > self.resident_max && self.evict_one() {}
         addr
+    }
+
+    /// Passivates the least recently used actor: the one at the end of the
+    /// list, after each one found there used since it was put in front has
+    /// gone back to the front (once: its mark is cleared). Ends within one
+    /// pass over the list. False when no actor is resident.
+    fn evict_one(&mut self) -> bool {
+        loop {
+            let Some((stream, resident)) = self.resident.peek_lru() else {
+                return false;
+            };
+            if !resident.referenced {
+                if let Some((stream, resident)) = self.resident.pop_lru() {
+                    self.begin_passivation(stream, resident);
+                }
+                return true;
+            }
+            let stream = stream.clone();
+            self.second_chance(&stream);
+        }
+    }
+
+    /// Moves a resident actor used since it was last put in front back to
+    /// the front, clearing its mark.
+    fn second_chance(&mut self, stream: &StreamId) {
+        if let Some(resident) = self.resident.peek_mut(stream) {
+            resident.referenced = false;
+        }
+        self.resident.promote(stream);
     }
 
     fn begin_passivation(&mut self, stream: StreamId, resident: Resident) {
@@ -325,13 +356,23 @@ impl Shard {
     fn passivate_idle(&mut self) {
         let idle_after = self.shared.settings.passivation.idle_after;
         let now = self.now_ms();
-        while let Some((_, resident)) = self.resident.peek_lru() {
+        // The list is in the order actors were put in front, not of their
+        // last use: one at the end that is not idle but was used since goes
+        // back to the front, and the scan goes on; one neither idle nor used
+        // since ends it. An idle actor behind that one waits for a later
+        // scan (every quarter of `idle_after`), at most until that one is
+        // idle too: it passivates at most one `idle_after` late.
+        while let Some((stream, resident)) = self.resident.peek_lru() {
             let idle = Duration::from_millis(u64::from(now.wrapping_sub(resident.last_used)));
-            if idle < idle_after {
+            if idle >= idle_after {
+                if let Some((stream, resident)) = self.resident.pop_lru() {
+                    self.begin_passivation(stream, resident);
+                }
+            } else if resident.referenced {
+                let stream = stream.clone();
+                self.second_chance(&stream);
+            } else {
                 break;
-            }
-            if let Some((stream, resident)) = self.resident.pop_lru() {
-                self.begin_passivation(stream, resident);
             }
         }
     }

@@ -944,3 +944,31 @@ fn a_full_shard_mailbox_refuses_a_task() {
         ran.load(std::sync::atomic::Ordering::SeqCst) == accepted
     });
 }
+
+#[test]
+fn past_the_resident_bound_the_least_recently_used_actor_is_passivated() {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .passivation(Passivation {
+            idle_after: Duration::from_secs(3600),
+            resident_actors_max: 2,
+            state_cache_bytes_max: 0,
+        })
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let add = |id: &str| rt.execute_blocking::<Tally>(id, Cmd::Add(1)).unwrap();
+    add("a");
+    add("b");
+    // "a" was activated first but used last: "b" is the least recently used.
+    add("a");
+    add("c");
+    let activations = rt.activations_total();
+    add("a");
+    assert_eq!(rt.activations_total(), activations, "a stayed resident");
+    add("b");
+    assert_eq!(rt.activations_total(), activations + 1, "b was passivated");
+    check(&rt, "a", 3, 3);
+    check(&rt, "b", 2, 2);
+}

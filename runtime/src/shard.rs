@@ -144,13 +144,37 @@ impl<A: Aggregate> ResidentActor for WeakAddr<AggregateActor<A>> {
 struct Resident {
     actor: Box<dyn ResidentActor>,
     generation: u32,
-    /// Milliseconds since the shard's epoch, wrapping (see `Shard::now_ms`).
-    last_used: u32,
-    /// Used since it was last moved to the front of the LRU list: a command
-    /// only sets this (a CLOCK, or second chance); the list is reordered
-    /// when an actor at its end is found referenced (`evict_one`,
-    /// `passivate_idle`), not on every command.
-    referenced: bool,
+    /// When it was last used, in milliseconds since the shard's epoch
+    /// (wrapping, see `Shard::now_ms`) rounded down to even, and in the
+    /// lowest bit whether it was used since it was last moved to the front
+    /// of the LRU list. A command only sets the bit (a CLOCK, or second
+    /// chance); the list is reordered when an actor at its end is found
+    /// marked (`evict_one`, `passivate_idle`), not on every command. One
+    /// `u32` for both keeps the LRU entry of each resident actor in its
+    /// 64-byte allocation.
+    used: u32,
+}
+
+impl Resident {
+    /// Marks it used at `now`.
+    fn mark_used(&mut self, now: u32) {
+        self.used = (now & !1) | 1;
+    }
+
+    /// Whether it was used since it was last moved to the front.
+    fn referenced(&self) -> bool {
+        self.used & 1 == 1
+    }
+
+    /// Clears the mark, keeping the time of last use.
+    fn clear_mark(&mut self) {
+        self.used &= !1;
+    }
+
+    /// How long ago it was last used, at `now` (2 ms resolution).
+    fn idle(&self, now: u32) -> Duration {
+        Duration::from_millis(u64::from(now.wrapping_sub(self.used & !1)))
+    }
 }
 
 /// A command held until its stream's stopping actor has stopped.
@@ -171,7 +195,7 @@ pub(crate) struct Shard {
     drained: Vec<oneshot::Sender<()>>,
     /// This shard's address and the shared parts, one pointer per actor.
     link: Option<Arc<ShardLink>>,
-    /// What `last_used` counts from.
+    /// What `Resident::used` counts from.
     epoch: Instant,
 }
 
@@ -194,7 +218,7 @@ impl Shard {
     }
 
     /// Milliseconds since the shard started, truncated to 32 bits: a
-    /// resident's `last_used` in 4 bytes instead of an `Instant`'s 16 (the
+    /// resident's last use in 4 bytes instead of an `Instant`'s 16 (the
     /// LRU entry of each resident actor fits a 16-byte-smaller malloc
     /// chunk). Differences are taken wrapping, which is exact for idle times
     /// under 49 days; idle passivation runs at least every 10 s, so only an
@@ -223,8 +247,7 @@ impl Shard {
         let now = self.now_ms();
         let sent = match self.resident.peek_mut(&msg.stream) {
             Some(resident) => {
-                resident.last_used = now;
-                resident.referenced = true;
+                resident.mark_used(now);
                 match resident
                     .actor
                     .as_any()
@@ -307,8 +330,7 @@ impl Shard {
             Resident {
                 actor: Box::new(addr.downgrade()),
                 generation,
-                last_used: self.now_ms(),
-                referenced: false,
+                used: self.now_ms() & !1,
             },
         );
         self.shared.activations.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +349,7 @@ impl Shard {
             let Some((stream, resident)) = self.resident.peek_lru() else {
                 return false;
             };
-            if !resident.referenced {
+            if !resident.referenced() {
                 if let Some((stream, resident)) = self.resident.pop_lru() {
                     self.begin_passivation(stream, resident);
                 }
@@ -342,7 +364,7 @@ impl Shard {
     /// the front, clearing its mark.
     fn second_chance(&mut self, stream: &StreamId) {
         if let Some(resident) = self.resident.peek_mut(stream) {
-            resident.referenced = false;
+            resident.clear_mark();
         }
         self.resident.promote(stream);
     }
@@ -363,12 +385,11 @@ impl Shard {
         // scan (every quarter of `idle_after`), at most until that one is
         // idle too: it passivates at most one `idle_after` late.
         while let Some((stream, resident)) = self.resident.peek_lru() {
-            let idle = Duration::from_millis(u64::from(now.wrapping_sub(resident.last_used)));
-            if idle >= idle_after {
+            if resident.idle(now) >= idle_after {
                 if let Some((stream, resident)) = self.resident.pop_lru() {
                     self.begin_passivation(stream, resident);
                 }
-            } else if resident.referenced {
+            } else if resident.referenced() {
                 let stream = stream.clone();
                 self.second_chance(&stream);
             } else {
@@ -449,5 +470,40 @@ impl Handler<Drain> for Shard {
             self.begin_passivation(stream, resident);
         }
         self.check_drained();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl ResidentActor for Nothing {
+        fn passivate(&self) {}
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    #[test]
+    fn a_resident_keeps_its_last_use_and_its_mark_in_one_word() {
+        // The LRU entry (key, value, two links) stays in 64 bytes.
+        assert!(std::mem::size_of::<Resident>() <= 24);
+        let mut resident = Resident {
+            actor: Box::new(Nothing),
+            generation: 1,
+            used: 1000,
+        };
+        assert!(!resident.referenced());
+        resident.mark_used(1001);
+        assert!(resident.referenced());
+        assert_eq!(resident.idle(1500), Duration::from_millis(500));
+        resident.clear_mark();
+        assert!(!resident.referenced());
+        assert_eq!(resident.idle(1500), Duration::from_millis(500));
+        // Across the wrap of the 32-bit clock.
+        resident.mark_used(u32::MAX - 9);
+        assert_eq!(resident.idle(10), Duration::from_millis(20));
     }
 }

@@ -87,9 +87,11 @@ where
             for c in 0..clients.count {
                 let (send, answer) = futures::channel::oneshot::channel();
                 let client = Arc::clone(&client);
-                let shard = usize::try_from(c % runtime.shards().max(1) as u64).unwrap_or(0);
+                // Spread evenly: the handle takes the index modulo the shards.
+                // A shard's mailbox (65,536 by default) holds far more
+                // clients than a run has; past it, the run fails saying so.
                 runtime
-                    .spawn_on_shard(shard, move || async move {
+                    .spawn_on_shard(usize::try_from(c).unwrap_or(0), move || async move {
                         let _ = send.send(client(c).await);
                     })
                     .map_err(|e| format!("client {c} could not start: {e}"))?;

@@ -421,7 +421,9 @@ impl RuntimeHandle {
     /// the number of shards), next to its aggregate actors: a task that
     /// sends commands from there saves a thread hand-off each way for the
     /// commands routed to that shard, as a request handler of an actix
-    /// service does. The future need not be `Send`; it must not block.
+    /// service does. The future need not be `Send`; it must not block. A
+    /// panic in it ends only the task (tokio catches it); a task still
+    /// running when the runtime shuts down is dropped with the shard.
     ///
     /// ```
     /// use eventfold_runtime::Runtime;

@@ -158,6 +158,20 @@ fn hold_shard(
     handle
 }
 
+/// A one-shard runtime with a shard mailbox of 4 commands and actor
+/// mailboxes of 2, its shard held busy for `held` (see [`hold_shard`]).
+fn small_mailboxes_held(held: Duration) -> (RuntimeHandle, std::thread::JoinHandle<()>) {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .mailboxes(4, 2)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    let blocker = hold_shard(&rt, "slow", held, Duration::from_millis(300));
+    (rt, blocker)
+}
+
 fn stream(id: &str) -> StreamId {
     StreamId::new(format!("tally-{id}")).unwrap()
 }
@@ -477,19 +491,7 @@ fn a_retried_command_id_returns_the_original_outcome_and_appends_nothing() {
 
 #[test]
 fn full_mailboxes_answer_overloaded() {
-    let rt = Runtime::builder()
-        .temporary()
-        .shards(1)
-        .mailboxes(4, 2)
-        .aggregate::<Tally>()
-        .start()
-        .unwrap();
-    let blocker = hold_shard(
-        &rt,
-        "slow",
-        Duration::from_millis(1500),
-        Duration::from_millis(300),
-    );
+    let (rt, blocker) = small_mailboxes_held(Duration::from_millis(1500));
     let results: Vec<_> = (0..40)
         .map(|i| {
             let rt = rt.clone();
@@ -911,19 +913,7 @@ fn tasks_spawned_on_a_shard_run_on_its_thread_and_send_commands_from_there() {
 
 #[test]
 fn a_full_shard_mailbox_refuses_a_task() {
-    let rt = Runtime::builder()
-        .temporary()
-        .shards(1)
-        .mailboxes(4, 2)
-        .aggregate::<Tally>()
-        .start()
-        .unwrap();
-    let blocker = hold_shard(
-        &rt,
-        "slow",
-        Duration::from_millis(1000),
-        Duration::from_millis(300),
-    );
+    let (rt, blocker) = small_mailboxes_held(Duration::from_millis(1000));
     let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let results: Vec<_> = (0..40)
         .map(|_| {

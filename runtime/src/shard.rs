@@ -325,6 +325,11 @@ impl Shard {
             self.shared.state_cache_hits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(STATE_CACHE_HITS_TOTAL, "kind" => A::KIND).increment(1);
         }
+        // Room is made before the new actor joins the list: unmarked at the
+        // front, it would reach the end after a pass that moved every
+        // marked actor in front of it, and be passivated with the command
+        // it was activated for still in its mailbox.
+        while self.resident.len() >= self.resident_max && self.evict_one() {}
         self.resident.put(
             stream,
             Resident {
@@ -336,7 +341,6 @@ impl Shard {
         self.shared.activations.fetch_add(1, Ordering::Relaxed);
         let resident = self.shared.resident.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(RESIDENT_ACTORS).set(resident as f64);
-        while self.resident.len() > self.resident_max && self.evict_one() {}
         addr
     }
 

@@ -962,3 +962,28 @@ fn past_the_resident_bound_the_least_recently_used_actor_is_passivated() {
     check(&rt, "a", 3, 3);
     check(&rt, "b", 2, 2);
 }
+
+#[test]
+fn an_actor_activated_past_the_bound_answers_its_command_when_all_others_were_used() {
+    let rt = Runtime::builder()
+        .temporary()
+        .shards(1)
+        .passivation(Passivation {
+            idle_after: Duration::from_secs(3600),
+            resident_actors_max: 2,
+            state_cache_bytes_max: 0,
+        })
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    for id in ["a", "b", "a", "b"] {
+        rt.execute_blocking::<Tally>(id, Cmd::Add(1)).unwrap();
+    }
+    // Both residents are marked used: making room must not pass the new
+    // actor over and passivate it before it has answered.
+    for id in ["c", "d", "a", "e"] {
+        let outcome = rt.execute_blocking::<Tally>(id, Cmd::Add(1));
+        assert!(outcome.is_ok(), "{id}: {outcome:?}");
+    }
+    check(&rt, "a", 3, 3);
+}

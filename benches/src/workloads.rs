@@ -260,10 +260,8 @@ pub struct Report {
     pub durability: Durability,
     /// Accounts (N).
     pub accounts: u64,
-    /// Concurrent clients.
-    pub clients: u64,
-    /// Where the clients ran.
-    pub clients_on: Placement,
+    /// Concurrent clients, and where they ran.
+    pub clients: Clients,
     /// Operations measured (see [`Workload::unit`]).
     pub commands: u64,
     /// Wall-clock time of the measured phase.
@@ -466,8 +464,7 @@ fn deposits(config: &Config, hot: bool) -> Result<Report, String> {
         workload: config.workload,
         durability,
         accounts,
-        clients: config.clients(),
-        clients_on: config.clients_on,
+        clients: config.client_set(),
         commands,
         seconds,
         latency: Some(driven.latency),
@@ -584,9 +581,11 @@ fn catch_up(config: &Config) -> Result<Report, String> {
         workload: config.workload,
         durability: config.durability(),
         accounts,
-        clients: 1,
         // The projection is the only reader; no client sends commands.
-        clients_on: Placement::Thread,
+        clients: Clients {
+            count: 1,
+            on: Placement::Thread,
+        },
         commands: events,
         seconds,
         latency: None,
@@ -717,10 +716,12 @@ fn rehydration(config: &Config) -> Result<Report, String> {
         workload: config.workload,
         durability: config.durability(),
         accounts: 2,
-        clients: 1,
         // One caller on the main thread (`execute_blocking`), one command
         // at a time: what an activation costs alone.
-        clients_on: Placement::Thread,
+        clients: Clients {
+            count: 1,
+            on: Placement::Thread,
+        },
         commands: with_count,
         seconds: with_seconds,
         latency: Some(with),
@@ -787,8 +788,7 @@ fn transfers(config: &Config) -> Result<Report, String> {
         workload: config.workload,
         durability: config.durability(),
         accounts,
-        clients: config.clients(),
-        clients_on: config.clients_on,
+        clients: config.client_set(),
         commands: result.completed + result.compensated,
         seconds: result.seconds,
         rss_bytes_peak: peak_rss_bytes(),
@@ -917,8 +917,7 @@ fn idle_actors(config: &Config) -> Result<Report, String> {
         workload: config.workload,
         durability: config.durability(),
         accounts,
-        clients: config.clients(),
-        clients_on: config.clients_on,
+        clients: config.client_set(),
         commands: accounts,
         seconds: driven.elapsed.as_secs_f64(),
         latency: Some(driven.latency),

@@ -935,9 +935,10 @@ fn a_full_shard_mailbox_refuses_a_task() {
     });
 }
 
-#[test]
-fn past_the_resident_bound_the_least_recently_used_actor_is_passivated() {
-    let rt = Runtime::builder()
+/// One shard that keeps at most two actors resident, none passivated for
+/// idleness, and no state cache.
+fn two_resident_runtime() -> RuntimeHandle {
+    Runtime::builder()
         .temporary()
         .shards(1)
         .passivation(Passivation {
@@ -947,7 +948,12 @@ fn past_the_resident_bound_the_least_recently_used_actor_is_passivated() {
         })
         .aggregate::<Tally>()
         .start()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn past_the_resident_bound_the_least_recently_used_actor_is_passivated() {
+    let rt = two_resident_runtime();
     let add = |id: &str| rt.execute_blocking::<Tally>(id, Cmd::Add(1)).unwrap();
     add("a");
     add("b");
@@ -965,17 +971,7 @@ fn past_the_resident_bound_the_least_recently_used_actor_is_passivated() {
 
 #[test]
 fn an_actor_activated_past_the_bound_answers_its_command_when_all_others_were_used() {
-    let rt = Runtime::builder()
-        .temporary()
-        .shards(1)
-        .passivation(Passivation {
-            idle_after: Duration::from_secs(3600),
-            resident_actors_max: 2,
-            state_cache_bytes_max: 0,
-        })
-        .aggregate::<Tally>()
-        .start()
-        .unwrap();
+    let rt = two_resident_runtime();
     for id in ["a", "b", "a", "b"] {
         rt.execute_blocking::<Tally>(id, Cmd::Add(1)).unwrap();
     }

@@ -175,6 +175,7 @@ mod tests {
 
     fn part(stream: &str, events: Vec<NewEvent>) -> StreamAppend {
         StreamAppend {
+            // allowed: a test helper, called with literal valid ids.
             stream: StreamId::new(stream).expect("a valid id"),
             expected: ExpectedVersion::Any,
             events,

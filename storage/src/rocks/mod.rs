@@ -473,8 +473,6 @@ impl RocksStore {
         })
     }
 
-    /// Loads the records at `positions` (all at or below the head), checking
-    /// that each is the event the `streams` index entry `index_keys` names.
     /// `command_outcome`, from memory only when `cache_only` (then
     /// `NeedsIo` where the disk would be read).
     fn command_outcome_tier(
@@ -552,6 +550,9 @@ impl RocksStore {
         self.load_indexed(entries, cache_only)
     }
 
+    /// Loads the records `entries` point to (each a `streams` index key and
+    /// a position at or below the head), checking that each is the event
+    /// its index entry names.
     fn load_indexed(
         &self,
         entries: Vec<(Vec<u8>, u64)>,

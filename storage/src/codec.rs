@@ -15,7 +15,7 @@ use eventfold_domain::{
 /// Format byte of every value written by this version.
 pub(crate) const FORMAT_V1: u8 = 1;
 /// Marker stored under [`META_FORMAT_KEY`] in the default keyspace.
-pub(crate) const STORE_FORMAT: &str = "eventfold-store-v1";
+pub(crate) const STORE_FORMAT: &str = "eventfold-store-v2";
 /// Key of the format marker.
 pub(crate) const META_FORMAT_KEY: &[u8] = b"format";
 
@@ -286,21 +286,62 @@ pub(crate) fn parse_u64_key(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
-/// Key of the `streams` keyspace: stream id, NUL, version.
+/// Bytes of the tag that starts every `streams` key: the big-endian CRC32C
+/// of the stream id. Keys of one stream share it, so a fixed-length prefix
+/// of the key tells streams apart (RocksDB's memtable insert hints need a
+/// fixed-length prefix); the full id follows it, so two streams with the
+/// same tag never share a key.
+pub(crate) const STREAM_TAG_BYTES: usize = 4;
+
+/// Bytes after the stream id: the `0x00` separator and the version.
+const STREAM_KEY_SUFFIX_BYTES: usize = 9;
+
+/// Shortest `streams` key: the tag, a one-byte id, separator and version.
+const STREAM_KEY_MIN_BYTES: usize = STREAM_TAG_BYTES + 1 + STREAM_KEY_SUFFIX_BYTES;
+
+fn stream_tag(stream: &[u8]) -> [u8; STREAM_TAG_BYTES] {
+    crc32c::crc32c(stream).to_be_bytes()
+}
+
+/// The keys of one stream's index entries, built in one buffer: the tag,
+/// id and separator are written once, and [`StreamKeys::at`] rewrites only
+/// the version. How the writer makes the key of each event it appends.
+pub(crate) struct StreamKeys {
+    key: Vec<u8>,
+}
+
+impl StreamKeys {
+    /// Keys of `stream`.
+    pub(crate) fn new(stream: &str) -> Self {
+        let mut key = Vec::with_capacity(stream.len() + STREAM_TAG_BYTES + STREAM_KEY_SUFFIX_BYTES);
+        key.extend_from_slice(&stream_tag(stream.as_bytes()));
+        key.extend_from_slice(stream.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&[0; 8]);
+        Self { key }
+    }
+
+    /// The key of the entry of `version`.
+    pub(crate) fn at(&mut self, version: u64) -> &[u8] {
+        let start = self.key.len() - 8;
+        self.key[start..].copy_from_slice(&version.to_be_bytes());
+        &self.key
+    }
+}
+
+/// Key of the `streams` keyspace: tag ([`STREAM_TAG_BYTES`]), stream id,
+/// NUL, version.
 pub(crate) fn stream_key(stream: &str, version: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 9);
-    key.extend_from_slice(stream.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
+    let mut keys = StreamKeys::new(stream);
+    keys.at(version);
+    keys.key
 }
 
 /// The prefix of every `streams` key of one stream, and the first key after
 /// them all.
 pub(crate) fn stream_key_bounds(stream: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut lower = Vec::with_capacity(stream.len() + 1);
-    lower.extend_from_slice(stream.as_bytes());
-    lower.push(0);
+    let mut lower = stream_key(stream, 0);
+    lower.truncate(lower.len() - 8);
     let mut upper = lower.clone();
     if let Some(last) = upper.last_mut() {
         *last = 1;
@@ -308,10 +349,10 @@ pub(crate) fn stream_key_bounds(stream: &str) -> (Vec<u8>, Vec<u8>) {
     (lower, upper)
 }
 
-/// The stream part of a `streams` key (stream id and the `0x00` after it),
-/// RocksDB's prefix extractor for that keyspace: its bloom filters hold these
-/// prefixes, so a seek into one stream skips the table files without it.
-/// Keys outside [`is_stream_key`]'s domain are returned whole.
+/// The stream part of a `streams` key (tag, stream id and the `0x00` after
+/// it), RocksDB's prefix extractor for that keyspace: its bloom filters hold
+/// these prefixes, so a seek into one stream skips the table files without
+/// it. Keys outside [`is_stream_key`]'s domain are returned whole.
 pub(crate) fn stream_key_prefix(key: &[u8]) -> &[u8] {
     if is_stream_key(key) {
         &key[..key.len() - 8]
@@ -320,22 +361,24 @@ pub(crate) fn stream_key_prefix(key: &[u8]) -> &[u8] {
     }
 }
 
-/// Whether `key` has the shape of a `streams` key: a `0x00` nine bytes from
-/// the end, before the version.
+/// Whether `key` has the shape of a `streams` key: long enough for a tag and
+/// a one-byte id, with a `0x00` nine bytes from the end, before the version.
 pub(crate) fn is_stream_key(key: &[u8]) -> bool {
-    key.len() >= 9 && key[key.len() - 9] == 0
+    key.len() >= STREAM_KEY_MIN_BYTES && key[key.len() - STREAM_KEY_SUFFIX_BYTES] == 0
 }
 
-/// Splits a `streams` key into stream id and version.
+/// Splits a `streams` key into stream id and version; `None` for a key of
+/// another shape, an id that is not UTF-8, or a tag that is not the id's.
 pub(crate) fn parse_stream_key(key: &[u8]) -> Option<(&str, u64)> {
-    if key.len() < 10 {
+    if !is_stream_key(key) {
         return None;
     }
-    let (stream, rest) = key.split_at(key.len() - 9);
-    if rest[0] != 0 {
+    let (tag, rest) = key.split_at(STREAM_TAG_BYTES);
+    let (stream, suffix) = rest.split_at(rest.len() - STREAM_KEY_SUFFIX_BYTES);
+    if tag != stream_tag(stream) {
         return None;
     }
-    let version = parse_u64_key(&rest[1..])?;
+    let version = parse_u64_key(&suffix[1..])?;
     Some((std::str::from_utf8(stream).ok()?, version))
 }
 
@@ -589,8 +632,37 @@ mod tests {
         assert_eq!(parse_stream_key(&b), Some(("s-1", 10)));
         let (lower, upper) = stream_key_bounds("s-1");
         assert!(lower < a && b < upper);
-        // A stream whose id extends another's sorts outside its bounds.
-        assert!(stream_key("s-10", 1) > upper);
+        // Another stream's keys, whatever its tag, are outside the bounds.
+        for other in ["s-10", "s-", "s-2", "t-1"] {
+            for version in [1, 2, 10, u64::MAX] {
+                let key = stream_key(other, version);
+                assert!(key < lower || key >= upper, "{other} {version}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_keys_start_with_the_tag_of_their_stream() {
+        let mut keys = StreamKeys::new("acct-7");
+        let first = keys.at(1).to_vec();
+        let later = keys.at(300).to_vec();
+        assert_eq!(first, stream_key("acct-7", 1));
+        assert_eq!(later, stream_key("acct-7", 300));
+        assert_eq!(first[..STREAM_TAG_BYTES], later[..STREAM_TAG_BYTES]);
+        assert_eq!(
+            first[..STREAM_TAG_BYTES],
+            crc32c::crc32c(b"acct-7").to_be_bytes()
+        );
+        assert_eq!(&first[STREAM_TAG_BYTES..STREAM_TAG_BYTES + 6], b"acct-7");
+        // A key whose tag is not its id's is not a stream key of that id.
+        let mut forged = first.clone();
+        forged[0] ^= 1;
+        assert_eq!(parse_stream_key(&forged), None);
+        // Neither is one cut short, or with a stray separator.
+        assert_eq!(parse_stream_key(&first[..first.len() - 1]), None);
+        let mut no_separator = first;
+        no_separator[STREAM_TAG_BYTES + 6] = b'x';
+        assert_eq!(parse_stream_key(&no_separator), None);
     }
 
     #[test]
@@ -603,9 +675,19 @@ mod tests {
         }
         // Versions whose bytes hold zeros do not confuse it: the separator is
         // found from the end.
-        assert_eq!(stream_key_prefix(&stream_key("a", 1 << 8)), b"a\0");
+        let (lower, _) = stream_key_bounds("a");
+        assert_eq!(
+            stream_key_prefix(&stream_key("a", 1 << 8)),
+            lower.as_slice()
+        );
+        assert_eq!(&lower[STREAM_TAG_BYTES..], b"a\0");
         // Not the shape of a stream key: outside the domain, returned whole.
-        for key in [&b"short"[..], b"", b"no-separator-in-here"] {
+        for key in [
+            &b"short"[..],
+            b"",
+            b"no-separator-in-here",
+            b"\0\0\0\0\0\0\0\0\0",
+        ] {
             assert!(!is_stream_key(key));
             assert_eq!(stream_key_prefix(key), key);
         }

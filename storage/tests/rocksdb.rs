@@ -43,6 +43,16 @@ fn raw(dir: &std::path::Path) -> rocksdb::DB {
     rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, names).unwrap()
 }
 
+/// A `streams` key as docs/format.md spells it: the CRC32C of the stream id
+/// (big-endian), the id, `0x00`, the version (big-endian).
+fn index_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = crc32c::crc32c(stream.as_bytes()).to_be_bytes().to_vec();
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
 fn populated(dir: &std::path::Path) -> RocksStore {
     let store = RocksStore::open(dir, StoreOptions::default()).unwrap();
     for i in 0..10u8 {
@@ -122,10 +132,7 @@ fn truncated_values_and_broken_indexes_are_reported_with_their_keys() {
         db.put_cf(global, 2u64.to_be_bytes(), &value[..value.len() - 7])
             .unwrap();
         let streams = db.cf_handle(CF_STREAMS).unwrap();
-        let mut key = b"acc-1".to_vec();
-        key.push(0);
-        key.extend_from_slice(&4u64.to_be_bytes());
-        db.delete_cf(streams, &key).unwrap();
+        db.delete_cf(streams, index_key("acc-1", 4)).unwrap();
         let checkpoints = db.cf_handle(CF_CHECKPOINTS).unwrap();
         db.put_cf(checkpoints, b"proj", [1, 2, 3]).unwrap();
     }
@@ -602,4 +609,102 @@ fn prefix_filtered_stream_reads_across_table_files() {
     let report = store.verify().unwrap();
     assert!(report.faults.is_empty(), "{:?}", report.faults);
     assert_eq!(report.streams, ids.len() as u64);
+}
+
+/// The index keys on disk are the ones docs/format.md describes, and the
+/// `streams` keyspace keeps its prefix extractor, its memtable bloom filter
+/// and its insert hints together: the hint option is applied as a string on
+/// top of the others, which must not undo them.
+#[test]
+fn stream_index_keys_and_options_are_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path());
+    store.close();
+    drop(store);
+    let options_file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("OPTIONS-"))
+        })
+        .max()
+        .expect("RocksDB writes an OPTIONS file");
+    let text = std::fs::read_to_string(options_file).unwrap();
+    let section = text
+        .split("[CFOptions \"streams\"]")
+        .nth(1)
+        .and_then(|rest| rest.split("[TableOptions").next())
+        .expect("a section for the streams keyspace");
+    for line in [
+        "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.2",
+        "prefix_extractor=eventfold.stream-prefix.v2",
+        "memtable_prefix_bloom_size_ratio=0.100000",
+    ] {
+        assert!(
+            section.lines().any(|l| l.trim() == line),
+            "{line} missing from:\n{section}"
+        );
+    }
+    // The plain open below writes OPTIONS files of its own.
+    {
+        let db = raw(dir.path());
+        let streams = db.cf_handle(CF_STREAMS).unwrap();
+        let keys: Vec<Vec<u8>> = db
+            .iterator_cf(streams, rocksdb::IteratorMode::Start)
+            .map(|entry| entry.unwrap().0.to_vec())
+            .collect();
+        let mut expected: Vec<Vec<u8>> = (1..=5)
+            .flat_map(|version| [index_key("acc-0", version), index_key("acc-1", version)])
+            .collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+    }
+}
+
+/// Streams whose ids have the same CRC32C share the tag that starts their
+/// index keys, so they share an insert hint and a tag range: they stay
+/// apart, in the memtable and across table files.
+#[test]
+fn streams_with_the_same_tag_stay_apart() {
+    let (a, b) = ("acc-1371838", "acc-2000402");
+    assert_eq!(
+        crc32c::crc32c(a.as_bytes()),
+        crc32c::crc32c(b.as_bytes()),
+        "the two ids were chosen for their equal CRC32C"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3u8 {
+        let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+        for i in 0..4u8 {
+            for id in [a, b] {
+                store
+                    .append(&sid(id), ExpectedVersion::Any, vec![ev("E", &[round, i])])
+                    .unwrap();
+            }
+        }
+        if round < 2 {
+            store.close();
+        } else {
+            // The last round is read from the memtable as well.
+            for id in [a, b] {
+                let s = sid(id);
+                assert_eq!(store.stream_version(&s).unwrap(), 12);
+                let events = store.read_stream(&s, 1, Direction::Forward, 100).unwrap();
+                let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+                assert_eq!(versions, (1..=12).collect::<Vec<_>>(), "{id}");
+                assert!(events.iter().all(|e| e.stream_id == s), "{id}");
+                let tip = store
+                    .read_stream(&s, u64::MAX, Direction::Backward, 1)
+                    .unwrap();
+                assert_eq!(tip[0].payload, vec![2, 3]);
+                assert!(matches!(
+                    store.append(&s, ExpectedVersion::Exact(11), vec![ev("E", b"")]),
+                    Err(AppendError::WrongExpectedVersion { actual: 12, .. })
+                ));
+            }
+            assert!(store.verify().unwrap().is_clean());
+        }
+    }
 }

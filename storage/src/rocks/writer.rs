@@ -324,6 +324,7 @@ impl Writer {
         for ((part, records), before) in request.streams.into_iter().zip(records).zip(current) {
             let mut version = before;
             let mut last_event = None;
+            let mut index_keys = codec::StreamKeys::new(part.stream.as_str());
             for (mut record, event) in records.into_iter().zip(part.events) {
                 version += 1;
                 last_event = Some(event.metadata.event_id);
@@ -344,11 +345,9 @@ impl Writer {
                 pending
                     .batch
                     .put_cf(global, codec::global_key(position), &record);
-                pending.batch.put_cf(
-                    streams,
-                    codec::stream_key(part.stream.as_str(), version),
-                    codec::global_key(position),
-                );
+                pending
+                    .batch
+                    .put_cf(streams, index_keys.at(version), codec::global_key(position));
                 *pending.position += 1;
             }
             pending.versions.insert(

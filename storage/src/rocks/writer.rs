@@ -31,12 +31,16 @@ use foldhash::HashMapExt;
 use rocksdb::{DB, WriteBatch};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvError, SyncSender, TryRecvError};
 
 /// Most written batches waiting for the syncer; past it the writer waits.
 pub(crate) const SYNC_QUEUE_BATCHES_MAX: usize = 64;
 
 type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+
+/// How many times the writer yields its thread on an empty queue before it
+/// sleeps until an append arrives (`Writer::next_message`).
+const WRITER_YIELDS_BEFORE_PARK: u32 = 1;
 
 /// One queued append.
 pub(crate) struct Job {
@@ -118,7 +122,7 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let mut stop = false;
         while !stop {
-            let first = match self.receiver.recv() {
+            let first = match self.next_message() {
                 Ok(Message::Append(job)) => job,
                 Ok(Message::Stop) | Err(_) => break,
             };
@@ -151,6 +155,29 @@ impl Writer {
             }
         }
         // Dropping `self.syncer` lets the syncer finish what it holds and stop.
+    }
+
+    /// The next message, yielding the processor up to
+    /// [`WRITER_YIELDS_BEFORE_PARK`] times while the queue is empty before
+    /// sleeping on it.
+    ///
+    /// Right after a batch the queue is often empty only because the
+    /// threads that append are still answering it: they run on the same
+    /// cores. A writer that sleeps at once makes each of their next appends
+    /// pay a wake-up (a futex call and a context switch) and starts the next
+    /// batch with one append; one yield lets them queue theirs first. In W2
+    /// (buffered, 2 cores) it took 2-5% off the CPU time per command in four
+    /// interleaved pairs of a million commands, and four yields did no
+    /// better than one.
+    fn next_message(&self) -> Result<Message, RecvError> {
+        for _ in 0..WRITER_YIELDS_BEFORE_PARK {
+            match self.receiver.try_recv() {
+                Ok(message) => return Ok(message),
+                Err(TryRecvError::Disconnected) => return Err(RecvError),
+                Err(TryRecvError::Empty) => std::thread::yield_now(),
+            }
+        }
+        self.receiver.recv()
     }
 
     fn commit(&mut self, jobs: Vec<Job>) {

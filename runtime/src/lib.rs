@@ -1,7 +1,8 @@
 //! The eventfold actor runtime.
 //!
 //! Every aggregate lives as an actix actor that owns its event stream; a
-//! shard per core (an actix Arbiter) hosts the actors, and the
+//! shard per core (an actix Arbiter; one core is left to the store's
+//! writer) hosts the actors, and the
 //! [`RuntimeHandle`] routes each command by a hash of the aggregate id. An
 //! actor decides on a command, appends the events through the store's
 //! group-commit writer and answers only once they are durable. The domain and
@@ -113,7 +114,7 @@ pub use projection::{
     AfterRetries, ConsumerSettings, ConsumerState, ConsumerStatus, ErrorPolicy, EventHandler,
     HandlerError, ParkedEvent, Projection, ReadModelTx, ReadModelView,
 };
-pub use settings::{Passivation, Settings};
+pub use settings::{Passivation, Settings, default_shards};
 
 use actix::prelude::*;
 use eventfold_domain::Aggregate;
@@ -207,7 +208,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Number of shards (default: one per core).
+    /// Number of shards (default: one per core but one, left to the store's
+    /// writer; see [`default_shards`]).
     pub fn shards(mut self, shards: usize) -> Self {
         self.settings.shards = shards;
         self

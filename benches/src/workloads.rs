@@ -153,8 +153,7 @@ pub struct Config {
     pub state_cache_bytes: usize,
     /// Seed of the clients' choices.
     pub seed: u64,
-    /// Shards of the runtime (`None`: the runtime's default, one per core
-    /// but one).
+    /// Shards of the runtime (`None`: one per core).
     pub shards: Option<usize>,
     /// Where the clients' futures run.
     pub clients_on: Placement,

@@ -1,8 +1,7 @@
 //! The eventfold actor runtime.
 //!
 //! Every aggregate lives as an actix actor that owns its event stream; a
-//! shard per core (an actix Arbiter; one core is left to the store's
-//! writer) hosts the actors, and the
+//! shard per core (an actix Arbiter) hosts the actors, and the
 //! [`RuntimeHandle`] routes each command by a hash of the aggregate id. An
 //! actor decides on a command, appends the events through the store's
 //! group-commit writer and answers only once they are durable. The domain and
@@ -114,7 +113,7 @@ pub use projection::{
     AfterRetries, ConsumerSettings, ConsumerState, ConsumerStatus, ErrorPolicy, EventHandler,
     HandlerError, ParkedEvent, Projection, ReadModelTx, ReadModelView,
 };
-pub use settings::{Passivation, Settings, default_shards};
+pub use settings::{Passivation, Settings};
 
 use actix::prelude::*;
 use eventfold_domain::Aggregate;
@@ -208,8 +207,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Number of shards (default: one per core but one, left to the store's
-    /// writer; see [`default_shards`]).
+    /// Number of shards (default: one per core).
     pub fn shards(mut self, shards: usize) -> Self {
         self.settings.shards = shards;
         self

@@ -27,30 +27,10 @@ impl Default for Passivation {
     }
 }
 
-/// The default number of shards on a machine of `cores` cores: one per core
-/// but one, which is left to the store's writer thread, and at least one.
-///
-/// The writer works whenever commands do (it decides, batches and writes
-/// every append), so with a shard on every core it competes with them for
-/// the cores: on 2 cores, W2 (buffered deposits) ran 222k-261k commands/s
-/// with two shards and 330k-353k with one, at 5.6 instead of 6.2-7.4 µs of
-/// CPU per command, with W1, W4 and W7 unchanged within noise.
-///
-/// ```
-/// use eventfold_runtime::default_shards;
-/// assert_eq!(default_shards(1), 1);
-/// assert_eq!(default_shards(2), 1);
-/// assert_eq!(default_shards(8), 7);
-/// ```
-pub fn default_shards(cores: usize) -> usize {
-    cores.saturating_sub(1).max(1)
-}
-
 /// Everything the builder sets.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Shards (actix Arbiters, each a thread). Default: one per core but
-    /// one, at least one ([`default_shards`]).
+    /// Shards (actix Arbiters, each a thread). Default: one per core.
     pub shards: usize,
     /// Commands waiting in one shard's mailbox; past it `Overloaded`.
     pub shard_mailbox_commands_max: usize,
@@ -78,7 +58,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            shards: default_shards(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_mailbox_commands_max: 65_536,
             actor_mailbox_commands_max: 4096,
             actor_in_flight_commands_max: 1024,

@@ -60,7 +60,7 @@ struct Args {
     /// Seed of the clients' choices.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Shards of the runtime. Default: the runtime's, one per core but one.
+    /// Shards of the runtime. Default: one per core.
     #[arg(long)]
     shards: Option<usize>,
     /// Where the clients' futures run: on the runtime's shard threads (as

@@ -708,3 +708,106 @@ fn streams_with_the_same_tag_stay_apart() {
         }
     }
 }
+
+/// A stream's events are fetched from the global log by one scan when their
+/// positions are dense and by point lookups when they are sparse. Both
+/// answer every slice of the stream alike, in both directions, from the
+/// memtable and from table files, and both name the index entry whose
+/// record is missing.
+#[test]
+fn dense_and_sparse_streams_read_alike_and_report_missing_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // `dense` takes every other position, `sparse` one in ten, `filler` the
+    // rest: 200 positions in all.
+    let mut written: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    {
+        let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+        for position in 1..=200u64 {
+            let id = if position % 10 == 5 {
+                "sparse"
+            } else if position % 2 == 0 {
+                "dense"
+            } else {
+                "filler"
+            };
+            let outcome = store
+                .append(
+                    &sid(id),
+                    ExpectedVersion::Any,
+                    vec![ev("E", &position.to_be_bytes())],
+                )
+                .unwrap();
+            assert_eq!(outcome.last_position, position);
+            written.entry(id).or_default().push(position);
+        }
+        check_slices(&store, &written, "memtable");
+        store.close();
+    }
+    // The store flushes at close: now from table files.
+    {
+        let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+        check_slices(&store, &written, "table files");
+        store.close();
+    }
+    // Position 100 is `dense` version 50, position 105 is `sparse` version
+    // 11: their records go, their index entries stay.
+    {
+        let db = raw(dir.path());
+        let global = db.cf_handle(CF_GLOBAL).unwrap();
+        db.delete_cf(global, 100u64.to_be_bytes()).unwrap();
+        db.delete_cf(global, 105u64.to_be_bytes()).unwrap();
+    }
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    for (id, version) in [("dense", 50u64), ("sparse", 11)] {
+        let s = sid(id);
+        for (from, direction) in [(1, Direction::Forward), (u64::MAX, Direction::Backward)] {
+            match store.read_stream(&s, from, direction, 1000) {
+                Err(ReadError::Corrupt(c)) => {
+                    assert_eq!((c.keyspace, c.key), (CF_STREAMS, index_key(id, version)));
+                    assert!(
+                        matches!(&c.kind, CorruptionKind::Inconsistent(m) if m.contains("missing")),
+                        "{:?}",
+                        c.kind
+                    );
+                }
+                other => panic!("{id} {direction:?}: expected corruption, got {other:?}"),
+            }
+        }
+        let before = store.read_stream(&s, 1, Direction::Forward, version as usize - 1);
+        assert_eq!(before.unwrap().len(), version as usize - 1, "{id}");
+    }
+}
+
+/// Every slice of each stream of `written` (its positions, by version)
+/// reads back in both directions with the right positions and payloads.
+fn check_slices(
+    store: &RocksStore,
+    written: &std::collections::BTreeMap<&str, Vec<u64>>,
+    round: &str,
+) {
+    for (id, positions) in written {
+        let s = sid(id);
+        let count = positions.len() as u64;
+        for from in [1, 2, count / 2, count] {
+            for max in [1, 2, 7, 1000] {
+                let forward = store
+                    .read_stream(&s, from, Direction::Forward, max)
+                    .unwrap();
+                let expected: Vec<u64> = (from..=count).take(max).collect();
+                let got: Vec<u64> = forward.iter().map(|e| e.version).collect();
+                assert_eq!(got, expected, "{round}: {id} forward from {from}, {max}");
+                let backward = store
+                    .read_stream(&s, from, Direction::Backward, max)
+                    .unwrap();
+                let expected: Vec<u64> = (1..=from).rev().take(max).collect();
+                let got: Vec<u64> = backward.iter().map(|e| e.version).collect();
+                assert_eq!(got, expected, "{round}: {id} backward from {from}, {max}");
+                for event in forward.iter().chain(&backward) {
+                    let position = positions[event.version as usize - 1];
+                    assert_eq!(event.position, position, "{round}: {id}");
+                    assert_eq!(event.payload, position.to_be_bytes(), "{round}: {id}");
+                }
+            }
+        }
+    }
+}

@@ -579,55 +579,174 @@ impl RocksStore {
 
     /// Loads the records `entries` point to (each a `streams` index key and
     /// a position at or below the head), checking that each is the event
-    /// its index entry names.
+    /// its index entry names. Dense positions (a stream written by one
+    /// writer at a time, as a hot aggregate's is) are read by one scan of
+    /// the global log, scattered ones by a batched point lookup.
     fn load_indexed(
+        &self,
+        mut entries: Vec<(Vec<u8>, u64)>,
+        cache_only: bool,
+    ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
+        // Both reads go in ascending position order; a backward read's
+        // entries are turned back after.
+        let descending = entries.len() > 1 && entries[0].1 > entries[entries.len() - 1].1;
+        if descending {
+            entries.reverse();
+        }
+        let events = match (entries.first(), entries.last()) {
+            (Some(first), Some(last)) if dense(first.1, last.1, entries.len()) => {
+                self.scan_indexed(entries, cache_only)?
+            }
+            _ => self.lookup_indexed(entries, cache_only)?,
+        };
+        Ok(match events {
+            Cached::Ready(mut events) => {
+                if descending {
+                    events.reverse();
+                }
+                Cached::Ready(events)
+            }
+            Cached::NeedsIo => Cached::NeedsIo,
+        })
+    }
+
+    /// [`Self::load_indexed`] by one batched point lookup per record;
+    /// `entries` ascend by position.
+    fn lookup_indexed(
         &self,
         entries: Vec<(Vec<u8>, u64)>,
         cache_only: bool,
     ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
         let global = self.cf(CF_GLOBAL)?;
         let keys: Vec<[u8; 8]> = entries.iter().map(|(_, p)| codec::global_key(*p)).collect();
+        // Sorted: the keys ascend, and RocksDB need not sort them again.
         let values = self.inner.db.batched_multi_get_cf_opt(
             global,
             keys.iter(),
-            false,
+            true,
             &read_options(cache_only),
         );
         let mut events = Vec::with_capacity(entries.len());
         for ((index_key, position), value) in entries.into_iter().zip(values) {
-            let global_key = codec::global_key(position);
             let value = match value {
                 Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => {
                     return Ok(Cached::NeedsIo);
                 }
                 other => other.map_err(engine)?,
             };
-            let value = value.ok_or_else(|| Corruption {
-                keyspace: CF_STREAMS,
-                key: index_key.clone(),
-                kind: CorruptionKind::Inconsistent(format!(
-                    "points at missing position {position}"
-                )),
-            })?;
-            let event = codec::decode_event(CF_GLOBAL, &global_key, &value)?;
-            let expected = codec::parse_stream_key(&index_key);
-            if expected != Some((event.stream_id.as_str(), event.version))
-                || event.position != position
-            {
-                return Err(Corruption {
-                    keyspace: CF_STREAMS,
-                    key: index_key,
-                    kind: CorruptionKind::Inconsistent(format!(
-                        "points at position {position}, which holds {}@{} at position {}",
-                        event.stream_id, event.version, event.position
-                    )),
-                }
-                .into());
-            }
-            events.push(event);
+            let value = value.ok_or_else(|| missing_position(&index_key, position))?;
+            events.push(indexed_event(
+                index_key,
+                position,
+                &codec::global_key(position),
+                &value,
+            )?);
         }
         Ok(Cached::Ready(events))
     }
+
+    /// [`Self::load_indexed`] by one scan of the global log from the first
+    /// position to the last, skipping the records of other streams between
+    /// them without decoding them; `entries` ascend by position.
+    fn scan_indexed(
+        &self,
+        entries: Vec<(Vec<u8>, u64)>,
+        cache_only: bool,
+    ) -> Result<Cached<Vec<RecordedEvent>>, ReadError> {
+        let (Some(&(_, first)), Some(&(_, last))) = (entries.first(), entries.last()) else {
+            return Ok(Cached::Ready(Vec::new()));
+        };
+        let mut options = read_options(cache_only);
+        options.set_iterate_upper_bound(codec::global_key(last.saturating_add(1)).to_vec());
+        let mut iter = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_GLOBAL)?, options);
+        iter.seek(codec::global_key(first));
+        let mut events = Vec::with_capacity(entries.len());
+        let mut wanted = entries.into_iter();
+        let mut next = wanted.next();
+        while let Some((index_key, position)) = next.take() {
+            let Some((key, value)) = iter.key().zip(iter.value()) else {
+                next = Some((index_key, position));
+                break;
+            };
+            let found = codec::parse_u64_key(key).ok_or_else(|| Corruption {
+                keyspace: CF_GLOBAL,
+                key: key.to_vec(),
+                kind: CorruptionKind::MalformedKey,
+            })?;
+            if found > position {
+                return Err(missing_position(&index_key, position).into());
+            }
+            if found == position {
+                events.push(indexed_event(index_key, position, key, value)?);
+                next = wanted.next();
+            } else {
+                next = Some((index_key, position));
+            }
+            iter.next();
+        }
+        match iter.status() {
+            Ok(()) => {}
+            Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => {
+                return Ok(Cached::NeedsIo);
+            }
+            Err(error) => return Err(engine(error)),
+        }
+        match next {
+            Some((index_key, position)) => Err(missing_position(&index_key, position).into()),
+            None => Ok(Cached::Ready(events)),
+        }
+    }
+}
+
+/// Positions `first..=last` holding `count` wanted records are read by a
+/// scan when the scan reads at most this many records per record wanted;
+/// sparser ones by point lookups (a lookup costs a few times a step of a
+/// scan).
+const DENSE_SCAN_RECORDS_PER_WANTED_MAX: u64 = 4;
+
+/// Whether `count` records between positions `first` and `last` (ascending)
+/// are dense enough for [`RocksStore::scan_indexed`]. One record is looked
+/// up.
+fn dense(first: u64, last: u64, count: usize) -> bool {
+    let span = last.saturating_sub(first).saturating_add(1);
+    count > 1 && span <= (count as u64).saturating_mul(DENSE_SCAN_RECORDS_PER_WANTED_MAX)
+}
+
+/// The corruption of a `streams` index entry whose record is missing.
+fn missing_position(index_key: &[u8], position: u64) -> Corruption {
+    Corruption {
+        keyspace: CF_STREAMS,
+        key: index_key.to_vec(),
+        kind: CorruptionKind::Inconsistent(format!("points at missing position {position}")),
+    }
+}
+
+/// Decodes the record at `position` (its `global` key and value) that the
+/// `streams` index entry `index_key` points to, checking that it is the
+/// event the entry names.
+fn indexed_event(
+    index_key: Vec<u8>,
+    position: u64,
+    global_key: &[u8],
+    value: &[u8],
+) -> Result<RecordedEvent, ReadError> {
+    let event = codec::decode_event(CF_GLOBAL, global_key, value)?;
+    let expected = codec::parse_stream_key(&index_key);
+    if expected != Some((event.stream_id.as_str(), event.version)) || event.position != position {
+        return Err(Corruption {
+            keyspace: CF_STREAMS,
+            key: index_key,
+            kind: CorruptionKind::Inconsistent(format!(
+                "points at position {position}, which holds {}@{} at position {}",
+                event.stream_id, event.version, event.position
+            )),
+        }
+        .into());
+    }
+    Ok(event)
 }
 
 impl EventStore for RocksStore {

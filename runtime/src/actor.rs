@@ -28,7 +28,7 @@
 use crate::error::{CommandError, LoadError, panic_message};
 use crate::metric_names::{
     ACTIVATIONS_TOTAL, APPEND_LATENCY_SECONDS, COMMAND_LATENCY_SECONDS, PASSIVATIONS_TOTAL,
-    REJECTIONS_TOTAL,
+    REJECTIONS_TOTAL, SNAPSHOTS_TOTAL,
 };
 use crate::outcome::{CommandOutcome, ExecuteOptions};
 use crate::shard::{CommandResult, Execute, Reply, ShardLink, Stopped, refuse};
@@ -64,6 +64,9 @@ enum EntryState<A: Aggregate> {
     Waiting {
         events: Vec<A::Event>,
         submitted: Instant,
+        /// The state as of this append's last event, saved once the append
+        /// is durable (see [`Book::snapshot_taken`]).
+        snapshot: Option<Box<Snapshot>>,
     },
     /// The answer is known; it leaves when every earlier entry has.
     Done(CommandResult<A>),
@@ -91,6 +94,13 @@ struct Busy<A: Aggregate> {
     in_flight: VecDeque<Entry<A>>,
     /// Commands that arrived while a load or reload was pending.
     held: VecDeque<Execute<A>>,
+    /// The sequence number of the next in-flight entry. It starts again
+    /// from 0 with each new box: the box is freed only once no entry is in
+    /// flight, so no answer of an old entry can arrive after.
+    next_seq: u64,
+    /// A snapshot whose events are durable, waiting for the write of the
+    /// one before it to finish.
+    landed_snapshot: Option<Box<Snapshot>>,
 }
 
 impl<A: Aggregate> Queues<A> {
@@ -99,6 +109,8 @@ impl<A: Aggregate> Queues<A> {
             Box::new(Busy {
                 in_flight: VecDeque::new(),
                 held: VecDeque::new(),
+                next_seq: 0,
+                landed_snapshot: None,
             })
         })
     }
@@ -164,11 +176,9 @@ impl<A: Aggregate> Queues<A> {
 
     /// Frees the box once both queues are empty.
     fn release_if_idle(&mut self) {
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|busy| busy.in_flight.is_empty() && busy.held.is_empty())
-        {
+        if self.0.as_ref().is_some_and(|busy| {
+            busy.in_flight.is_empty() && busy.held.is_empty() && busy.landed_snapshot.is_none()
+        }) {
             self.0 = None;
         }
     }
@@ -182,10 +192,8 @@ impl<A: Aggregate> Queues<A> {
 struct Book<A: Aggregate> {
     /// The version of the pending state.
     version: u64,
-    /// The stream version the last snapshot holds.
+    /// The stream version the last snapshot holds (or the pending one).
     snapshot_version: u64,
-    /// The sequence number of the next in-flight entry.
-    next_seq: u64,
     /// The id of the event at `version`, when known: each append is chained
     /// to it (`ExpectedVersion::After`), so that an append decided on events
     /// that never landed cannot match a stream that a foreign write has
@@ -195,6 +203,16 @@ struct Book<A: Aggregate> {
     generation: u32,
     /// False while loading or looking up a command id.
     ready: bool,
+    /// A snapshot was taken and is not yet being written. Snapshots are
+    /// taken from the pending state when a command is decided (a hot
+    /// aggregate may never be idle) and ride on that command's in-flight
+    /// entry; each is written once its append is durable and dropped if it
+    /// fails, so a snapshot never holds an event that did not land. At most
+    /// one is taken and not yet written, at most one is being written, and
+    /// they are written in the order they were taken.
+    snapshot_taken: bool,
+    /// A snapshot is being written by the blocking pool.
+    snapshot_saving: bool,
     /// An append failed or user code panicked: reload once nothing is in flight.
     reload_needed: bool,
     passivating: bool,
@@ -218,10 +236,11 @@ impl<A: Aggregate> AggregateActor<A> {
             book: Box::new(Book {
                 version: 0,
                 snapshot_version: 0,
-                next_seq: 0,
                 last_event: None,
                 generation,
                 ready: false,
+                snapshot_taken: false,
+                snapshot_saving: false,
                 reload_needed: false,
                 passivating: false,
                 queues: Queues(None),
@@ -501,6 +520,7 @@ impl<A: Aggregate> AggregateActor<A> {
         };
         self.book.version += events.len() as u64;
         self.book.last_event = new_events.last().map(|e| e.metadata.event_id);
+        let snapshot = self.take_snapshot().map(Box::new);
         let mut request = AppendRequest::single(self.stream.clone(), expected, new_events);
         request.command_id = options.command_id;
         let pending = self.link.shared.store.submit(request);
@@ -512,6 +532,7 @@ impl<A: Aggregate> AggregateActor<A> {
             EntryState::Waiting {
                 events,
                 submitted: Instant::now(),
+                snapshot,
             },
         );
         ctx.spawn(
@@ -529,9 +550,10 @@ impl<A: Aggregate> AggregateActor<A> {
         appended: bool,
         state: EntryState<A>,
     ) -> u64 {
-        let seq = self.book.next_seq;
-        self.book.next_seq += 1;
-        self.book.queues.in_flight().push_back(Entry {
+        let busy = self.book.queues.busy();
+        let seq = busy.next_seq;
+        busy.next_seq += 1;
+        busy.in_flight.push_back(Entry {
             seq,
             reply,
             received,
@@ -569,7 +591,12 @@ impl<A: Aggregate> AggregateActor<A> {
         };
         let preceding_failed = self.book.reload_needed;
         let state = std::mem::replace(&mut in_flight[index].state, EntryState::DuplicateOf(seq));
-        let EntryState::Waiting { events, submitted } = state else {
+        let EntryState::Waiting {
+            events,
+            submitted,
+            snapshot,
+        } = state
+        else {
             in_flight[index].state = state;
             return;
         };
@@ -634,7 +661,21 @@ impl<A: Aggregate> AggregateActor<A> {
                 }
             }
         }
+        let landed = answer.as_ref().is_ok_and(|outcome| !outcome.deduplicated);
         in_flight[index].state = EntryState::Done(answer);
+        if let Some(snapshot) = snapshot {
+            // Durable now, with every event before it (the appends of one
+            // stream land in order, each chained to the one before).
+            if landed && !self.book.reload_needed {
+                self.save_snapshot(snapshot, ctx);
+            } else {
+                // The reload that follows reads the last saved snapshot's
+                // version back.
+                self.book.snapshot_taken = false;
+                metrics::counter!(SNAPSHOTS_TOTAL, "kind" => A::KIND, "result" => "dropped")
+                    .increment(1);
+            }
+        }
         self.drain(ctx);
     }
 
@@ -655,8 +696,12 @@ impl<A: Aggregate> AggregateActor<A> {
         if self.book.reload_needed {
             return self.load(ctx);
         }
-        self.maybe_snapshot();
-        if self.book.passivating && self.book.queues.held_is_empty() {
+        // Nothing in flight: the state is durable.
+        if let Some(snapshot) = self.take_snapshot() {
+            self.save_snapshot(Box::new(snapshot), ctx);
+        }
+        // A snapshot being written is waited for (its end drains again).
+        if !self.book.snapshot_saving && self.book.passivating && self.book.queues.held_is_empty() {
             ctx.stop();
         }
     }
@@ -667,34 +712,71 @@ impl<A: Aggregate> AggregateActor<A> {
         self.drain(ctx);
     }
 
-    fn maybe_snapshot(&mut self) {
-        let Some(every) = self.link.shared.settings.snapshot_every_events else {
-            return;
-        };
-        if self.book.version < self.book.snapshot_version.saturating_add(every) {
-            return;
+    /// A snapshot of the pending state, if one is due: the version has
+    /// passed the last snapshot's by `snapshot_every_events` and no other
+    /// snapshot is taken and not yet written. Its version becomes the last
+    /// snapshot's.
+    fn take_snapshot(&mut self) -> Option<Snapshot> {
+        let every = self.link.shared.settings.snapshot_every_events?;
+        if self.book.snapshot_taken
+            || self.book.version < self.book.snapshot_version.saturating_add(every)
+        {
+            return None;
         }
         match payload::encode(&self.state) {
             Ok(state) => {
-                let snapshot = Snapshot {
+                self.book.snapshot_version = self.book.version;
+                self.book.snapshot_taken = true;
+                Some(Snapshot {
                     snapshot_version: A::SNAPSHOT_VERSION,
                     stream_version: self.book.version,
                     state,
-                };
-                self.book.snapshot_version = self.book.version;
-                let store = Arc::clone(&self.link.shared.store);
-                let stream = self.stream.clone();
-                // Not awaited: a lost snapshot only costs a longer replay.
-                drop(tokio::task::spawn_blocking(move || {
-                    if let Err(error) = store.save_snapshot(&stream, &snapshot) {
-                        tracing::warn!(%stream, %error, "snapshot not saved");
-                    }
-                }));
+                })
             }
             Err(error) => {
-                tracing::warn!(stream = %self.stream, %error, "state could not be encoded for a snapshot")
+                tracing::warn!(stream = %self.stream, %error, "state could not be encoded for a snapshot");
+                None
             }
         }
+    }
+
+    /// Writes a taken snapshot of durable state on the blocking pool, or,
+    /// while the one before it is being written, once that is done.
+    fn save_snapshot(&mut self, snapshot: Box<Snapshot>, ctx: &mut Context<Self>) {
+        if self.book.snapshot_saving {
+            self.book.queues.busy().landed_snapshot = Some(snapshot);
+            return;
+        }
+        self.book.snapshot_taken = false;
+        self.book.snapshot_saving = true;
+        let store = Arc::clone(&self.link.shared.store);
+        let stream = self.stream.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // A lost snapshot only costs a longer replay.
+            let result = match store.save_snapshot(&stream, &snapshot) {
+                Ok(()) => "saved",
+                Err(error) => {
+                    tracing::warn!(%stream, %error, "snapshot not saved");
+                    "failed"
+                }
+            };
+            metrics::counter!(SNAPSHOTS_TOTAL, "kind" => A::KIND, "result" => result).increment(1);
+        });
+        // Dropped if the actor stops first (shutdown); the write still
+        // finishes.
+        ctx.spawn(task.into_actor(self).map(|_, actor, ctx| {
+            actor.book.snapshot_saving = false;
+            if let Some(landed) = actor
+                .book
+                .queues
+                .0
+                .as_mut()
+                .and_then(|busy| busy.landed_snapshot.take())
+            {
+                actor.save_snapshot(landed, ctx);
+            }
+            actor.drain(ctx);
+        }));
     }
 }
 

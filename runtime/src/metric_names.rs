@@ -17,6 +17,10 @@ pub const ACTIVATIONS_TOTAL: &str = "eventfold_activations_total";
 pub const STATE_CACHE_HITS_TOTAL: &str = "eventfold_state_cache_hits_total";
 /// Counter: aggregate actors passivated. Label: `kind`.
 pub const PASSIVATIONS_TOTAL: &str = "eventfold_passivations_total";
+/// Counter: aggregate snapshots. Labels: `kind`, `result` (`saved`;
+/// `failed`, the store refused it; `dropped`, taken when a command was
+/// decided whose events then did not land, so never written).
+pub const SNAPSHOTS_TOTAL: &str = "eventfold_snapshots_total";
 /// Counter: commands refused before being decided. Label: `reason`
 /// (`overloaded`, `timeout`, `shut_down`).
 pub const REJECTIONS_TOTAL: &str = "eventfold_rejections_total";

@@ -3,7 +3,9 @@
 
 use eventfold_runtime::domain::{Aggregate, DomainEvent};
 use eventfold_runtime::metric_names::*;
+use eventfold_runtime::storage::{EventStore, MemoryStore, payload};
 use eventfold_runtime::{CommandError, Passivation, Runtime};
+use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -121,4 +123,98 @@ fn commands_activations_passivations_and_rejections_are_recorded() {
             .any(|l| l.key() == "result" && l.value() == "rejected")
     });
     assert!(rejected, "a refused command is labelled");
+
+    // Snapshots: one taken on a decision whose events do not land (a
+    // foreign write takes its version first) is dropped, not written; the
+    // next, after the reload, is written.
+    let store = MemoryStore::new();
+    let runtime = Runtime::builder()
+        .memory_store(store.clone())
+        .snapshot_every_events(Some(10))
+        .aggregate::<Counter>()
+        .start()
+        .unwrap();
+    store.hold_appends();
+    let send = |first: u64, count: u64| -> Vec<std::thread::JoinHandle<bool>> {
+        let held = store.held_appends();
+        let threads = (first..first + count)
+            .map(|n| {
+                let runtime = runtime.clone();
+                std::thread::spawn(move || runtime.execute_blocking::<Counter>("s", n).is_ok())
+            })
+            .collect();
+        wait_until(|| store.held_appends() == held + count as usize);
+        threads
+    };
+    // Versions 1..=9, the foreign write, then 10..=14 as the actor sees
+    // them: its snapshot is taken at 10.
+    let landing = send(1, 9);
+    let foreign = {
+        let store = store.clone();
+        let stream = eventfold_runtime::domain::StreamId::new("counter-s").unwrap();
+        let event = eventfold_runtime::domain::NewEvent::new(
+            "Added",
+            1,
+            payload::encode(&Added(1000)).unwrap(),
+            eventfold_runtime::domain::Metadata::new(),
+        );
+        std::thread::spawn(move || {
+            store.append(
+                &stream,
+                eventfold_runtime::domain::ExpectedVersion::Any,
+                vec![event],
+            )
+        })
+    };
+    wait_until(|| store.held_appends() == 10);
+    let failing = send(10, 5);
+    store.resume_appends();
+    assert!(landing.into_iter().all(|t| t.join().unwrap()));
+    assert!(foreign.join().unwrap().is_ok());
+    assert!(failing.into_iter().all(|t| !t.join().unwrap()));
+    // The next command reloads at version 10: a snapshot is due and written.
+    runtime.execute_blocking::<Counter>("s", 1).unwrap();
+    // The debugging recorder's snapshots are taken whole: counters are read
+    // from one.
+    let snapshots = |metrics: &[(CompositeKey, _, _, DebugValue)], result: &'static str| {
+        metrics
+            .iter()
+            .filter(|(key, ..)| {
+                key.key().name() == SNAPSHOTS_TOTAL
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "result" && l.value() == result)
+            })
+            .map(|(_, _, _, value)| match value {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum::<u64>()
+    };
+    let metrics = (0..3000)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            snapshotter.snapshot().into_vec()
+        })
+        .find(|metrics| snapshots(metrics, "saved") == 1)
+        .expect("the snapshot after the reload is written within 30 s");
+    assert_eq!(snapshots(&metrics, "dropped"), 1);
+    assert_eq!(snapshots(&metrics, "failed"), 0);
+    let saved = store
+        .load_snapshot(&eventfold_runtime::domain::StreamId::new("counter-s").unwrap())
+        .unwrap()
+        .expect("the snapshot after the reload");
+    assert_eq!(saved.stream_version, 10);
+    let state: Counter = payload::decode(&saved.state).unwrap();
+    assert_eq!(state.0, (1..=9).sum::<u64>() + 1000);
+    runtime.shutdown_blocking().unwrap();
+}
+
+fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

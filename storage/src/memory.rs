@@ -9,7 +9,7 @@ use crate::error::{AppendError, Corruption, CorruptionKind, ReadError, WriteErro
 use crate::options::StoreOptions;
 use crate::validate;
 use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -46,6 +46,18 @@ pub struct MemoryStore {
     listener: Arc<std::sync::RwLock<Option<Arc<dyn CommitListener>>>>,
     poisoned: Arc<AtomicBool>,
     options: Arc<StoreOptions>,
+    hold: Arc<Mutex<Hold>>,
+}
+
+/// Appends submitted while [`MemoryStore::hold_appends`] is on, in order,
+/// each with the sender of its outcome.
+#[derive(Default)]
+struct Hold {
+    on: bool,
+    queue: VecDeque<(
+        AppendRequest,
+        oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    )>,
 }
 
 impl Default for MemoryStore {
@@ -67,6 +79,7 @@ impl MemoryStore {
             listener: Arc::default(),
             poisoned: Arc::default(),
             options: Arc::new(options),
+            hold: Arc::default(),
         }
     }
 
@@ -78,7 +91,65 @@ impl MemoryStore {
             listener: Arc::default(),
             poisoned: Arc::default(),
             options: Arc::clone(&self.options),
+            hold: Arc::default(),
         }
+    }
+
+    /// Holds every append submitted from now on (queued in order, each
+    /// still waiting for its outcome) until [`MemoryStore::release_appends`]
+    /// or [`MemoryStore::resume_appends`]: for tests of what happens while
+    /// appends are in flight. Past `queue_appends_max` held appends, an
+    /// append fails with `Overloaded`, as a full writer queue does.
+    ///
+    /// ```
+    /// use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
+    /// use eventfold_storage::{AppendRequest, EventStore, MemoryStore};
+    ///
+    /// let store = MemoryStore::new();
+    /// let stream = StreamId::new("account-1")?;
+    /// let event = NewEvent::new("Opened", 1, vec![], Metadata::new());
+    /// store.hold_appends();
+    /// let pending =
+    ///     store.submit(AppendRequest::single(stream.clone(), ExpectedVersion::NoStream, vec![event]));
+    /// assert_eq!((store.held_appends(), store.stream_version(&stream)?), (1, 0));
+    /// assert_eq!(store.release_appends(1), 1);
+    /// assert_eq!(pending.wait()?.last_version(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hold_appends(&self) {
+        self.lock_hold().on = true;
+    }
+
+    /// Applies the first `count` held appends, in order, and answers them;
+    /// returns how many there were. Appends stay held.
+    pub fn release_appends(&self, count: usize) -> usize {
+        let mut hold = self.lock_hold();
+        let count = count.min(hold.queue.len());
+        for (request, reply) in hold.queue.drain(..count) {
+            // A receiver that is gone no longer wants the outcome.
+            let _ = reply.send(self.append_now(request));
+        }
+        count
+    }
+
+    /// Applies every held append, in order, and stops holding.
+    pub fn resume_appends(&self) {
+        let mut hold = self.lock_hold();
+        hold.on = false;
+        for (request, reply) in hold.queue.drain(..) {
+            let _ = reply.send(self.append_now(request));
+        }
+    }
+
+    /// How many appends are held.
+    pub fn held_appends(&self) -> usize {
+        self.lock_hold().queue.len()
+    }
+
+    fn lock_hold(&self) -> MutexGuard<'_, Hold> {
+        // Every change under this lock is a single push or drain: a panic
+        // elsewhere cannot leave it half-done.
+        self.hold.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -206,7 +277,22 @@ impl MemoryStore {
 
 impl EventStore for MemoryStore {
     fn submit(&self, request: AppendRequest) -> PendingAppend {
-        PendingAppend::ready(self.append_now(request))
+        let mut hold = self.lock_hold();
+        if !hold.on {
+            drop(hold);
+            return PendingAppend::ready(self.append_now(request));
+        }
+        if let Err(error) = validate::append_request(&request, &self.options) {
+            return PendingAppend::ready(Err(error));
+        }
+        if hold.queue.len() >= self.options.queue_appends_max {
+            return PendingAppend::ready(Err(AppendError::Overloaded {
+                limit: self.options.queue_appends_max,
+            }));
+        }
+        let (reply, receiver) = oneshot::channel();
+        hold.queue.push_back((request, reply));
+        PendingAppend::waiting(receiver)
     }
 
     fn head(&self) -> u64 {

@@ -56,6 +56,37 @@ impl StreamId {
         Ok(Self(Arc::from(id)))
     }
 
+    /// The stream of the aggregate of kind `kind` with id `id`:
+    /// `{kind}-{id}`, validated as [`StreamId::new`] does, built without a
+    /// temporary `String` (one allocation, the id's own).
+    ///
+    /// ```
+    /// use eventfold_domain::StreamId;
+    ///
+    /// let stream = StreamId::for_aggregate("account", "42")?;
+    /// assert_eq!((stream.as_str(), stream.category()), ("account-42", "account"));
+    /// assert!(StreamId::for_aggregate("account", &"x".repeat(300)).is_err());
+    /// # Ok::<(), eventfold_domain::StreamIdError>(())
+    /// ```
+    pub fn for_aggregate(kind: &str, id: &str) -> Result<Self, StreamIdError> {
+        let bytes = kind.len() + 1 + id.len();
+        if bytes > STREAM_ID_BYTES_MAX {
+            return Err(StreamIdError::TooLong {
+                bytes,
+                limit: STREAM_ID_BYTES_MAX,
+            });
+        }
+        let mut joined = [0u8; STREAM_ID_BYTES_MAX];
+        joined[..kind.len()].copy_from_slice(kind.as_bytes());
+        joined[kind.len()] = b'-';
+        joined[kind.len() + 1..bytes].copy_from_slice(id.as_bytes());
+        match std::str::from_utf8(&joined[..bytes]) {
+            Ok(joined) => Self::new(joined),
+            // Two strings and a `-` are UTF-8; this arm is never taken.
+            Err(_) => Self::new(format!("{kind}-{id}")),
+        }
+    }
+
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -131,5 +162,31 @@ mod tests {
             Err(StreamIdError::TooLong { .. })
         ));
         assert!(StreamId::new("x".repeat(STREAM_ID_BYTES_MAX)).is_ok());
+    }
+
+    #[test]
+    fn an_aggregate_stream_is_its_kind_a_dash_and_its_id() {
+        let stream = StreamId::for_aggregate("account", "é-1").unwrap();
+        assert_eq!(stream, StreamId::new("account-é-1").unwrap());
+        assert_eq!(stream.category(), "account");
+        let longest = "x".repeat(STREAM_ID_BYTES_MAX - "account-".len());
+        assert_eq!(
+            StreamId::for_aggregate("account", &longest)
+                .unwrap()
+                .as_str()
+                .len(),
+            STREAM_ID_BYTES_MAX
+        );
+        assert_eq!(
+            StreamId::for_aggregate("account", &format!("{longest}x")),
+            Err(StreamIdError::TooLong {
+                bytes: STREAM_ID_BYTES_MAX + 1,
+                limit: STREAM_ID_BYTES_MAX
+            })
+        );
+        assert_eq!(
+            StreamId::for_aggregate("account", "a\0b"),
+            Err(StreamIdError::ContainsNul)
+        );
     }
 }

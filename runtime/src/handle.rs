@@ -118,12 +118,13 @@ pub struct RuntimeHandle {
 /// [`RuntimeHandle::cancel_instance`] wait for the process manager.
 pub const PROCESS_CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where a dispatched command's answer comes, and how long to wait for it.
-type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration);
+/// Where a dispatched command's answer comes, how long to wait for it, and
+/// until when (its timeout from when it was received).
+type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration, Instant);
 
 /// Waits for a routed command's answer, or its timeout.
-async fn answer<A: Aggregate>((reply, timeout): Dispatched<A>) -> CommandResult<A> {
-    match crate::timeout::Deadline::after(reply, timeout).await {
+async fn answer<A: Aggregate>((reply, timeout, deadline): Dispatched<A>) -> CommandResult<A> {
+    match crate::timeout::Deadline::until(reply, deadline).await {
         Some(Ok(result)) => result,
         Some(Err(_)) => Err(CommandError::ShutDown),
         None => Err(CommandError::Timeout(timeout)),
@@ -345,23 +346,24 @@ impl RuntimeHandle {
         if !self.inner.kinds.contains(A::KIND) {
             return Err(CommandError::NotRegistered(A::KIND));
         }
-        let stream = StreamId::new(format!("{}-{id}", A::KIND)).map_err(CommandError::InvalidId)?;
+        let stream = StreamId::for_aggregate(A::KIND, id).map_err(CommandError::InvalidId)?;
         let timeout = options
             .timeout
             .unwrap_or(self.inner.shared.settings.command_timeout);
         let received = Instant::now();
+        let deadline = crate::timeout::deadline(received, timeout);
         let (reply, receiver) = oneshot::channel();
         let shard = &self.inner.shards[shard_of(&stream, self.inner.shards.len())];
         let message = Execute::<A> {
             stream,
             command,
             options,
-            deadline: received + timeout,
+            deadline,
             received,
             reply,
         };
         match shard.try_send(message) {
-            Ok(()) => Ok((receiver, timeout)),
+            Ok(()) => Ok((receiver, timeout, deadline)),
             Err(SendError::Full(_)) => {
                 metrics::counter!(REJECTIONS_TOTAL, "reason" => "overloaded").increment(1);
                 Err(CommandError::Overloaded("shard mailbox is full"))
@@ -409,7 +411,7 @@ impl RuntimeHandle {
         command: A::Command,
         options: ExecuteOptions,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        let (reply, timeout) = self.dispatch::<A>(id, command, options)?;
+        let (reply, timeout, _) = self.dispatch::<A>(id, command, options)?;
         match reply.recv_timeout(timeout) {
             Ok(result) => result,
             Err(oneshot::RecvTimeoutError::Timeout) => Err(CommandError::Timeout(timeout)),

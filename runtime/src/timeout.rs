@@ -37,6 +37,13 @@ fn epoch(now: Instant) -> Epoch {
     }
 }
 
+/// `timeout` after `from`, or a year after it when that is past what an
+/// `Instant` can hold (a timeout of `Duration::MAX` means no timeout).
+pub(crate) fn deadline(from: Instant, timeout: Duration) -> Instant {
+    from.checked_add(timeout)
+        .unwrap_or(from + Duration::from_secs(86_400 * 365))
+}
+
 /// Waits for `reply` until `deadline`: `None` when the deadline came first
 /// (noticed within one [`TIMEOUT_EPOCH`]). Runs on any executor.
 pub(crate) struct Deadline<F> {
@@ -48,12 +55,14 @@ pub(crate) struct Deadline<F> {
 impl<F> Deadline<F> {
     /// Waits for `reply` at most `timeout` from now.
     pub(crate) fn after(reply: F, timeout: Duration) -> Self {
-        let now = Instant::now();
+        Self::until(reply, deadline(Instant::now(), timeout))
+    }
+
+    /// Waits for `reply` until `deadline`.
+    pub(crate) fn until(reply: F, deadline: Instant) -> Self {
         Self {
             reply,
-            deadline: now
-                .checked_add(timeout)
-                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            deadline,
             epoch: None,
         }
     }

@@ -1137,3 +1137,21 @@ fn a_snapshot_of_events_that_did_not_land_is_never_written() {
     );
     rt.shutdown_blocking().unwrap();
 }
+
+/// A timeout too long for a clock to hold means no timeout, in both the
+/// async and the blocking call, and never an overflow.
+#[test]
+fn the_longest_timeout_is_no_timeout() {
+    let rt = runtime();
+    let options = || ExecuteOptions::new().timeout(Duration::MAX);
+    let outcome = rt
+        .execute_blocking_with::<Tally>("forever", Cmd::Add(2), options())
+        .unwrap();
+    assert_eq!(outcome.version, 1);
+    let outcome =
+        futures::executor::block_on(rt.execute_with::<Tally>("forever", Cmd::Add(3), options()))
+            .unwrap();
+    assert_eq!(outcome.version, 2);
+    check(&rt, "forever", 5, 2);
+    rt.shutdown_blocking().unwrap();
+}

@@ -240,6 +240,21 @@ pub enum OpenError {
         /// The format marker this version writes.
         supported: &'static str,
     },
+    /// The directory holds a store of an earlier format (or one whose
+    /// upgrade was cut short) that [`RocksStore::upgrade`](crate::RocksStore::upgrade)
+    /// converts; it is left untouched until then.
+    #[error(
+        "the store at this path has format {found:?}; RocksStore::upgrade converts it to {supported:?}"
+    )]
+    NeedsUpgrade {
+        /// The format marker found.
+        found: String,
+        /// The format marker this version writes.
+        supported: &'static str,
+    },
+    /// There is no store at the path (for operations that never create one).
+    #[error("no eventfold store at {0}")]
+    Missing(std::path::PathBuf),
     /// Stored bytes needed to open the store are corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corruption),

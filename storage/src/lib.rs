@@ -76,4 +76,4 @@ pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};
 /// The RocksDB backend (feature `rocksdb`, on by default; off, the crate
 /// builds without RocksDB, for the fuzz targets of its decoders).
 #[cfg(feature = "rocksdb")]
-pub use rocks::RocksStore;
+pub use rocks::{REINDEX_BATCH_EVENTS, RocksStore, UpgradeReport};

@@ -4,7 +4,7 @@
 mod conformance;
 
 use conformance::{Backend, ev, sid};
-use eventfold_domain::{CommandId, ExpectedVersion};
+use eventfold_domain::{CommandId, ExpectedVersion, RecordedEvent};
 use eventfold_storage::*;
 use tempfile::TempDir;
 
@@ -810,4 +810,169 @@ fn check_slices(
             }
         }
     }
+}
+
+/// Rewrites the store in `dir` (closed) as `eventfold-store-v1` wrote it:
+/// `streams` keys without their tag. Index entries of positions above
+/// `keep_v2_up_to` are dropped instead when `reindexing` (an upgrade cut
+/// short after writing those), and the marker says so.
+fn downgrade(dir: &std::path::Path, reindexing: Option<u64>) {
+    let db = raw(dir);
+    let streams = db.cf_handle(CF_STREAMS).unwrap();
+    let entries: Vec<_> = db
+        .iterator_cf(streams, rocksdb::IteratorMode::Start)
+        .map(Result::unwrap)
+        .collect();
+    assert!(!entries.is_empty());
+    let mut batch = rocksdb::WriteBatch::default();
+    for (key, position) in entries {
+        batch.delete_cf(streams, &key);
+        let position = u64::from_be_bytes(position[..].try_into().unwrap());
+        match reindexing {
+            None => batch.put_cf(streams, &key[4..], position.to_be_bytes()),
+            Some(done) if position <= done => batch.put_cf(streams, &key, position.to_be_bytes()),
+            Some(_) => {}
+        }
+    }
+    match reindexing {
+        None => batch.put(b"format", b"eventfold-store-v1"),
+        Some(done) => {
+            batch.put(b"format", b"eventfold-store-v2-reindexing");
+            batch.put(b"reindexed", done.to_be_bytes());
+        }
+    }
+    db.write(batch).unwrap();
+}
+
+/// Every stream of `ids` read whole.
+fn all_streams(store: &RocksStore, ids: &[&str]) -> Vec<Vec<RecordedEvent>> {
+    ids.iter()
+        .map(|id| {
+            store
+                .read_stream(&sid(id), 1, Direction::Forward, 10_000)
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A v1 store (index keys without a tag) is refused at open, untouched,
+/// until `RocksStore::upgrade` rebuilds its index from the global log; then
+/// it reads as it did, and takes appends checked against its versions.
+#[test]
+fn a_v1_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["acc-1371838", "acc-2000402", "s", "s-1", "t"];
+    let before = {
+        let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+        for i in 0..200u32 {
+            let id = ids[(i as usize * 7) % ids.len()];
+            store
+                .append(
+                    &sid(id),
+                    ExpectedVersion::Any,
+                    vec![ev("E", &i.to_be_bytes())],
+                )
+                .unwrap();
+        }
+        store
+            .save_snapshot(
+                &sid("t"),
+                &Snapshot {
+                    snapshot_version: 1,
+                    stream_version: 3,
+                    state: vec![9],
+                },
+            )
+            .unwrap();
+        store.set_checkpoint("projection", 150).unwrap();
+        let before = all_streams(&store, &ids);
+        store.close();
+        before
+    };
+    downgrade(dir.path(), None);
+    match RocksStore::open(dir.path(), StoreOptions::default()) {
+        Err(OpenError::NeedsUpgrade { found, supported }) => {
+            assert_eq!(
+                (found.as_str(), supported),
+                ("eventfold-store-v1", "eventfold-store-v2")
+            );
+        }
+        other => panic!("expected NeedsUpgrade, got {:?}", other.map(|_| ())),
+    }
+    let report = RocksStore::upgrade(dir.path()).unwrap();
+    assert_eq!(
+        (report.from.as_str(), report.events_indexed),
+        ("eventfold-store-v1", 200)
+    );
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.verify().unwrap().is_clean());
+    assert_eq!(all_streams(&store, &ids), before);
+    assert_eq!(store.checkpoint("projection").unwrap(), Some(150));
+    assert_eq!(
+        store.load_snapshot(&sid("t")).unwrap().unwrap().state,
+        vec![9]
+    );
+    let version = store.stream_version(&sid("s")).unwrap();
+    assert_eq!(version, before[2].len() as u64);
+    assert!(matches!(
+        store.append(
+            &sid("s"),
+            ExpectedVersion::Exact(version - 1),
+            vec![ev("E", b"")]
+        ),
+        Err(AppendError::WrongExpectedVersion { .. })
+    ));
+    store
+        .append(
+            &sid("s"),
+            ExpectedVersion::Exact(version),
+            vec![ev("E", b"")],
+        )
+        .unwrap();
+    store.close();
+    drop(store);
+    // Current already: nothing to do.
+    let again = RocksStore::upgrade(dir.path()).unwrap();
+    assert_eq!(
+        (again.from.as_str(), again.events_indexed),
+        ("eventfold-store-v2", 0)
+    );
+}
+
+/// An upgrade cut short (its marker says how far it got) is refused at open
+/// and resumes from there; a store of an unknown format is not touched and
+/// a directory without a store is not created.
+#[test]
+fn an_upgrade_cut_short_resumes_and_unknown_formats_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = populated(dir.path());
+        let before = all_streams(&store, &["acc-0", "acc-1"]);
+        store.close();
+        before
+    };
+    downgrade(dir.path(), Some(4));
+    assert!(matches!(
+        RocksStore::open(dir.path(), StoreOptions::default()),
+        Err(OpenError::NeedsUpgrade { found, .. }) if found == "eventfold-store-v2-reindexing"
+    ));
+    let report = RocksStore::upgrade(dir.path()).unwrap();
+    assert_eq!(report.events_indexed, 6, "positions 5 to 10");
+    let store = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(all_streams(&store, &["acc-0", "acc-1"]), before);
+    assert!(store.verify().unwrap().is_clean());
+    store.close();
+    drop(store);
+    {
+        let db = raw(dir.path());
+        db.put(b"format", b"eventfold-store-v99").unwrap();
+    }
+    assert!(matches!(
+        RocksStore::upgrade(dir.path()),
+        Err(OpenError::UnsupportedFormat { found, .. }) if found == "eventfold-store-v99"
+    ));
+    let empty = tempfile::tempdir().unwrap();
+    let missing = empty.path().join("no-store");
+    assert!(matches!(RocksStore::upgrade(&missing), Err(OpenError::Missing(p)) if p == missing));
+    assert!(!missing.exists());
 }

@@ -4,6 +4,7 @@
 //! values byte by byte. One [`writer`] thread assigns positions and commits
 //! appends in groups; reads run on the caller's thread.
 
+mod upgrade;
 mod verify;
 pub(crate) mod writer;
 
@@ -24,6 +25,8 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use writer::{Job, Message, Syncer, Writer};
+
+pub use upgrade::{REINDEX_BATCH_EVENTS, UpgradeReport};
 
 pub use crate::keyspaces::{
     CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAMS, KEYSPACES,
@@ -161,49 +164,52 @@ fn db_options(options: &StoreOptions) -> Result<(Options, Vec<ColumnFamilyDescri
     let cache = Cache::new_lru_cache(options.block_cache_bytes);
     let families = std::iter::once("default")
         .chain(KEYSPACES)
-        .map(|name| {
-            let mut table = BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            table.set_bloom_filter(10.0, false);
-            table.set_cache_index_and_filter_blocks(true);
-            let mut cf = Options::default();
-            cf.set_compression_type(DBCompressionType::Lz4);
-            if name == CF_STREAMS {
-                // Every read of the stream index seeks into one stream: the
-                // bloom filters hold stream prefixes instead of whole keys
-                // (never looked up), and the memtable has one too.
-                table.set_whole_key_filtering(false);
-                cf.set_prefix_extractor(SliceTransform::create(
-                    STREAMS_PREFIX_EXTRACTOR,
-                    codec::stream_key_prefix,
-                    Some(codec::is_stream_key),
-                ));
-                cf.set_memtable_prefix_bloom_ratio(STREAMS_MEMTABLE_PREFIX_BLOOM_RATIO);
-            }
-            if POINT_LOOKUP_KEYSPACES.contains(&name) {
-                // Most lookups here are of keys that are not there (a new
-                // process instance, a command id not seen before): a bloom
-                // filter of the memtable's keys answers them without a
-                // search of its skip list (a cache miss per level).
-                cf.set_memtable_prefix_bloom_ratio(POINT_LOOKUP_MEMTABLE_BLOOM_RATIO);
-                cf.set_memtable_whole_key_filtering(true);
-            }
-            cf.set_block_based_table_factory(&table);
-            if name == CF_STREAMS {
-                // Each event's index key lands inside its stream's range, at
-                // a random place among all streams: a search of the memtable's
-                // skip list from its top, a cache miss per level, was half
-                // the writer thread's time. With hints by tag (see
-                // STREAMS_HINT_BYTES) the insert starts from where the
-                // stream's last key went.
-                // The option exists only as a string in RocksDB's C API; the
-                // string is applied on top of everything set above.
-                cf = cf.get_options_from_string(streams_insert_hint_option())?;
-            }
-            Ok(ColumnFamilyDescriptor::new(name, cf))
-        })
+        .map(|name| Ok(ColumnFamilyDescriptor::new(name, cf_options(name, &cache)?)))
         .collect::<Result<_, OpenError>>()?;
     Ok((db, families))
+}
+
+/// The options of keyspace `name`, its table files in `cache`.
+fn cf_options(name: &str, cache: &Cache) -> Result<Options, OpenError> {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    let mut cf = Options::default();
+    cf.set_compression_type(DBCompressionType::Lz4);
+    if name == CF_STREAMS {
+        // Every read of the stream index seeks into one stream: the
+        // bloom filters hold stream prefixes instead of whole keys
+        // (never looked up), and the memtable has one too.
+        table.set_whole_key_filtering(false);
+        cf.set_prefix_extractor(SliceTransform::create(
+            STREAMS_PREFIX_EXTRACTOR,
+            codec::stream_key_prefix,
+            Some(codec::is_stream_key),
+        ));
+        cf.set_memtable_prefix_bloom_ratio(STREAMS_MEMTABLE_PREFIX_BLOOM_RATIO);
+    }
+    if POINT_LOOKUP_KEYSPACES.contains(&name) {
+        // Most lookups here are of keys that are not there (a new
+        // process instance, a command id not seen before): a bloom
+        // filter of the memtable's keys answers them without a
+        // search of its skip list (a cache miss per level).
+        cf.set_memtable_prefix_bloom_ratio(POINT_LOOKUP_MEMTABLE_BLOOM_RATIO);
+        cf.set_memtable_whole_key_filtering(true);
+    }
+    cf.set_block_based_table_factory(&table);
+    if name == CF_STREAMS {
+        // Each event's index key lands inside its stream's range, at
+        // a random place among all streams: a search of the memtable's
+        // skip list from its top, a cache miss per level, was half
+        // the writer thread's time. With hints by tag (see
+        // STREAMS_HINT_BYTES) the insert starts from where the
+        // stream's last key went.
+        // The option exists only as a string in RocksDB's C API; the
+        // string is applied on top of everything set above.
+        cf = cf.get_options_from_string(streams_insert_hint_option())?;
+    }
+    Ok(cf)
 }
 
 /// RocksDB option giving the `streams` memtable one insert hint per value
@@ -298,9 +304,17 @@ impl RocksStore {
         let db = DB::open_cf_descriptors(&db_options, &path, families)?;
         match db.get(codec::META_FORMAT_KEY)? {
             Some(found) if found != codec::STORE_FORMAT.as_bytes() => {
-                return Err(OpenError::UnsupportedFormat {
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                    supported: codec::STORE_FORMAT,
+                let found = String::from_utf8_lossy(&found).into_owned();
+                return Err(if upgrade::UPGRADABLE_FORMATS.contains(&found.as_str()) {
+                    OpenError::NeedsUpgrade {
+                        found,
+                        supported: codec::STORE_FORMAT,
+                    }
+                } else {
+                    OpenError::UnsupportedFormat {
+                        found,
+                        supported: codec::STORE_FORMAT,
+                    }
                 });
             }
             Some(_) => {}

@@ -1032,11 +1032,9 @@ fn send_held(
     threads
 }
 
-/// A hot aggregate always has appends in flight, so it cannot wait for an
-/// idle moment to snapshot: a snapshot is taken when a command is decided
-/// and written once that command's append is durable, never before.
-#[test]
-fn a_hot_aggregate_snapshots_durable_state_while_appends_are_in_flight() {
+/// A runtime on a memory store, snapshotting every 10 events, after
+/// `Add(1)` to `id` (version 1); from then on the store holds appends.
+fn snapshotting_with_held_appends(id: &str) -> (MemoryStore, RuntimeHandle) {
     let store = MemoryStore::new();
     let rt = Runtime::builder()
         .memory_store(store.clone())
@@ -1044,8 +1042,17 @@ fn a_hot_aggregate_snapshots_durable_state_while_appends_are_in_flight() {
         .aggregate::<Tally>()
         .start()
         .unwrap();
-    rt.execute_blocking::<Tally>("h", Cmd::Add(1)).unwrap();
+    rt.execute_blocking::<Tally>(id, Cmd::Add(1)).unwrap();
     store.hold_appends();
+    (store, rt)
+}
+
+/// A hot aggregate always has appends in flight, so it cannot wait for an
+/// idle moment to snapshot: a snapshot is taken when a command is decided
+/// and written once that command's append is durable, never before.
+#[test]
+fn a_hot_aggregate_snapshots_durable_state_while_appends_are_in_flight() {
+    let (store, rt) = snapshotting_with_held_appends("h");
     let threads = send_held(&rt, &store, "h", 2, 30);
     // Versions 2..=31 are decided, none durable: the snapshot taken at
     // version 10 waits.
@@ -1092,15 +1099,7 @@ fn a_hot_aggregate_snapshots_durable_state_while_appends_are_in_flight() {
 /// the events that did land.
 #[test]
 fn a_snapshot_of_events_that_did_not_land_is_never_written() {
-    let store = MemoryStore::new();
-    let rt = Runtime::builder()
-        .memory_store(store.clone())
-        .snapshot_every_events(Some(10))
-        .aggregate::<Tally>()
-        .start()
-        .unwrap();
-    rt.execute_blocking::<Tally>("f", Cmd::Add(1)).unwrap();
-    store.hold_appends();
+    let (store, rt) = snapshotting_with_held_appends("f");
     // Versions 2..=9 by the actor, then a foreign write held behind them,
     // then versions 10..=14 as the actor sees them (the snapshot is taken
     // at 10): the foreign write takes version 10 first.

@@ -247,7 +247,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Snapshot every this many events (`None`: never).
+    /// Snapshot every this many events (`None`: never): taken when a
+    /// command brings the aggregate that far past its last snapshot, and
+    /// written once that command's events are durable.
     pub fn snapshot_every_events(mut self, events: Option<u64>) -> Self {
         self.settings.snapshot_every_events = events;
         self

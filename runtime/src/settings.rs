@@ -41,8 +41,9 @@ pub struct Settings {
     pub actor_in_flight_commands_max: usize,
     /// When actors are stopped.
     pub passivation: Passivation,
-    /// A snapshot is written after this many events since the last one
-    /// (`None`: never).
+    /// A snapshot is taken when a command brings the aggregate this many
+    /// events past its last one, even while earlier appends are in flight,
+    /// and written once that command's events are durable (`None`: never).
     pub snapshot_every_events: Option<u64>,
     /// Default time a caller waits for an outcome (an async caller notices
     /// it within 50 ms after; see `TIMEOUT_EPOCH`).

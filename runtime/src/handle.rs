@@ -510,7 +510,7 @@ impl RuntimeHandle {
         timeout: Duration,
     ) -> Result<(), ProjectionError> {
         let (_, consumers) = self.inner.registry.consumers(projection)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::timeout::deadline(Instant::now(), timeout);
         for consumer in consumers {
             let mut processed = consumer.processed.subscribe();
             loop {

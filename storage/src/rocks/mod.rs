@@ -730,7 +730,7 @@ fn dense(first: u64, last: u64, count: usize) -> bool {
 }
 
 /// The corruption of a `streams` index entry whose record is missing.
-fn missing_position(index_key: &[u8], position: u64) -> Corruption {
+pub(crate) fn missing_position(index_key: &[u8], position: u64) -> Corruption {
     Corruption {
         keyspace: CF_STREAMS,
         key: index_key.to_vec(),

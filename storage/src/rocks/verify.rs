@@ -166,11 +166,7 @@ impl Walk<'_> {
                 ),
                 // The global walk reports the corrupt record itself.
                 Some(Err(_)) => {}
-                None => self.fault(
-                    CF_STREAMS,
-                    &key,
-                    CorruptionKind::Inconsistent(format!("points at missing position {position}")),
-                ),
+                None => self.corrupt(super::missing_position(&key, position)),
             }
         }
         Ok(())

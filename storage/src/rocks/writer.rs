@@ -451,15 +451,7 @@ pub(crate) fn last_indexed_tip(
     let record = db
         .get_pinned_cf(global, global_key)
         .map_err(|e| AppendError::Io(e.into_string()))?
-        .ok_or_else(|| {
-            AppendError::Corrupt(crate::Corruption {
-                keyspace: CF_STREAMS,
-                key: key.to_vec(),
-                kind: crate::CorruptionKind::Inconsistent(format!(
-                    "points at missing position {position}"
-                )),
-            })
-        })?;
+        .ok_or_else(|| AppendError::Corrupt(super::missing_position(&key, position)))?;
     let event = codec::decode_event(CF_GLOBAL, &global_key, &record)?;
     Ok(Tip {
         version,

@@ -6,13 +6,70 @@
 # rocksdb crate builds RocksDB from source and generates bindings with it).
 set -euo pipefail
 
-have_libclang() {
-  [ -n "${LIBCLANG_PATH:-}" ] && return 0
-  ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' && return 0
-  compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null && return 0
-  compgen -G '/usr/lib/*/libclang-*.so*' >/dev/null && return 0
+# libclang, found the way clang-sys (bindgen's loader) finds it: the file
+# names libclang.so, libclang-*.so, libclang.so.*, libclang-*.so.*, never
+# libclang-cpp (the C++ interface library, which other packages pull in and
+# which bindgen cannot load), a shared object of this machine's word size, in
+# LIBCLANG_PATH alone when it is set (a directory, or the file itself),
+# otherwise in `llvm-config --prefix`'s bin/lib/lib64, LD_LIBRARY_PATH and
+# the system directories clang-sys globs. EVENTFOLD_LIBCLANG_SEARCH (a
+# space-separated list of directory globs) replaces those directories; the
+# detection's own test (scripts/tests/libclang-detection.sh) uses it.
+libclang_candidate() {
+  local file="$1" name
+  name=$(basename "$file")
+  case "$name" in
+    *-cpp.*) return 1 ;;
+    libclang.so | libclang-*.so | libclang.so.* | libclang-*.so.*) ;;
+    *) return 1 ;;
+  esac
+  [ -f "$file" ] || return 1 # a dangling symlink is no library
+  # ELF magic and class: 1 for 32-bit, 2 for 64-bit, as clang-sys checks.
+  local header want
+  header=$(head -c 5 "$file" 2>/dev/null | od -An -tx1 | tr -d ' \n')
+  want=02
+  [ "$(getconf LONG_BIT 2>/dev/null || echo 64)" = 32 ] && want=01
+  [ "$header" = "7f454c46$want" ]
+}
+
+libclang_in_dir() {
+  local dir="$1" file
+  [ -d "$dir" ] || return 1
+  for file in "$dir"/libclang.so "$dir"/libclang-*.so "$dir"/libclang.so.* "$dir"/libclang-*.so.*; do
+    libclang_candidate "$file" && return 0
+  done
   return 1
 }
+
+have_libclang() {
+  local pattern dir prefix
+  if [ -n "${LIBCLANG_PATH:-}" ]; then
+    [ -f "$LIBCLANG_PATH" ] && libclang_candidate "$LIBCLANG_PATH" && return 0
+    libclang_in_dir "$LIBCLANG_PATH"
+    return
+  fi
+  local patterns="${EVENTFOLD_LIBCLANG_SEARCH:-}"
+  if [ -z "$patterns" ]; then
+    if prefix=$(llvm-config --prefix 2>/dev/null); then
+      patterns="$prefix/bin $prefix/lib $prefix/lib64"
+    fi
+    local IFS_SAVED="$IFS"
+    IFS=:
+    for dir in ${LD_LIBRARY_PATH:-}; do patterns="$patterns $dir"; done
+    IFS="$IFS_SAVED"
+    patterns="$patterns /usr/local/llvm*/lib* /usr/local/lib*/*/* /usr/local/lib*/* /usr/local/lib* /usr/lib*/*/* /usr/lib*/* /usr/lib*"
+  fi
+  for pattern in $patterns; do
+    # Unquoted on purpose: each pattern is a glob of directories.
+    for dir in $pattern; do
+      libclang_in_dir "$dir" && return 0
+    done
+  done
+  return 1
+}
+
+# Sourced by the detection's test only to define the functions above.
+[ -n "${EVENTFOLD_DEPS_FUNCTIONS_ONLY:-}" ] && return 0
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then

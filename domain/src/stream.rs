@@ -26,6 +26,10 @@ pub enum StreamIdError {
     /// in stored keys.
     #[error("a stream id must not contain a NUL character")]
     ContainsNul,
+    /// An aggregate's id is the empty string: its stream would be the
+    /// kind and a dash alone (`acc-`), which names no aggregate.
+    #[error("an aggregate id must not be empty")]
+    EmptyAggregateId,
 }
 
 /// The id of one event stream, such as `account-42`.
@@ -57,8 +61,9 @@ impl StreamId {
     }
 
     /// The stream of the aggregate of kind `kind` with id `id`:
-    /// `{kind}-{id}`, validated as [`StreamId::new`] does, built without a
-    /// temporary `String` (one allocation, the id's own).
+    /// `{kind}-{id}`, validated as [`StreamId::new`] does (and `id` must not
+    /// be empty), built without a temporary `String` (one allocation, the
+    /// id's own).
     ///
     /// ```
     /// use eventfold_domain::StreamId;
@@ -66,9 +71,13 @@ impl StreamId {
     /// let stream = StreamId::for_aggregate("account", "42")?;
     /// assert_eq!((stream.as_str(), stream.category()), ("account-42", "account"));
     /// assert!(StreamId::for_aggregate("account", &"x".repeat(300)).is_err());
+    /// assert!(StreamId::for_aggregate("account", "").is_err());
     /// # Ok::<(), eventfold_domain::StreamIdError>(())
     /// ```
     pub fn for_aggregate(kind: &str, id: &str) -> Result<Self, StreamIdError> {
+        if id.is_empty() {
+            return Err(StreamIdError::EmptyAggregateId);
+        }
         let bytes = kind.len() + 1 + id.len();
         if bytes > STREAM_ID_BYTES_MAX {
             return Err(StreamIdError::TooLong {
@@ -187,6 +196,16 @@ mod tests {
         assert_eq!(
             StreamId::for_aggregate("account", "a\0b"),
             Err(StreamIdError::ContainsNul)
+        );
+    }
+
+    // Regression: `execute::<Account>("", ...)` was accepted and wrote the
+    // stream `acc-`.
+    #[test]
+    fn an_empty_aggregate_id_is_refused() {
+        assert_eq!(
+            StreamId::for_aggregate("account", ""),
+            Err(StreamIdError::EmptyAggregateId)
         );
     }
 }

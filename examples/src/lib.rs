@@ -198,6 +198,25 @@ pub enum AccountError {
         /// The amount asked for.
         requested: u64,
     },
+    /// Money in (a deposit, a transfer's credit or refund) that would take
+    /// the balance past `u64::MAX` cents: refused, so that no event is
+    /// written that the balance cannot hold.
+    #[error("the balance would overflow: balance {balance}, incoming {incoming}")]
+    BalanceOverflow {
+        /// The balance.
+        balance: u64,
+        /// The amount coming in.
+        incoming: u64,
+    },
+}
+
+impl Account {
+    fn overflow(&self, incoming: u64) -> AccountError {
+        AccountError::BalanceOverflow {
+            balance: self.balance,
+            incoming,
+        }
+    }
 }
 
 impl Aggregate for Account {
@@ -222,7 +241,11 @@ impl Aggregate for Account {
         }
         match command {
             C::Open { .. } => Err(AccountError::AlreadyOpen),
-            // Never refused: the money of a transfer always has a way back.
+            C::RefundTransfer { amount, .. } if self.balance.checked_add(amount).is_none() => {
+                Err(self.overflow(amount))
+            }
+            // Refused only when the balance would overflow (above): the
+            // money of a transfer always has a way back, closed or frozen.
             C::RefundTransfer {
                 transfer_id,
                 amount,
@@ -243,6 +266,11 @@ impl Aggregate for Account {
             | C::Withdraw { amount: 0 }
             | C::TransferOut { amount: 0, .. }
             | C::ReceiveTransfer { amount: 0, .. } => Err(AccountError::ZeroAmount),
+            C::Deposit { amount } | C::ReceiveTransfer { amount, .. }
+                if self.balance.checked_add(amount).is_none() =>
+            {
+                Err(self.overflow(amount))
+            }
             C::Deposit { amount } => Ok(vec![E::Deposited { amount }]),
             C::Withdraw { amount } | C::TransferOut { amount, .. } if amount > self.balance => {
                 Err(AccountError::InsufficientFunds {
@@ -283,8 +311,19 @@ impl Aggregate for Account {
             AccountEvent::Frozen => self.frozen = true,
             AccountEvent::Unfrozen => self.frozen = false,
             other => {
+                // `handle` refuses what would leave the range, so an event
+                // that does is not one this code wrote: fail the load
+                // (the runtime turns the panic into a typed
+                // `LoadError::Panicked` naming it) rather than invent a
+                // balance.
                 let balance = i128::from(self.balance) + other.balance_delta();
-                self.balance = u64::try_from(balance).unwrap_or(0);
+                match u64::try_from(balance) {
+                    Ok(balance) => self.balance = balance,
+                    Err(_) => panic!(
+                        "{other:?} takes the balance {} out of range (0..=u64::MAX)",
+                        self.balance
+                    ),
+                }
             }
         }
     }
@@ -335,6 +374,54 @@ mod tests {
                 balance: 5,
                 requested: 6,
             });
+    }
+
+    // Regression: a deposit of u64::MAX to an account holding 1 cent was
+    // accepted, and `apply` then set the balance to 0: the money vanished.
+    #[test]
+    fn money_in_that_would_overflow_the_balance_is_refused() {
+        let one_cent = [opened(), AccountEvent::Deposited { amount: 1 }];
+        let overflow = AccountError::BalanceOverflow {
+            balance: 1,
+            incoming: u64::MAX,
+        };
+        AggregateFixture::<Account>::given(one_cent.clone())
+            .when(AccountCommand::Deposit { amount: u64::MAX })
+            .then_error(overflow.clone());
+        AggregateFixture::<Account>::given(one_cent.clone())
+            .when(AccountCommand::ReceiveTransfer {
+                transfer_id: "t1".into(),
+                from: "b".into(),
+                amount: u64::MAX,
+            })
+            .then_error(overflow.clone());
+        AggregateFixture::<Account>::given(one_cent.clone())
+            .when(AccountCommand::RefundTransfer {
+                transfer_id: "t1".into(),
+                amount: u64::MAX,
+            })
+            .then_error(overflow);
+        AggregateFixture::<Account>::given(one_cent)
+            .when(AccountCommand::Deposit {
+                amount: u64::MAX - 1,
+            })
+            .then_events([AccountEvent::Deposited {
+                amount: u64::MAX - 1,
+            }]);
+    }
+
+    // An event this code would refuse (written by other code, or by a bug)
+    // fails the load instead of being folded into an invented balance.
+    #[test]
+    fn an_event_that_overflows_the_balance_is_never_folded() {
+        let mut account = Account::default();
+        account.apply(&opened());
+        account.apply(&AccountEvent::Deposited { amount: u64::MAX });
+        let folded = std::panic::catch_unwind(move || {
+            account.apply(&AccountEvent::Deposited { amount: 1 });
+            account.balance
+        });
+        assert!(folded.is_err(), "the balance was invented: {folded:?}");
     }
 
     #[test]

@@ -795,6 +795,12 @@ fn bad_requests_are_typed_errors() {
         rt.execute_blocking::<Tally>("a\0b", Cmd::Add(1)),
         Err(CommandError::InvalidId(_))
     ));
+    // Regression: an empty id was accepted and wrote the stream `tally-`.
+    assert!(matches!(
+        rt.execute_blocking::<Tally>("", Cmd::Add(1)),
+        Err(CommandError::InvalidId(StreamIdError::EmptyAggregateId))
+    ));
+    assert_eq!(rt.store().head(), 0, "a refused id wrote nothing");
     let dup = Runtime::builder()
         .in_memory()
         .aggregate::<Tally>()

@@ -152,6 +152,41 @@ pub enum AppendError {
     Corrupt(#[from] Corruption),
 }
 
+/// A file of the store that the storage engine found damaged: a table
+/// file whose block checksum does not match, a write-ahead log damaged
+/// before its last record, a MANIFEST cut short. The engine's own words are
+/// kept in `detail`; `file` is the file they name, when they name one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("damaged file {}: {detail}", .file.as_deref().map_or_else(|| "(not named by the engine)".into(), |f| f.display().to_string()))]
+pub struct DamagedFile {
+    /// The damaged file (a `.log`, `.sst` or `MANIFEST-*` file of the
+    /// store's directory), when the engine names it.
+    pub file: Option<std::path::PathBuf>,
+    /// What the storage engine reported.
+    pub detail: String,
+}
+
+impl DamagedFile {
+    /// From an engine message: the file is the first word that is a path
+    /// ending in one of the store's file kinds.
+    pub(crate) fn from_engine_message(detail: String) -> Self {
+        let file = detail
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '\'' || c == '"')
+            .map(|word| word.trim_end_matches([':', '.', ')']))
+            .find(|word| {
+                word.contains('/')
+                    && (word.ends_with(".log")
+                        || word.ends_with(".sst")
+                        || word
+                            .rsplit('/')
+                            .next()
+                            .is_some_and(|name| name.starts_with("MANIFEST-")))
+            })
+            .map(std::path::PathBuf::from);
+        Self { file, detail }
+    }
+}
+
 /// Why a read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -162,6 +197,10 @@ pub enum ReadError {
     /// The storage engine failed.
     #[error("the read failed: {0}")]
     Io(String),
+    /// A file of the store is damaged (a table file's checksum does not
+    /// match): the engine cannot read past it.
+    #[error(transparent)]
+    Damaged(DamagedFile),
     /// A name (checkpoint, read model) is invalid.
     #[error(transparent)]
     InvalidName(#[from] NameError),
@@ -255,6 +294,19 @@ pub enum OpenError {
     /// There is no store at the path (for operations that never create one).
     #[error("no eventfold store at {0}")]
     Missing(std::path::PathBuf),
+    /// A file of the store is damaged where a crash cannot have left it:
+    /// the write-ahead log before its last record (acknowledged events
+    /// would be dropped), a MANIFEST cut short. Nothing was changed;
+    /// [`RocksStore::open_salvaging`](crate::RocksStore::open_salvaging)
+    /// keeps the longest consistent prefix and says how much is lost.
+    #[error(
+        "the store cannot be opened without losing data: {0}; RocksStore::open_salvaging keeps what precedes the damage"
+    )]
+    Damaged(DamagedFile),
+    /// Another runtime or process holds the store at this path (its
+    /// `LOCK` file).
+    #[error("the store at {} is in use by another runtime or process", .0.display())]
+    InUse(std::path::PathBuf),
     /// Stored bytes needed to open the store are corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corruption),

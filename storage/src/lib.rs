@@ -65,7 +65,8 @@ pub use api::{
 };
 pub use codec::{decoders, payload};
 pub use error::{
-    AppendError, Corruption, CorruptionKind, NameError, OpenError, ReadError, WriteError,
+    AppendError, Corruption, CorruptionKind, DamagedFile, NameError, OpenError, ReadError,
+    WriteError,
 };
 pub use keyspaces::{
     CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAMS, KEYSPACES,
@@ -76,4 +77,4 @@ pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};
 /// The RocksDB backend (feature `rocksdb`, on by default; off, the crate
 /// builds without RocksDB, for the fuzz targets of its decoders).
 #[cfg(feature = "rocksdb")]
-pub use rocks::{REINDEX_BATCH_EVENTS, RocksStore, UpgradeReport};
+pub use rocks::{REINDEX_BATCH_EVENTS, RocksStore, SalvageReport, UpgradeReport};

@@ -99,12 +99,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A balances read model, committed with its checkpoint in one batch.
-    let mut balances = std::collections::BTreeMap::<String, i64>::new();
+    let mut balances = std::collections::BTreeMap::<String, i128>::new();
     let slice = store.read_all(1, 1000, &Filter::categories(["account"]))?;
     for e in &slice.events {
         let delta = match payload::decode::<AccountEvent>(&e.payload)? {
-            AccountEvent::Deposited { amount } => amount as i64,
-            AccountEvent::Withdrawn { amount } => -(amount as i64),
+            AccountEvent::Deposited { amount } => i128::from(amount),
+            AccountEvent::Withdrawn { amount } => -i128::from(amount),
             AccountEvent::Opened { .. } => 0,
         };
         *balances.entry(e.stream_id.to_string()).or_default() += delta;

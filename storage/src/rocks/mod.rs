@@ -4,6 +4,7 @@
 //! values byte by byte. One [`writer`] thread assigns positions and commits
 //! appends in groups; reads run on the caller's thread.
 
+mod recovery;
 mod upgrade;
 mod verify;
 pub(crate) mod writer;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use writer::{Job, Message, Syncer, Writer};
 
+pub use recovery::SalvageReport;
 pub use upgrade::{REINDEX_BATCH_EVENTS, UpgradeReport};
 
 pub use crate::keyspaces::{
@@ -157,6 +159,8 @@ pub struct RocksStore {
 
 fn db_options(options: &StoreOptions) -> Result<(Options, Vec<ColumnFamilyDescriptor>), OpenError> {
     let mut db = Options::default();
+    // See `recovery`: damage before the log's end refuses the open.
+    db.set_wal_recovery_mode(recovery::Recovery::Strict.mode());
     db.create_if_missing(true);
     db.create_missing_column_families(true);
     db.set_max_background_jobs(2);
@@ -292,16 +296,40 @@ fn read_options(cache_only: bool) -> ReadOptions {
     options
 }
 
-fn engine<E: std::fmt::Display>(error: E) -> ReadError {
-    ReadError::Io(error.to_string())
+/// A read's engine error: damage to a file (a table file's checksum) is
+/// [`ReadError::Damaged`], naming the file; anything else is `Io`.
+fn engine(error: rocksdb::Error) -> ReadError {
+    if error.kind() == rocksdb::ErrorKind::Corruption {
+        ReadError::Damaged(crate::error::DamagedFile::from_engine_message(
+            error.into_string(),
+        ))
+    } else {
+        ReadError::Io(error.into_string())
+    }
 }
 
 impl RocksStore {
     /// Opens (or creates) the store in `path` and starts its writer thread.
+    ///
+    /// A write-ahead log damaged anywhere but in an incomplete last record
+    /// (a write a crash cut short, never acknowledged) is refused with
+    /// [`OpenError::Damaged`], as is a MANIFEST cut short, and nothing is
+    /// changed: see [`RocksStore::open_salvaging`]. A store another runtime
+    /// or process holds is [`OpenError::InUse`].
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, OpenError> {
-        let path = path.as_ref().to_path_buf();
-        let (db_options, families) = db_options(&options)?;
-        let db = DB::open_cf_descriptors(&db_options, &path, families)?;
+        Self::open_with(path.as_ref(), options, recovery::Recovery::Strict)
+    }
+
+    fn open_with(
+        path: &Path,
+        options: StoreOptions,
+        recovery: recovery::Recovery,
+    ) -> Result<Self, OpenError> {
+        let path = path.to_path_buf();
+        let (mut db_options, families) = db_options(&options)?;
+        db_options.set_wal_recovery_mode(recovery.mode());
+        let db = DB::open_cf_descriptors(&db_options, &path, families)
+            .map_err(|e| recovery::open_error(&path, e))?;
         match db.get(codec::META_FORMAT_KEY)? {
             Some(found) if found != codec::STORE_FORMAT.as_bytes() => {
                 let found = String::from_utf8_lossy(&found).into_owned();

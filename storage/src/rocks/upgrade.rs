@@ -66,7 +66,8 @@ impl RocksStore {
         let options = StoreOptions::default();
         let (mut db_opts, families) = db_options(&options)?;
         db_opts.create_if_missing(false);
-        let mut db = DB::open_cf_descriptors(&db_opts, path, families)?;
+        let mut db = DB::open_cf_descriptors(&db_opts, path, families)
+            .map_err(|e| super::recovery::open_error(path, e))?;
         let from = match db.get(codec::META_FORMAT_KEY)? {
             Some(found) => String::from_utf8_lossy(&found).into_owned(),
             None => return Err(OpenError::Missing(path.to_path_buf())),

@@ -813,6 +813,36 @@ fn bad_requests_are_typed_errors() {
     ));
 }
 
+// Regression: a second runtime on a path another one holds failed with
+// RocksDB's raw text ("IO error: lock hold by current process ...").
+#[test]
+fn a_second_runtime_on_a_held_path_is_told_the_store_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Runtime::builder()
+        .path(dir.path())
+        .aggregate::<Tally>()
+        .start()
+        .unwrap();
+    first.execute_blocking::<Tally>("a", Cmd::Add(1)).unwrap();
+    let second = Runtime::builder()
+        .path(dir.path())
+        .aggregate::<Tally>()
+        .start();
+    match second {
+        Err(StartError::Store(OpenError::InUse(path))) => assert_eq!(path, dir.path()),
+        Err(other) => panic!("expected the store in use, got {other}"),
+        Ok(_) => panic!("two runtimes hold one store"),
+    }
+    assert_eq!(
+        first
+            .execute_blocking::<Tally>("a", Cmd::Add(1))
+            .unwrap()
+            .version,
+        2
+    );
+    first.shutdown_blocking().unwrap();
+}
+
 #[test]
 fn the_handle_works_from_any_executor() {
     let rt = Runtime::builder()

@@ -7,10 +7,10 @@
 //! `next` only moves forward, and a bus batch that starts past `next` sends
 //! the consumer back to reading the store.
 
-use crate::bus::{EventBatch, EventBus};
 use crate::error::panic_message;
 use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
-use crate::projection::*;
+use crate::read::bus::{EventBatch, EventBus};
+use crate::read::projection::*;
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{EventStore, Filter, ReadModelBatch, payload};
 use std::collections::HashMap;

@@ -1,9 +1,9 @@
 //! Starts, stops and rebuilds the consumers (projections and handlers).
 
-use crate::bus::EventBus;
-use crate::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
 use crate::error::ProjectionError;
-use crate::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};
+use crate::read::bus::EventBus;
+use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
+use crate::read::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};
 use eventfold_storage::{EventStore, ReadModelBatch};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,7 +233,7 @@ impl Registry {
         let mut all = Vec::new();
         for consumer in consumers {
             all.extend(
-                crate::consumer::list_parked(&*self.store, &consumer.parked_model)
+                crate::read::consumer::list_parked(&*self.store, &consumer.parked_model)
                     .map_err(ProjectionError::Store)?,
             );
         }

@@ -26,22 +26,19 @@
 //! its own cost W7 two thread wake-ups per command, in a workload bound by
 //! them.)
 
-use crate::error::{CommandError, panic_message};
-use crate::handle::{Inner, RuntimeHandle};
+use super::control::{HostConfig, HostRun, ProcessControl};
+use super::dispatch::Delivery;
+use super::records::*;
+use crate::error::panic_message;
 use crate::metric_names::{PROCESS_COMMANDS_TOTAL, PROCESS_STEPS_TOTAL, PROCESS_STUCK};
 use crate::process::*;
-use crate::projection::ConsumerState;
-use eventfold_domain::{Aggregate, Clock, CommandId, RecordedEvent, Timestamp};
-use eventfold_storage::{EventStore, Filter, ReadModelBatch, payload};
+use crate::read::projection::ConsumerState;
+use eventfold_domain::{CommandId, RecordedEvent, Timestamp};
+use eventfold_storage::{Filter, ReadModelBatch, payload};
 use lru::LruCache;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::marker::PhantomData;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
@@ -51,315 +48,6 @@ pub(crate) const CONTROL_QUEUE_MAX: usize = 64;
 pub(crate) const IDLE_WAIT: Duration = Duration::from_millis(10);
 /// Most stuck instances listed or counted at start.
 pub(crate) const STUCK_LIST_MAX: usize = 100_000;
-
-const STATUS_ACTIVE: u8 = 0;
-const STATUS_STUCK: u8 = 1;
-const STATUS_FINISHED: u8 = 2;
-
-/// The read model holding a process manager's instances, outbox and timers;
-/// also the name of its checkpoint.
-pub(crate) fn model_of(name: &str) -> String {
-    format!("$pm.{name}")
-}
-
-pub(crate) fn instance_key(id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + id.len());
-    key.push(b'i');
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-pub(crate) fn stuck_key(id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + id.len());
-    key.push(b's');
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-/// `o`, id length (u16 BE), id, then the sequence (u64 BE).
-pub(crate) fn outbox_prefix(id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(3 + id.len() + 8);
-    key.push(b'o');
-    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-fn outbox_key(id: &str, seq: u64) -> Vec<u8> {
-    let mut key = outbox_prefix(id);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// `t`, due (µs, u64 BE), id length (u16 BE), id, then the timer's name.
-fn timer_key(due: u64, id: &str, name: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(11 + id.len() + name.len());
-    key.push(b't');
-    key.extend_from_slice(&due.to_be_bytes());
-    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
-    key.extend_from_slice(name.as_bytes());
-    key
-}
-
-fn split_id(bytes: &[u8]) -> Option<(String, &[u8])> {
-    let (len, rest) = bytes.split_first_chunk::<2>()?;
-    let len = usize::from(u16::from_be_bytes(*len));
-    if rest.len() < len {
-        return None;
-    }
-    let (id, rest) = rest.split_at(len);
-    Some((String::from_utf8(id.to_vec()).ok()?, rest))
-}
-
-fn parse_outbox_key(key: &[u8]) -> Option<(String, u64)> {
-    let (id, rest) = split_id(key.strip_prefix(b"o")?)?;
-    let seq: [u8; 8] = rest.try_into().ok()?;
-    Some((id, u64::from_be_bytes(seq)))
-}
-
-fn parse_timer_key(key: &[u8]) -> Option<(u64, String, String)> {
-    let (due, rest) = key.strip_prefix(b"t")?.split_first_chunk::<8>()?;
-    let (id, name) = split_id(rest)?;
-    Some((
-        u64::from_be_bytes(*due),
-        id,
-        String::from_utf8(name.to_vec()).ok()?,
-    ))
-}
-
-/// An instance as stored under `i{id}`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct InstanceRecord {
-    pub status: u8,
-    pub state: Vec<u8>,
-    pub next_seq: u64,
-    pub timers: BTreeMap<String, u64>,
-    pub stuck: Option<StuckRecord>,
-    /// Positions of events held while stuck, in order.
-    pub held: Vec<u64>,
-}
-
-impl InstanceRecord {
-    /// Its status as the handle shows it.
-    pub(crate) fn status(&self) -> InstanceStatus {
-        match self.status {
-            STATUS_ACTIVE => InstanceStatus::Active,
-            STATUS_STUCK => InstanceStatus::Stuck,
-            _ => InstanceStatus::Finished,
-        }
-    }
-}
-
-/// Why an instance is stuck; also stored under `s{id}` for listing.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct StuckRecord {
-    pub error: String,
-    pub attempts: u32,
-    pub since: u64,
-    pub input: StuckInput,
-}
-
-/// The input of a step: what it consumes (cleaned up after it), and what a
-/// stuck instance failed on.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum StuckInput {
-    Event(u64),
-    Result { seq: u64, command_id: [u8; 16] },
-    Timer { name: String, due: u64 },
-}
-
-impl std::fmt::Display for StuckInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StuckInput::Event(position) => write!(f, "event at position {position}"),
-            StuckInput::Result { command_id, .. } => write!(
-                f,
-                "result of command {}",
-                CommandId::from_bytes(*command_id)
-            ),
-            StuckInput::Timer { name, due } => write!(f, "timer {name:?} due at {due} µs"),
-        }
-    }
-}
-
-/// A command in the outbox, stored under `o{id}{seq}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct OutboxRecord {
-    pub command_id: [u8; 16],
-    pub kind: String,
-    pub aggregate_id: String,
-    pub payload: Vec<u8>,
-}
-
-/// What a delivery attempt ended with.
-pub(crate) enum Delivery {
-    Done(ResultOutcome),
-    /// The runtime is shutting down: the command stays in the outbox and is
-    /// sent again at the next start.
-    Abandoned,
-}
-
-type DeliveryFuture = Pin<Box<dyn Future<Output = Delivery> + Send>>;
-
-/// Sends an encoded command to one aggregate type.
-pub(crate) trait Dispatch: Send + Sync {
-    fn send(
-        &self,
-        handle: &Weak<Inner>,
-        store: &Arc<dyn EventStore>,
-        entry: &OutboxRecord,
-        settings: &ProcessSettings,
-    ) -> DeliveryFuture;
-}
-
-/// The aggregate types commands can be sent to, by `KIND`.
-pub(crate) type DispatchTable = HashMap<&'static str, Arc<dyn Dispatch>>;
-
-pub(crate) struct TypedDispatch<A>(PhantomData<fn() -> A>);
-
-impl<A> TypedDispatch<A> {
-    pub(crate) fn new() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<A: Aggregate> Dispatch for TypedDispatch<A> {
-    fn send(
-        &self,
-        handle: &Weak<Inner>,
-        store: &Arc<dyn EventStore>,
-        entry: &OutboxRecord,
-        settings: &ProcessSettings,
-    ) -> DeliveryFuture {
-        let handle = handle.clone();
-        let store = Arc::clone(store);
-        let aggregate_id = entry.aggregate_id.clone();
-        let payload = entry.payload.clone();
-        let command_id = CommandId::from_bytes(entry.command_id);
-        let retry = settings.dispatch_retry.clone();
-        let options = settings.execute_options(command_id);
-        Box::pin(async move {
-            let mut last = String::new();
-            for attempt in 1..=retry.attempts_max {
-                let command: A::Command = match payload::decode(&payload) {
-                    Ok(command) => command,
-                    Err(error) => {
-                        return Delivery::Done(ResultOutcome::Failed(format!(
-                            "the command could not be decoded: {error}"
-                        )));
-                    }
-                };
-                let answer =
-                    RuntimeHandle::submit::<A>(&handle, &aggregate_id, command, options.clone());
-                match answer.await {
-                    Ok(mut outcome) => {
-                        if outcome.deduplicated && outcome.events.is_empty() {
-                            // The answer of a duplicate found at append time
-                            // carries no events: read the original's. Blocks
-                            // the host's thread, which serves only this host.
-                            if let Ok(Some(original)) =
-                                crate::actor::applied::<A>(&*store, command_id)
-                            {
-                                outcome = original;
-                            }
-                        }
-                        return Delivery::Done(ResultOutcome::Accepted {
-                            version: outcome.version,
-                            position: outcome.position,
-                            deduplicated: outcome.deduplicated,
-                            events: Arc::new(outcome.events),
-                        });
-                    }
-                    Err(CommandError::Rejected(error)) => {
-                        return Delivery::Done(ResultOutcome::Rejected {
-                            message: error.to_string(),
-                            error: Arc::new(error),
-                        });
-                    }
-                    Err(CommandError::ShutDown) => return Delivery::Abandoned,
-                    Err(
-                        error @ (CommandError::InvalidId(_)
-                        | CommandError::NotRegistered(_)
-                        | CommandError::Encode(_)),
-                    ) => return Delivery::Done(ResultOutcome::Failed(error.to_string())),
-                    Err(error) => {
-                        last = error.to_string();
-                        if attempt < retry.attempts_max {
-                            tokio::time::sleep(retry.backoff(attempt)).await;
-                        }
-                    }
-                }
-            }
-            Delivery::Done(ResultOutcome::Failed(format!(
-                "not delivered after {} attempts: {last}",
-                retry.attempts_max
-            )))
-        })
-    }
-}
-
-/// What the handle can ask of a host.
-pub(crate) enum ProcessControl {
-    Resume(String, oneshot::Sender<Result<(), String>>),
-    Cancel(String, oneshot::Sender<Result<(), String>>),
-    Stop,
-}
-
-/// What the handle sees of a host without asking it.
-pub(crate) struct ProcessShared {
-    pub state: Mutex<ConsumerState>,
-    pub checkpoint: AtomicU64,
-    pub resident: AtomicU64,
-    pub outbox: AtomicU64,
-    pub timers: AtomicU64,
-    pub stuck: AtomicU64,
-    pub steps: AtomicU64,
-    pub unroutable: AtomicU64,
-    /// Set by `stop_all`; the host stops at its next round.
-    pub stopping: std::sync::atomic::AtomicBool,
-}
-
-impl ProcessShared {
-    pub(crate) fn new() -> Self {
-        Self {
-            state: Mutex::new(ConsumerState::CatchingUp),
-            checkpoint: AtomicU64::new(0),
-            resident: AtomicU64::new(0),
-            outbox: AtomicU64::new(0),
-            timers: AtomicU64::new(0),
-            stuck: AtomicU64::new(0),
-            steps: AtomicU64::new(0),
-            unroutable: AtomicU64::new(0),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    pub(crate) fn state(&self) -> ConsumerState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set_state(&self, state: ConsumerState) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
-    }
-}
-
-/// Everything a host is started with.
-pub(crate) struct HostConfig {
-    pub settings: ProcessSettings,
-    pub store: Arc<dyn EventStore>,
-    pub bus: crate::bus::EventBus,
-    pub clock: Arc<dyn Clock>,
-    pub dispatch: Arc<DispatchTable>,
-    pub handle: Weak<Inner>,
-    pub control: mpsc::Receiver<ProcessControl>,
-    pub shared: Arc<ProcessShared>,
-}
-
-/// A host with its process manager's type erased.
-pub(crate) trait HostRun: Send {
-    fn run(self: Box<Self>);
-}
 
 struct Instance<S> {
     record: InstanceRecord,
@@ -387,7 +75,7 @@ pub(crate) struct Host<P: ProcessManager> {
     next: u64,
     committed: u64,
     live: bool,
-    bus_batch: Option<crate::bus::EventBatch>,
+    bus_batch: Option<crate::read::bus::EventBatch>,
     outbox: HashMap<(String, u64), OutboxRecord>,
     ready: VecDeque<(String, u64)>,
     after_commit: Vec<(String, u64)>,
@@ -552,7 +240,7 @@ impl<P: ProcessManager> Host<P> {
     fn round(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        bus: &mut broadcast::Receiver<crate::bus::EventBatch>,
+        bus: &mut broadcast::Receiver<crate::read::bus::EventBatch>,
     ) -> Result<bool, String> {
         if self.config.shared.stopping.load(Ordering::SeqCst) {
             return Ok(false);
@@ -619,12 +307,12 @@ impl<P: ProcessManager> Host<P> {
     fn wait(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        bus: &mut broadcast::Receiver<crate::bus::EventBatch>,
+        bus: &mut broadcast::Receiver<crate::read::bus::EventBatch>,
     ) -> Result<bool, String> {
         enum Woke {
             Result(Option<Delivered>),
             Control(Option<ProcessControl>),
-            Bus(Result<crate::bus::EventBatch, broadcast::error::RecvError>),
+            Bus(Result<crate::read::bus::EventBatch, broadcast::error::RecvError>),
             Idle,
         }
         let now = self.config.clock.now().as_micros();
@@ -665,7 +353,7 @@ impl<P: ProcessManager> Host<P> {
 
     fn take_live(
         &mut self,
-        bus: &mut broadcast::Receiver<crate::bus::EventBatch>,
+        bus: &mut broadcast::Receiver<crate::read::bus::EventBatch>,
     ) -> Result<usize, String> {
         let mut handled = 0;
         loop {
@@ -1237,7 +925,7 @@ impl<P: ProcessManager> Host<P> {
                 continue;
             };
             let future = target.send(
-                &self.config.handle,
+                &self.config.router,
                 &self.config.store,
                 entry,
                 &self.config.settings,
@@ -1278,111 +966,5 @@ impl<P: ProcessManager> Host<P> {
         shared
             .timers
             .store(self.timers.len() as u64, Ordering::Relaxed);
-    }
-}
-
-/// A registered process manager: how to make its host.
-pub(crate) struct ProcessRegistration {
-    pub name: String,
-    pub settings: ProcessSettings,
-    pub make: Box<dyn FnOnce(HostConfig) -> Box<dyn HostRun> + Send>,
-}
-
-/// A running host.
-pub(crate) struct RunningProcess {
-    pub shared: Arc<ProcessShared>,
-    pub control: mpsc::Sender<ProcessControl>,
-    pub model: String,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// The running process managers of a runtime.
-#[derive(Default)]
-pub(crate) struct Processes {
-    pub running: HashMap<String, RunningProcess>,
-}
-
-/// Everything the hosts share.
-pub(crate) struct HostEnvironment {
-    pub store: Arc<dyn EventStore>,
-    pub bus: crate::bus::EventBus,
-    pub clock: Arc<dyn Clock>,
-    pub dispatch: Arc<DispatchTable>,
-    pub handle: Weak<Inner>,
-}
-
-impl Processes {
-    pub(crate) fn start(
-        registrations: Vec<ProcessRegistration>,
-        environment: &HostEnvironment,
-    ) -> Result<Self, String> {
-        let mut processes = Processes::default();
-        for registration in registrations {
-            let shared = Arc::new(ProcessShared::new());
-            let (control, receiver) = mpsc::channel(CONTROL_QUEUE_MAX);
-            let config = HostConfig {
-                settings: registration.settings,
-                store: Arc::clone(&environment.store),
-                bus: environment.bus.clone(),
-                clock: Arc::clone(&environment.clock),
-                dispatch: Arc::clone(&environment.dispatch),
-                handle: environment.handle.clone(),
-                control: receiver,
-                shared: Arc::clone(&shared),
-            };
-            let host = (registration.make)(config);
-            let thread = std::thread::Builder::new()
-                .name(format!("eventfold-pm-{}", registration.name))
-                .spawn(move || host.run());
-            let thread = match thread {
-                Ok(thread) => thread,
-                Err(error) => {
-                    processes.stop_all();
-                    return Err(format!("could not start {}: {error}", registration.name));
-                }
-            };
-            processes.running.insert(
-                registration.name.clone(),
-                RunningProcess {
-                    shared,
-                    control,
-                    model: model_of(&registration.name),
-                    thread: Mutex::new(Some(thread)),
-                },
-            );
-        }
-        Ok(processes)
-    }
-
-    /// Stops every host after it has committed what it handled. Commands
-    /// in flight stay in the outbox and are sent again at the next start.
-    pub(crate) fn stop_all(&self) {
-        for process in self.running.values() {
-            process.shared.stopping.store(true, Ordering::SeqCst);
-            // Wakes it; with a full mailbox it sees the flag within IDLE_WAIT.
-            let _ = process.control.try_send(ProcessControl::Stop);
-        }
-        for process in self.running.values() {
-            let thread = process
-                .thread
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(thread) = thread {
-                // The last handle may be dropped on a host's own thread.
-                if thread.thread().id() == std::thread::current().id() {
-                    continue;
-                }
-                if thread.join().is_err() {
-                    tracing::error!("a process manager thread panicked");
-                }
-            }
-        }
-    }
-
-    pub(crate) fn get(&self, name: &str) -> Result<&RunningProcess, crate::ProcessError> {
-        self.running
-            .get(name)
-            .ok_or_else(|| crate::ProcessError::Unknown(name.to_owned()))
     }
 }

@@ -61,7 +61,14 @@
 //! }
 //! ```
 
-use crate::outcome::ExecuteOptions;
+pub(crate) mod admin;
+pub(crate) mod control;
+pub(crate) mod dispatch;
+pub(crate) mod host;
+pub(crate) mod records;
+pub(crate) mod supervisor;
+
+use crate::command::outcome::ExecuteOptions;
 use eventfold_domain::{Aggregate, CommandId, DomainEvent, RecordedEvent, Timestamp};
 use eventfold_storage::{Filter, payload};
 use serde::{Serialize, de::DeserializeOwned};
@@ -594,7 +601,7 @@ pub struct ProcessStatus {
     /// Its name.
     pub name: String,
     /// Catching up, live, or stopped (with why).
-    pub state: crate::projection::ConsumerState,
+    pub state: crate::read::projection::ConsumerState,
     /// The last position of the global log it has handled and committed.
     pub checkpoint: u64,
     /// The store's committed head.

@@ -8,105 +8,22 @@
 //! holds the commands for its stream until it has stopped, so that the next
 //! actor loads a stream no earlier actor is still writing to.
 
-use crate::actor::{AggregateActor, Passivate};
+use super::actor::AggregateActor;
+use super::messages::{Drain, Execute, Passivate, Spawn, Stopped, refuse};
+use super::shared::{ShardLink, Shared};
+use super::state_cache::StateCache;
 use crate::error::CommandError;
-use crate::metric_names::{REJECTIONS_TOTAL, RESIDENT_ACTORS, STATE_CACHE_HITS_TOTAL};
-use crate::outcome::{CommandOutcome, ExecuteOptions};
-use crate::settings::Settings;
-use crate::state_cache::{CachedState, StateCache};
+use crate::metric_names::{RESIDENT_ACTORS, STATE_CACHE_HITS_TOTAL};
 use actix::WeakAddr;
 use actix::dev::SendError;
 use actix::prelude::*;
 use eventfold_domain::{Aggregate, StreamId};
-use eventfold_storage::EventStore;
 use lru::LruCache;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// What the shards and actors of one runtime share.
-pub(crate) struct Shared {
-    pub store: Arc<dyn EventStore>,
-    pub settings: Settings,
-    pub resident: AtomicI64,
-    /// Aggregate actors started (activated) since the runtime started.
-    pub activations: std::sync::atomic::AtomicU64,
-    /// Activations that started from the state cache instead of the store.
-    pub state_cache_hits: std::sync::atomic::AtomicU64,
-}
-
-/// What each actor of a shard needs of it: its address (for `Stopped`) and
-/// the runtime's shared parts, behind one pointer per actor.
-pub(crate) struct ShardLink {
-    pub shard: Addr<Shard>,
-    pub shared: Arc<Shared>,
-}
-
-/// A command's result, as the caller receives it.
-pub(crate) type CommandResult<A> =
-    Result<CommandOutcome<<A as Aggregate>::Event>, CommandError<<A as Aggregate>::Error>>;
-
-/// Where a command's result goes.
-pub(crate) type Reply<A> = oneshot::Sender<CommandResult<A>>;
-
-/// A command on its way to its aggregate.
-pub(crate) struct Execute<A: Aggregate> {
-    pub stream: StreamId,
-    pub command: A::Command,
-    pub options: ExecuteOptions,
-    /// Past it the caller has given up: the command is dropped undecided.
-    pub deadline: Instant,
-    /// When `execute` was called.
-    pub received: Instant,
-    pub reply: Reply<A>,
-}
-
-impl<A: Aggregate> Message for Execute<A> {
-    type Result = ();
-}
-
-/// Answers a command refused before it reached its aggregate.
-pub(crate) fn refuse<A: Aggregate>(
-    reply: Reply<A>,
-    error: CommandError<A::Error>,
-    reason: &'static str,
-) {
-    metrics::counter!(REJECTIONS_TOTAL, "reason" => reason).increment(1);
-    let _ = reply.send(Err(error));
-}
-
-/// Sent by an aggregate actor when it has stopped.
-pub(crate) struct Stopped {
-    pub stream: StreamId,
-    pub generation: u32,
-    /// Its state, when it stopped with a clean one and the cache is on.
-    pub state: Option<CachedState>,
-}
-
-impl Message for Stopped {
-    type Result = ();
-}
-
-/// Asks the shard to passivate every actor and answer once all have stopped.
-pub(crate) struct Drain {
-    pub done: oneshot::Sender<()>,
-}
-
-impl Message for Drain {
-    type Result = ();
-}
-
-/// A task to start on the shard's thread ([`crate::RuntimeHandle::spawn_on_shard`]).
-pub(crate) struct Spawn(pub Box<dyn FnOnce() -> LocalTask + Send>);
-
-/// A future that runs on one shard's thread.
-pub(crate) type LocalTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-
-impl Message for Spawn {
-    type Result = ();
-}
 
 impl Handler<Spawn> for Shard {
     type Result = ();
@@ -305,7 +222,7 @@ impl Shard {
         let shared = &self.shared;
         let link = Arc::clone(self.link.get_or_insert_with(|| {
             Arc::new(ShardLink {
-                shard: ctx.address(),
+                shard: ctx.address().recipient(),
                 shared: Arc::clone(shared),
             })
         }));

@@ -1,0 +1,176 @@
+//! The router: where a command enters the runtime. It checks the command
+//! (the runtime is taking commands, the aggregate type is registered, the id
+//! is valid), picks the shard by a hash of the stream id and hands the
+//! command to that shard's bounded mailbox. The handle and the
+//! process-manager hosts share one router; it holds nothing of theirs.
+
+use super::messages::{CommandResult, Drain, Execute, Spawn};
+use super::outcome::ExecuteOptions;
+use super::shard::Shard;
+use super::shared::Shared;
+use super::timeout::{Deadline, deadline};
+use crate::error::{CommandError, SpawnError};
+use crate::metric_names::REJECTIONS_TOTAL;
+use actix::dev::SendError;
+use actix::prelude::*;
+use eventfold_domain::{Aggregate, StreamId};
+use std::collections::HashSet;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Routes commands to the shards of one runtime.
+pub(crate) struct Router {
+    shards: Vec<Addr<Shard>>,
+    shared: Arc<Shared>,
+    kinds: HashSet<&'static str>,
+    /// False once shutdown has begun: later commands are `ShutDown`.
+    accepting: AtomicBool,
+}
+
+/// Where a dispatched command's answer comes, how long to wait for it, and
+/// until when (its timeout from when it was received).
+pub(crate) type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration, Instant);
+
+/// Waits for a routed command's answer, or its timeout.
+pub(crate) async fn answer<A: Aggregate>(
+    (reply, timeout, deadline): Dispatched<A>,
+) -> CommandResult<A> {
+    match Deadline::until(reply, deadline).await {
+        Some(Ok(result)) => result,
+        Some(Err(_)) => Err(CommandError::ShutDown),
+        None => Err(CommandError::Timeout(timeout)),
+    }
+}
+
+impl Router {
+    pub(crate) fn new(
+        shards: Vec<Addr<Shard>>,
+        shared: Arc<Shared>,
+        kinds: HashSet<&'static str>,
+    ) -> Self {
+        Self {
+            shards,
+            shared,
+            kinds,
+            accepting: AtomicBool::new(true),
+        }
+    }
+
+    /// What the shards and actors share (the store, the settings, counters).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The number of shards.
+    pub(crate) fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Routes a command to its shard; returns where its answer will come.
+    pub(crate) fn dispatch<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> Result<Dispatched<A>, CommandError<A::Error>> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            metrics::counter!(REJECTIONS_TOTAL, "reason" => "shut_down").increment(1);
+            return Err(CommandError::ShutDown);
+        }
+        if !self.kinds.contains(A::KIND) {
+            return Err(CommandError::NotRegistered(A::KIND));
+        }
+        let stream = StreamId::for_aggregate(A::KIND, id).map_err(CommandError::InvalidId)?;
+        let timeout = options
+            .timeout
+            .unwrap_or(self.shared.settings.command_timeout);
+        let received = Instant::now();
+        let deadline = deadline(received, timeout);
+        let (reply, receiver) = oneshot::channel();
+        let shard = &self.shards[shard_of(&stream, self.shards.len())];
+        let message = Execute::<A> {
+            stream,
+            command,
+            options,
+            deadline,
+            received,
+            reply,
+        };
+        match shard.try_send(message) {
+            Ok(()) => Ok((receiver, timeout, deadline)),
+            Err(SendError::Full(_)) => {
+                metrics::counter!(REJECTIONS_TOTAL, "reason" => "overloaded").increment(1);
+                Err(CommandError::Overloaded("shard mailbox is full"))
+            }
+            Err(SendError::Closed(_)) => Err(CommandError::ShutDown),
+        }
+    }
+
+    /// Routes a command now and returns a future of its answer that holds
+    /// no reference to the router.
+    pub(crate) fn submit<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> impl Future<Output = CommandResult<A>> + Send + 'static + use<A> {
+        let routed = self.dispatch::<A>(id, command, options);
+        async move { answer::<A>(routed?).await }
+    }
+
+    /// Starts the future `task` makes on the thread of shard `shard`
+    /// (modulo the number of shards).
+    pub(crate) fn spawn_on_shard(
+        &self,
+        shard: usize,
+        task: Box<dyn FnOnce() -> super::messages::LocalTask + Send>,
+    ) -> Result<(), SpawnError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(SpawnError::ShutDown);
+        }
+        let address = &self.shards[shard % self.shards.len()];
+        match address.try_send(Spawn(task)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => Err(SpawnError::Overloaded),
+            Err(SendError::Closed(_)) => Err(SpawnError::ShutDown),
+        }
+    }
+
+    /// Whether commands are taken (false once shutdown has begun).
+    pub(crate) fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking commands; true the first time only.
+    pub(crate) fn stop_accepting(&self) -> bool {
+        self.accepting.swap(false, Ordering::SeqCst)
+    }
+
+    /// Asks every shard to passivate its actors, and waits (blocking) until
+    /// each has answered: every command taken has been answered.
+    pub(crate) fn drain_blocking(&self) {
+        let waits: Vec<_> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let (done, drained) = oneshot::channel();
+                shard.do_send(Drain { done });
+                drained
+            })
+            .collect();
+        for drained in waits {
+            // A shard whose thread is gone has nothing left to drain.
+            let _ = drained.recv();
+        }
+    }
+}
+
+/// The shard of a stream: a hash of its id.
+pub(crate) fn shard_of(stream: &StreamId, shards: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    stream.as_str().hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}

@@ -1,0 +1,154 @@
+//! What an operator asks of the process managers: status, stuck instances,
+//! one instance as last committed, and control messages (resume, cancel).
+
+use super::control::ProcessControl;
+use super::host::STUCK_LIST_MAX;
+use super::records::{InstanceRecord, StuckRecord, instance_key, outbox_prefix};
+use super::supervisor::Processes;
+use super::{InstanceView, ProcessStatus, StuckInstance};
+use crate::error::ProcessError;
+use eventfold_storage::{EventStore, payload};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+impl Processes {
+    /// A process manager's status: checkpoint, head, instances in memory,
+    /// outbox, timers, stuck instances.
+    pub(crate) fn status(
+        &self,
+        name: &str,
+        store: &dyn EventStore,
+    ) -> Result<ProcessStatus, ProcessError> {
+        let process = self.get(name)?;
+        let shared = &process.shared;
+        Ok(ProcessStatus {
+            name: name.to_owned(),
+            state: shared.state(),
+            checkpoint: shared.checkpoint.load(Ordering::Relaxed),
+            head: store.head(),
+            resident: shared.resident.load(Ordering::Relaxed),
+            outbox: shared.outbox.load(Ordering::Relaxed),
+            timers: shared.timers.load(Ordering::Relaxed),
+            stuck: shared.stuck.load(Ordering::Relaxed),
+            steps: shared.steps.load(Ordering::Relaxed),
+            unroutable: shared.unroutable.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The instances of a process manager parked as stuck, with their last
+    /// error (at most [`STUCK_LIST_MAX`](crate::process) of them).
+    pub(crate) fn stuck_instances(
+        &self,
+        name: &str,
+        store: &dyn EventStore,
+    ) -> Result<Vec<StuckInstance>, ProcessError> {
+        let process = self.get(name)?;
+        let entries = store
+            .read_model_scan(&process.model, b"s", STUCK_LIST_MAX)
+            .map_err(|e| ProcessError::Store(e.to_string()))?;
+        let mut stuck = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let id = String::from_utf8_lossy(&key[1..]).into_owned();
+            let record: StuckRecord = payload::decode(&value).map_err(|e| {
+                ProcessError::Store(format!(
+                    "stuck record of {id:?} in {} is corrupt: {e}",
+                    process.model
+                ))
+            })?;
+            let held = self
+                .read_instance(&process.model, &id, store)?
+                .map_or(0, |r| r.held.len());
+            stuck.push(StuckInstance {
+                id,
+                error: record.error,
+                attempts: record.attempts,
+                input: record.input.to_string(),
+                since: eventfold_domain::Timestamp::from_micros(record.since),
+                held_events: held,
+            });
+        }
+        Ok(stuck)
+    }
+
+    fn read_instance(
+        &self,
+        model: &str,
+        id: &str,
+        store: &dyn EventStore,
+    ) -> Result<Option<InstanceRecord>, ProcessError> {
+        let bytes = store
+            .read_model_get(model, &instance_key(id))
+            .map_err(|e| ProcessError::Store(e.to_string()))?;
+        bytes
+            .map(|bytes| {
+                payload::decode(&bytes).map_err(|e| {
+                    ProcessError::Store(format!("instance {id:?} in {model} is corrupt: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// An instance of process manager `name` as last committed, with its
+    /// state decoded as `S` (the process manager's `State`).
+    pub(crate) fn instance<S: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+        id: &str,
+        store: &dyn EventStore,
+    ) -> Result<Option<InstanceView<S>>, ProcessError> {
+        let process = self.get(name)?;
+        let Some(record) = self.read_instance(&process.model, id, store)? else {
+            return Ok(None);
+        };
+        let status = record.status();
+        let state = if record.state.is_empty() {
+            S::default()
+        } else {
+            payload::decode(&record.state).map_err(|e| {
+                ProcessError::Store(format!(
+                    "the state of instance {id:?} in {} is unreadable: {e}",
+                    process.model
+                ))
+            })?
+        };
+        let outbox = store
+            .read_model_scan(
+                &process.model,
+                &outbox_prefix(id),
+                usize::try_from(record.next_seq).unwrap_or(usize::MAX),
+            )
+            .map_err(|e| ProcessError::Store(e.to_string()))?
+            .len();
+        Ok(Some(InstanceView {
+            id: id.to_owned(),
+            status,
+            state,
+            timers: record
+                .timers
+                .into_iter()
+                .map(|(name, due)| (name, eventfold_domain::Timestamp::from_micros(due)))
+                .collect(),
+            outbox,
+        }))
+    }
+
+    /// Sends a control message to the host of `name` and waits (blocking)
+    /// for its answer, at most `timeout`.
+    pub(crate) fn ask(
+        &self,
+        name: &str,
+        message: impl FnOnce(oneshot::Sender<Result<(), String>>) -> ProcessControl,
+        timeout: Duration,
+    ) -> Result<(), ProcessError> {
+        let process = self.get(name)?;
+        let (reply, answer) = oneshot::channel();
+        process.control.try_send(message(reply)).map_err(|_| {
+            ProcessError::Refused(format!("the mailbox of {name} is full or closed"))
+        })?;
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result.map_err(ProcessError::Refused),
+            Err(oneshot::RecvTimeoutError::Timeout) => Err(ProcessError::Timeout(timeout)),
+            Err(oneshot::RecvTimeoutError::Disconnected) => Err(ProcessError::ShutDown),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Sending an outbox command to its aggregate: through the runtime's
+//! router, with the command's deterministic id, retried with backoff as the
+//! process manager's settings say; the answer becomes a `ResultOutcome`
+//! for the instance.
+
+use super::records::OutboxRecord;
+use super::{ProcessSettings, ResultOutcome};
+use crate::command::router::Router;
+use crate::error::CommandError;
+use eventfold_domain::{Aggregate, CommandId};
+use eventfold_storage::{EventStore, payload};
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// What a delivery attempt ended with.
+pub(crate) enum Delivery {
+    Done(ResultOutcome),
+    /// The runtime is shutting down: the command stays in the outbox and is
+    /// sent again at the next start.
+    Abandoned,
+}
+
+pub(crate) type DeliveryFuture = Pin<Box<dyn Future<Output = Delivery> + Send>>;
+
+/// Sends an encoded command to one aggregate type.
+pub(crate) trait Dispatch: Send + Sync {
+    fn send(
+        &self,
+        router: &Arc<Router>,
+        store: &Arc<dyn EventStore>,
+        entry: &OutboxRecord,
+        settings: &ProcessSettings,
+    ) -> DeliveryFuture;
+}
+
+/// The aggregate types commands can be sent to, by `KIND`.
+pub(crate) type DispatchTable = HashMap<&'static str, Arc<dyn Dispatch>>;
+
+pub(crate) struct TypedDispatch<A>(PhantomData<fn() -> A>);
+
+impl<A> TypedDispatch<A> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<A: Aggregate> Dispatch for TypedDispatch<A> {
+    fn send(
+        &self,
+        router: &Arc<Router>,
+        store: &Arc<dyn EventStore>,
+        entry: &OutboxRecord,
+        settings: &ProcessSettings,
+    ) -> DeliveryFuture {
+        let router = Arc::clone(router);
+        let store = Arc::clone(store);
+        let aggregate_id = entry.aggregate_id.clone();
+        let payload = entry.payload.clone();
+        let command_id = CommandId::from_bytes(entry.command_id);
+        let retry = settings.dispatch_retry.clone();
+        let options = settings.execute_options(command_id);
+        Box::pin(async move {
+            let mut last = String::new();
+            for attempt in 1..=retry.attempts_max {
+                let command: A::Command = match payload::decode(&payload) {
+                    Ok(command) => command,
+                    Err(error) => {
+                        return Delivery::Done(ResultOutcome::Failed(format!(
+                            "the command could not be decoded: {error}"
+                        )));
+                    }
+                };
+                let answer = router.submit::<A>(&aggregate_id, command, options.clone());
+                match answer.await {
+                    Ok(mut outcome) => {
+                        if outcome.deduplicated && outcome.events.is_empty() {
+                            // The answer of a duplicate found at append time
+                            // carries no events: read the original's. Blocks
+                            // the host's thread, which serves only this host.
+                            if let Ok(Some(original)) =
+                                crate::command::actor::applied::<A>(&*store, command_id)
+                            {
+                                outcome = original;
+                            }
+                        }
+                        return Delivery::Done(ResultOutcome::Accepted {
+                            version: outcome.version,
+                            position: outcome.position,
+                            deduplicated: outcome.deduplicated,
+                            events: Arc::new(outcome.events),
+                        });
+                    }
+                    Err(CommandError::Rejected(error)) => {
+                        return Delivery::Done(ResultOutcome::Rejected {
+                            message: error.to_string(),
+                            error: Arc::new(error),
+                        });
+                    }
+                    Err(CommandError::ShutDown) => return Delivery::Abandoned,
+                    Err(
+                        error @ (CommandError::InvalidId(_)
+                        | CommandError::NotRegistered(_)
+                        | CommandError::Encode(_)),
+                    ) => return Delivery::Done(ResultOutcome::Failed(error.to_string())),
+                    Err(error) => {
+                        last = error.to_string();
+                        if attempt < retry.attempts_max {
+                            tokio::time::sleep(retry.backoff(attempt)).await;
+                        }
+                    }
+                }
+            }
+            Delivery::Done(ResultOutcome::Failed(format!(
+                "not delivered after {} attempts: {last}",
+                retry.attempts_max
+            )))
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! What a process manager keeps in its read model (`$pm.{name}`), key by
+//! key: instances under `i{id}`, stuck markers under `s{id}`, the outbox
+//! under `o{id len}{id}{seq}`, timers under `t{due}{id len}{id}{name}`.
+//! `docs/format.md` gives the bytes.
+
+use eventfold_domain::CommandId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::InstanceStatus;
+
+pub(crate) const STATUS_ACTIVE: u8 = 0;
+pub(crate) const STATUS_STUCK: u8 = 1;
+pub(crate) const STATUS_FINISHED: u8 = 2;
+
+/// The read model holding a process manager's instances, outbox and timers;
+/// also the name of its checkpoint.
+pub(crate) fn model_of(name: &str) -> String {
+    format!("$pm.{name}")
+}
+
+pub(crate) fn instance_key(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(b'i');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub(crate) fn stuck_key(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(b's');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `o`, id length (u16 BE), id, then the sequence (u64 BE).
+pub(crate) fn outbox_prefix(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + id.len() + 8);
+    key.push(b'o');
+    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub(crate) fn outbox_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut key = outbox_prefix(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `t`, due (µs, u64 BE), id length (u16 BE), id, then the timer's name.
+pub(crate) fn timer_key(due: u64, id: &str, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(11 + id.len() + name.len());
+    key.push(b't');
+    key.extend_from_slice(&due.to_be_bytes());
+    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub(crate) fn split_id(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let (len, rest) = bytes.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return None;
+    }
+    let (id, rest) = rest.split_at(len);
+    Some((String::from_utf8(id.to_vec()).ok()?, rest))
+}
+
+pub(crate) fn parse_outbox_key(key: &[u8]) -> Option<(String, u64)> {
+    let (id, rest) = split_id(key.strip_prefix(b"o")?)?;
+    let seq: [u8; 8] = rest.try_into().ok()?;
+    Some((id, u64::from_be_bytes(seq)))
+}
+
+pub(crate) fn parse_timer_key(key: &[u8]) -> Option<(u64, String, String)> {
+    let (due, rest) = key.strip_prefix(b"t")?.split_first_chunk::<8>()?;
+    let (id, name) = split_id(rest)?;
+    Some((
+        u64::from_be_bytes(*due),
+        id,
+        String::from_utf8(name.to_vec()).ok()?,
+    ))
+}
+
+/// An instance as stored under `i{id}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct InstanceRecord {
+    pub status: u8,
+    pub state: Vec<u8>,
+    pub next_seq: u64,
+    pub timers: BTreeMap<String, u64>,
+    pub stuck: Option<StuckRecord>,
+    /// Positions of events held while stuck, in order.
+    pub held: Vec<u64>,
+}
+
+impl InstanceRecord {
+    /// Its status as the handle shows it.
+    pub(crate) fn status(&self) -> InstanceStatus {
+        match self.status {
+            STATUS_ACTIVE => InstanceStatus::Active,
+            STATUS_STUCK => InstanceStatus::Stuck,
+            _ => InstanceStatus::Finished,
+        }
+    }
+}
+
+/// Why an instance is stuck; also stored under `s{id}` for listing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StuckRecord {
+    pub error: String,
+    pub attempts: u32,
+    pub since: u64,
+    pub input: StuckInput,
+}
+
+/// The input of a step: what it consumes (cleaned up after it), and what a
+/// stuck instance failed on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum StuckInput {
+    Event(u64),
+    Result { seq: u64, command_id: [u8; 16] },
+    Timer { name: String, due: u64 },
+}
+
+impl std::fmt::Display for StuckInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StuckInput::Event(position) => write!(f, "event at position {position}"),
+            StuckInput::Result { command_id, .. } => write!(
+                f,
+                "result of command {}",
+                CommandId::from_bytes(*command_id)
+            ),
+            StuckInput::Timer { name, due } => write!(f, "timer {name:?} due at {due} µs"),
+        }
+    }
+}
+
+/// A command in the outbox, stored under `o{id}{seq}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct OutboxRecord {
+    pub command_id: [u8; 16],
+    pub kind: String,
+    pub aggregate_id: String,
+    pub payload: Vec<u8>,
+}

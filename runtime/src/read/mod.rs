@@ -1,0 +1,15 @@
+//! The read side: durable events reach projections and event handlers.
+//!
+//! - [`bus`]: the in-process broadcast of committed batches, in position order.
+//! - [`consumer`]: one projection partition, rebuild or event handler on a
+//!   thread of its own: catch-up from the store, then live from the bus.
+//! - [`projection`]: the public traits and settings, read-model views.
+//! - [`registry`]: starts, stops and rebuilds the consumers; answers status,
+//!   parked events and read-your-writes waits.
+//!
+//! Nothing here knows of aggregates' actors or process managers.
+
+pub mod bus;
+pub(crate) mod consumer;
+pub mod projection;
+pub(crate) mod registry;

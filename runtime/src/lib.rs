@@ -94,6 +94,7 @@ mod command;
 mod error;
 mod handle;
 pub mod metric_names;
+mod placement;
 pub mod process;
 mod read;
 mod settings;

@@ -11,12 +11,12 @@ use super::shared::Shared;
 use super::timeout::{Deadline, deadline};
 use crate::error::{CommandError, SpawnError};
 use crate::metric_names::REJECTIONS_TOTAL;
+use crate::placement::bucket_of;
 use actix::dev::SendError;
 use actix::prelude::*;
 use eventfold_domain::{Aggregate, StreamId};
 use std::collections::HashSet;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -90,7 +90,7 @@ impl Router {
         let received = Instant::now();
         let deadline = deadline(received, timeout);
         let (reply, receiver) = oneshot::channel();
-        let shard = &self.shards[shard_of(&stream, self.shards.len())];
+        let shard = &self.shards[bucket_of(stream.as_str(), self.shards.len())];
         let message = Execute::<A> {
             stream,
             command,
@@ -166,11 +166,4 @@ impl Router {
             let _ = drained.recv();
         }
     }
-}
-
-/// The shard of a stream: a hash of its id.
-pub(crate) fn shard_of(stream: &StreamId, shards: usize) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    stream.as_str().hash(&mut hasher);
-    (hasher.finish() % shards as u64) as usize
 }

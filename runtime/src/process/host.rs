@@ -33,6 +33,7 @@ use crate::error::panic_message;
 use crate::metric_names::{PROCESS_COMMANDS_TOTAL, PROCESS_STEPS_TOTAL, PROCESS_STUCK};
 use crate::process::*;
 use crate::read::projection::ConsumerState;
+use crate::read::subscription::{self, Subscription, SubscriptionError};
 use eventfold_domain::{CommandId, RecordedEvent, Timestamp};
 use eventfold_storage::{Filter, ReadModelBatch, payload};
 use lru::LruCache;
@@ -40,10 +41,8 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
-/// Control messages waiting per process manager.
-pub(crate) const CONTROL_QUEUE_MAX: usize = 64;
 /// How long an idle host waits before it looks at its timers and the head.
 pub(crate) const IDLE_WAIT: Duration = Duration::from_millis(10);
 /// Most stuck instances listed or counted at start.
@@ -72,10 +71,9 @@ pub(crate) struct Host<P: ProcessManager> {
     finished_now: Vec<String>,
     ops: ReadModelBatch,
     ops_count: usize,
+    /// Every position before it is handled (the subscription's `next`).
     next: u64,
     committed: u64,
-    live: bool,
-    bus_batch: Option<crate::read::bus::EventBatch>,
     outbox: HashMap<(String, u64), OutboxRecord>,
     ready: VecDeque<(String, u64)>,
     after_commit: Vec<(String, u64)>,
@@ -103,8 +101,6 @@ impl<P: ProcessManager> Host<P> {
             ops_count: 0,
             next: 1,
             committed: 0,
-            live: false,
-            bus_batch: None,
             outbox: HashMap::new(),
             ready: VecDeque::new(),
             after_commit: Vec::new(),
@@ -126,12 +122,17 @@ impl<P: ProcessManager> HostRun for Host<P> {
             Ok(runtime) => runtime,
             Err(error) => return self.stopped(format!("no runtime to wait on: {error}")),
         };
-        let mut bus = self.config.bus.subscribe();
         if let Err(reason) = self.recover() {
             return self.stopped(reason);
         }
+        let mut sub = Subscription::new(
+            Arc::clone(&self.config.store),
+            &self.config.bus,
+            self.filter.clone(),
+            self.committed,
+        );
         loop {
-            match self.round(&runtime, &mut bus) {
+            match self.round(&runtime, &mut sub) {
                 Ok(true) => {}
                 Ok(false) => {
                     // Told to stop: keep what was handled.
@@ -240,7 +241,7 @@ impl<P: ProcessManager> Host<P> {
     fn round(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        bus: &mut broadcast::Receiver<crate::read::bus::EventBatch>,
+        sub: &mut Subscription,
     ) -> Result<bool, String> {
         if self.config.shared.stopping.load(Ordering::SeqCst) {
             return Ok(false);
@@ -268,11 +269,7 @@ impl<P: ProcessManager> Host<P> {
         }
         work += self.fire_timers(budget.saturating_sub(work))?;
         if self.outbox.len() < self.config.settings.outbox_max && work < budget {
-            work += if self.live {
-                self.take_live(bus)?
-            } else {
-                self.catch_up(budget - work)?
-            };
+            work += self.take_events(sub, budget - work)?;
         }
         self.commit()?;
         self.dispatch(runtime.handle());
@@ -280,7 +277,7 @@ impl<P: ProcessManager> Host<P> {
         self.passivate();
         self.publish();
         if work == 0 {
-            return self.wait(runtime, bus);
+            return self.wait(runtime, sub);
         }
         Ok(true)
     }
@@ -307,12 +304,12 @@ impl<P: ProcessManager> Host<P> {
     fn wait(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        bus: &mut broadcast::Receiver<crate::read::bus::EventBatch>,
+        sub: &mut Subscription,
     ) -> Result<bool, String> {
         enum Woke {
             Result(Option<Delivered>),
             Control(Option<ProcessControl>),
-            Bus(Result<crate::read::bus::EventBatch, broadcast::error::RecvError>),
+            Bus(Result<subscription::Woke, SubscriptionError>),
             Idle,
         }
         let now = self.config.clock.now().as_micros();
@@ -320,14 +317,14 @@ impl<P: ProcessManager> Host<P> {
             Some((due, _, _)) => Duration::from_micros(due.saturating_sub(now)).min(IDLE_WAIT),
             None => IDLE_WAIT,
         };
-        let take_bus = self.live && self.outbox.len() < self.config.settings.outbox_max;
+        let take_bus = sub.is_live() && self.outbox.len() < self.config.settings.outbox_max;
         let results = &mut self.results_rx;
         let control = &mut self.config.control;
         let woke = runtime.block_on(async {
             tokio::select! {
                 delivered = results.recv() => Woke::Result(delivered),
                 message = control.recv() => Woke::Control(message),
-                batch = bus.recv(), if take_bus => Woke::Bus(batch),
+                woke = sub.wait(), if take_bus => Woke::Bus(woke),
                 _ = tokio::time::sleep(timeout) => Woke::Idle,
             }
         });
@@ -336,89 +333,58 @@ impl<P: ProcessManager> Host<P> {
             Woke::Result(None) => {}
             Woke::Control(None) | Woke::Control(Some(ProcessControl::Stop)) => return Ok(false),
             Woke::Control(Some(message)) => self.control(message)?,
-            Woke::Bus(Ok(batch)) => self.bus_batch = Some(batch),
-            Woke::Bus(Err(broadcast::error::RecvError::Lagged(_))) => self.live = false,
-            Woke::Bus(Err(broadcast::error::RecvError::Closed)) => {
-                return Err("the event bus closed".into());
+            // A batch is stashed in the subscription, or a lag sent it back
+            // to catch-up: the next round takes either.
+            Woke::Bus(woke) => {
+                woke.map_err(|e| e.to_string())?;
             }
-            Woke::Idle => {
-                // Positions written before we subscribed never come on the bus.
-                if self.live && self.config.store.head() >= self.next {
-                    self.live = false;
-                }
-            }
+            // Positions written before we subscribed never come on the bus.
+            Woke::Idle => sub.idle(),
         }
         Ok(true)
     }
 
-    fn take_live(
-        &mut self,
-        bus: &mut broadcast::Receiver<crate::read::bus::EventBatch>,
-    ) -> Result<usize, String> {
+    /// Takes events from the subscription. Catching up: one read of at most
+    /// `budget` events (and at least one position counted while behind, so
+    /// the host reads on without waiting). Live: the batches the bus holds,
+    /// until `batch_inputs_max` positions or a full outbox.
+    fn take_events(&mut self, sub: &mut Subscription, budget: usize) -> Result<usize, String> {
+        let settings = &self.config.settings;
+        let (batch_max, outbox_max) = (settings.batch_inputs_max, settings.outbox_max);
+        let chunk_max = settings.catch_up_chunk_events.min(budget.max(1));
         let mut handled = 0;
         loop {
-            let batch = match self.bus_batch.take() {
-                Some(batch) => batch,
-                None => match bus.try_recv() {
-                    Ok(batch) => batch,
-                    Err(broadcast::error::TryRecvError::Empty) => break,
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                        self.live = false;
-                        break;
-                    }
-                    Err(broadcast::error::TryRecvError::Closed) => {
-                        return Err("the event bus closed".into());
-                    }
-                },
-            };
-            let first = batch.first().map_or(self.next, |e| e.position);
-            if first > self.next {
-                self.live = false;
+            let was_live = sub.is_live();
+            let Some(chunk) = sub.take(chunk_max).map_err(|e| e.to_string())? else {
                 break;
+            };
+            let mut events = 0;
+            for event in chunk.events() {
+                self.on_event(event)?;
+                sub.handled(event.position);
+                self.next = sub.next();
+                events += 1;
             }
-            let from = self.next;
-            for event in batch.iter().filter(|e| e.position >= from) {
-                if self.filter.matches(event) {
-                    self.on_event(event)?;
+            sub.finish(&chunk);
+            self.next = sub.next();
+            if !chunk.is_live() {
+                if chunk.reached_head() && self.config.shared.state() == ConsumerState::CatchingUp {
+                    self.config.shared.set_state(ConsumerState::Live);
                 }
-                self.next = event.position + 1;
-                handled += 1;
+                handled += events;
+                // Still behind the head: go on reading without waiting.
+                return Ok(if sub.is_live() || was_live {
+                    handled
+                } else {
+                    handled.max(1)
+                });
             }
-            if handled >= self.config.settings.batch_inputs_max
-                || self.outbox.len() >= self.config.settings.outbox_max
-            {
+            handled += usize::try_from(chunk.positions()).unwrap_or(usize::MAX);
+            if handled >= batch_max || self.outbox.len() >= outbox_max {
                 break;
             }
         }
         Ok(handled)
-    }
-
-    fn catch_up(&mut self, budget: usize) -> Result<usize, String> {
-        let chunk = self
-            .config
-            .settings
-            .catch_up_chunk_events
-            .min(budget.max(1));
-        let slice = self
-            .config
-            .store
-            .read_all(self.next, chunk, &self.filter)
-            .map_err(|e| format!("catch-up read failed: {e}"))?;
-        let mut handled = 0;
-        for event in &slice.events {
-            self.on_event(event)?;
-            self.next = event.position + 1;
-            handled += 1;
-        }
-        self.next = self.next.max(slice.next_position);
-        if slice.next_position > slice.head {
-            self.live = true;
-            if self.config.shared.state() == ConsumerState::CatchingUp {
-                self.config.shared.set_state(ConsumerState::Live);
-            }
-        }
-        // Still behind the head: go on reading without waiting.
-        Ok(if self.live { handled } else { handled.max(1) })
     }
 
     fn on_event(&mut self, event: &RecordedEvent) -> Result<(), String> {

@@ -5,10 +5,10 @@
 use super::ProcessSettings;
 use super::control::{HostConfig, HostRun, ProcessControl, ProcessShared};
 use super::dispatch::DispatchTable;
-use super::host::CONTROL_QUEUE_MAX;
 use super::records::model_of;
 use crate::command::router::Router;
 use crate::read::bus::EventBus;
+use crate::read::subscription::CONTROL_QUEUE_MAX;
 use eventfold_domain::Clock;
 use eventfold_storage::EventStore;
 use std::collections::HashMap;

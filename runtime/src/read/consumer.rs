@@ -9,18 +9,19 @@
 
 use crate::error::panic_message;
 use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
-use crate::read::bus::{EventBatch, EventBus};
+use crate::placement::bucket_of;
+use crate::read::bus::EventBus;
 use crate::read::projection::*;
+use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke};
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{EventStore, Filter, ReadModelBatch, payload};
 use std::collections::HashMap;
-use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 /// How long a live consumer waits for the bus before it looks at its mailbox.
 pub(crate) const LIVE_WAIT: Duration = Duration::from_millis(20);
@@ -99,7 +100,8 @@ pub(crate) struct Consumer {
 }
 
 struct Run {
-    next: u64,
+    /// Where the consumer stands in the log: catching up or live.
+    sub: Subscription,
     persisted: u64,
     pending: Pending,
     cache: ReadCache,
@@ -108,7 +110,6 @@ struct Run {
     pending_events: usize,
     /// Streams with parked events, and how many.
     held: HashMap<String, u64>,
-    live: bool,
     last_commit: std::time::Instant,
 }
 
@@ -117,27 +118,24 @@ enum Flow {
     Stop,
 }
 
-pub(crate) fn partition_of(stream: &str, partitions: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    // DefaultHasher::new() has fixed keys: the assignment is stable across runs.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    stream.hash(&mut hasher);
-    (hasher.finish() % partitions.max(1) as u64) as usize
-}
-
 fn parked_key(position: u64) -> Vec<u8> {
     position.to_be_bytes().to_vec()
 }
 
 impl Consumer {
     pub(crate) fn run(mut self) {
-        let mut receiver = self.bus.subscribe();
         let start = match self.store.checkpoint(&self.shared.id) {
             Ok(checkpoint) => checkpoint.unwrap_or(0),
             Err(error) => return self.stop(format!("checkpoint unreadable: {error}")),
         };
+        let sub = Subscription::new(
+            Arc::clone(&self.store),
+            &self.bus,
+            self.filter.clone(),
+            start,
+        );
         let mut run = Run {
-            next: start + 1,
+            sub,
             persisted: start,
             pending: HashMap::new(),
             cache: ReadCache::new(
@@ -148,7 +146,6 @@ impl Consumer {
             parked: Vec::new(),
             pending_events: 0,
             held: HashMap::new(),
-            live: false,
             last_commit: std::time::Instant::now(),
         };
         match self
@@ -170,8 +167,8 @@ impl Consumer {
             if !self.mailbox(&mut run) {
                 break;
             }
-            let flow = if run.live {
-                self.step_live(&mut run, &mut receiver)
+            let flow = if run.sub.is_live() {
+                self.step_live(&mut run)
             } else {
                 self.step_catch_up(&mut run)
             };
@@ -190,7 +187,7 @@ impl Consumer {
             }
         }
         // A clean stop commits what is pending.
-        let through = run.next - 1;
+        let through = run.sub.next() - 1;
         let _ = self.commit(&mut run, through, true);
     }
 
@@ -217,35 +214,19 @@ impl Consumer {
     }
 
     fn step_catch_up(&mut self, run: &mut Run) -> Flow {
-        let slice =
-            match self
-                .store
-                .read_all(run.next, self.settings.catch_up_chunk_events, &self.filter)
-            {
-                Ok(slice) => slice,
-                Err(error) => {
-                    self.stop(format!("catch-up read failed: {error}"));
-                    return Flow::Stop;
-                }
-            };
-        for event in &slice.events {
-            if let Flow::Stop = self.handle(run, event) {
-                return Flow::Stop;
-            }
-            run.next = event.position + 1;
-            if run.pending_events >= self.settings.batch_events_max
-                && self.commit(run, event.position, false).is_err()
-            {
-                return Flow::Stop;
-            }
+        let chunk = match run.sub.take(self.settings.catch_up_chunk_events) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Flow::Continue,
+            Err(error) => return self.failed(error),
+        };
+        if let Flow::Stop = self.handle_chunk(run, &chunk) {
+            return Flow::Stop;
         }
-        run.next = run.next.max(slice.next_position);
-        if slice.next_position > slice.head {
+        if chunk.reached_head() {
             // At the head: commit, then take live events.
-            if self.commit(run, run.next - 1, false).is_err() {
+            if self.commit(run, run.sub.next() - 1, false).is_err() {
                 return Flow::Stop;
             }
-            run.live = true;
             if self.shared.state() == ConsumerState::CatchingUp {
                 self.shared.set_state(ConsumerState::Live);
             }
@@ -256,64 +237,71 @@ impl Consumer {
         Flow::Continue
     }
 
-    fn step_live(&mut self, run: &mut Run, receiver: &mut broadcast::Receiver<EventBatch>) -> Flow {
+    fn step_live(&mut self, run: &mut Run) -> Flow {
         let interval = self.settings.commit_interval;
-        match receive(
-            receiver,
-            LIVE_WAIT.min(interval.max(Duration::from_millis(1))),
-        ) {
-            Some(Ok(batch)) => {
-                let first = batch.first().map_or(run.next, |e| e.position);
-                if first > run.next {
-                    // Events between were published while we were not listening.
-                    run.live = false;
-                    return Flow::Continue;
-                }
-                let from = run.next;
-                for event in batch.iter().filter(|e| e.position >= from) {
-                    if self.filter.matches(event)
-                        && let Flow::Stop = self.handle(run, event)
-                    {
-                        return Flow::Stop;
-                    }
-                    run.next = event.position + 1;
-                    if run.pending_events >= self.settings.batch_events_max
-                        && self.commit(run, event.position, false).is_err()
-                    {
-                        return Flow::Stop;
-                    }
-                }
-                let due = run.last_commit.elapsed() >= interval;
-                if receiver.is_empty() && due && self.commit(run, run.next - 1, false).is_err() {
-                    return Flow::Stop;
-                }
-            }
-            Some(Err(broadcast::error::RecvError::Lagged(missed))) => {
-                tracing::debug!(consumer = %self.shared.id, missed, "bus lagged; catching up from the store");
-                run.live = false;
-            }
-            Some(Err(broadcast::error::RecvError::Closed)) => {
-                self.stop("the event bus closed".into());
-                return Flow::Stop;
-            }
-            None => {
+        let wait = LIVE_WAIT.min(interval.max(Duration::from_millis(1)));
+        match run.sub.wait_blocking(wait) {
+            Ok(Woke::Ready) => {}
+            Ok(Woke::Idle) => {
                 // Idle: commit what waits, and read the store if the head has
                 // moved past positions the bus never carried (written before
                 // we subscribed).
-                if self.commit(run, run.next - 1, false).is_err() {
+                if self.commit(run, run.sub.next() - 1, false).is_err() {
                     return Flow::Stop;
                 }
-                if self.store.head() >= run.next {
-                    run.live = false;
-                }
+                run.sub.idle();
+                return Flow::Continue;
             }
+            Err(error) => return self.failed(error),
+        }
+        if !run.sub.is_live() {
+            // The bus lagged: the next step catches up from the store.
+            return Flow::Continue;
+        }
+        let chunk = match run.sub.take(self.settings.catch_up_chunk_events) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Flow::Continue,
+            Err(error) => return self.failed(error),
+        };
+        if let Flow::Stop = self.handle_chunk(run, &chunk) {
+            return Flow::Stop;
+        }
+        // A chunk read from the store after a gap ends at the head: commit
+        // as a catch-up does; a live batch when nothing follows it and the
+        // interval is due.
+        let due = run.last_commit.elapsed() >= interval && run.sub.bus_is_empty();
+        if (chunk.reached_head() || due) && self.commit(run, run.sub.next() - 1, false).is_err() {
+            return Flow::Stop;
         }
         Flow::Continue
     }
 
+    /// Handles a chunk's events in order, committing every
+    /// `batch_events_max` handled events.
+    fn handle_chunk(&mut self, run: &mut Run, chunk: &Chunk) -> Flow {
+        for event in chunk.events() {
+            if let Flow::Stop = self.handle(run, event) {
+                return Flow::Stop;
+            }
+            run.sub.handled(event.position);
+            if run.pending_events >= self.settings.batch_events_max
+                && self.commit(run, event.position, false).is_err()
+            {
+                return Flow::Stop;
+            }
+        }
+        run.sub.finish(chunk);
+        Flow::Continue
+    }
+
+    fn failed(&self, error: SubscriptionError) -> Flow {
+        self.stop(error.to_string());
+        Flow::Stop
+    }
+
     fn mine(&self, event: &RecordedEvent) -> bool {
         let (index, count) = self.partition;
-        count <= 1 || partition_of(event.stream_id.as_str(), count) == index
+        count <= 1 || bucket_of(event.stream_id.as_str(), count) == index
     }
 
     /// Handles one event under the error policy.
@@ -456,7 +444,7 @@ impl Consumer {
     /// Retries (or skips) a parked event, then the events held behind it.
     fn retry_parked(&mut self, run: &mut Run, position: u64, skip: bool) -> Result<(), String> {
         // Start from a clean slate: what is pending is committed first.
-        let through = run.next - 1;
+        let through = run.sub.next() - 1;
         self.commit(run, through, false)
             .map_err(|_| "commit failed".to_owned())?;
         let model = self.shared.parked_model.clone();
@@ -525,34 +513,6 @@ impl Consumer {
             .map_err(|_| "commit failed".to_owned())?;
         result
     }
-}
-
-/// Waits up to `wait` for the next bus batch, on any thread.
-fn receive(
-    receiver: &mut broadcast::Receiver<EventBatch>,
-    wait: Duration,
-) -> Option<Result<EventBatch, broadcast::error::RecvError>> {
-    match receiver.try_recv() {
-        Ok(batch) => return Some(Ok(batch)),
-        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-            return Some(Err(broadcast::error::RecvError::Lagged(n)));
-        }
-        Err(broadcast::error::TryRecvError::Closed) => {
-            return Some(Err(broadcast::error::RecvError::Closed));
-        }
-        Err(broadcast::error::TryRecvError::Empty) => {}
-    }
-    futures::executor::block_on(async {
-        let mut timer = futures_timer::Delay::new(wait);
-        let mut next = std::pin::pin!(receiver.recv());
-        std::future::poll_fn(|cx| {
-            if let std::task::Poll::Ready(result) = next.as_mut().poll(cx) {
-                return std::task::Poll::Ready(Some(result));
-            }
-            std::pin::Pin::new(&mut timer).poll(cx).map(|()| None)
-        })
-        .await
-    })
 }
 
 /// Reads parked events of a consumer.

@@ -1,8 +1,12 @@
 //! The read side: durable events reach projections and event handlers.
 //!
 //! - [`bus`]: the in-process broadcast of committed batches, in position order.
+//! - [`subscription`]: the subscription engine every reader of the log
+//!   uses (projections, handlers, process-manager hosts): catch-up from the
+//!   store, live from the bus, back to catch-up on a gap, a lag or an idle
+//!   head.
 //! - [`consumer`]: one projection partition, rebuild or event handler on a
-//!   thread of its own: catch-up from the store, then live from the bus.
+//!   thread of its own, driving a subscription.
 //! - [`projection`]: the public traits and settings, read-model views.
 //! - [`registry`]: starts, stops and rebuilds the consumers; answers status,
 //!   parked events and read-your-writes waits.
@@ -13,3 +17,4 @@ pub mod bus;
 pub(crate) mod consumer;
 pub mod projection;
 pub(crate) mod registry;
+pub(crate) mod subscription;

@@ -4,6 +4,7 @@ use crate::error::ProjectionError;
 use crate::read::bus::EventBus;
 use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
 use crate::read::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};
+use crate::read::subscription::CONTROL_QUEUE_MAX;
 use eventfold_storage::{EventStore, ReadModelBatch};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Control messages waiting per consumer.
-pub(crate) const CONTROL_QUEUE_MAX: usize = 64;
 /// Keys deleted per batch when an old read-model version is removed.
 pub(crate) const CLEANUP_BATCH_KEYS: usize = 10_000;
 

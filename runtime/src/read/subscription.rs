@@ -1,0 +1,360 @@
+//! The subscription engine: every reader of the global log inside the
+//! runtime (projections, event handlers, process-manager hosts) takes its
+//! events through one [`Subscription`].
+//!
+//! ```text
+//!            read_all from `next`                  bus batch
+//!  catch-up ───────────────────▶ at the head ──▶ live ──────▶ handled
+//!     ▲                                            │
+//!     └── a gap (a batch starts past `next`), a lagged bus (the buffer
+//!         overflowed), or an idle head past `next` (written before we
+//!         subscribed) ─────────────────────────────┘
+//! ```
+//!
+//! **Architecture Invariant:** positions are handed out strictly in order,
+//! each at most once per run: `next` only moves forward, and a bus batch that
+//! starts past `next` sends the subscription back to reading the store, so no
+//! event is lost and none is seen twice. The subscription subscribes to the
+//! bus before its first read of the store, so nothing committed in between
+//! is missed.
+//!
+//! The engine does not handle events: it hands out [`Chunk`]s and the
+//! subscriber reports each position it is done with. What a subscriber does
+//! between chunks (commit, wait on other inputs) stays its own.
+
+use crate::read::bus::{EventBatch, EventBus};
+use eventfold_domain::RecordedEvent;
+use eventfold_storage::{EventStore, Filter, ReadError};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Control messages (retry, skip, resume, cancel, stop) waiting per
+/// subscriber: per projection consumer and per process-manager host.
+pub(crate) const CONTROL_QUEUE_MAX: usize = 64;
+
+/// Why a subscription cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubscriptionError {
+    /// A catch-up read of the store failed.
+    #[error("catch-up read failed: {0}")]
+    Read(#[from] ReadError),
+    /// The event bus closed: the runtime is stopping.
+    #[error("the event bus closed")]
+    BusClosed,
+}
+
+/// Where a chunk's events came from.
+enum Events {
+    /// A catch-up read of the store (already filtered by the store).
+    Stored(Vec<RecordedEvent>),
+    /// A batch of the bus (every event; filtered as it is handed out).
+    Live(EventBatch, Arc<Filter>),
+}
+
+/// Events to handle, in position order.
+pub(crate) struct Chunk {
+    events: Events,
+    /// Events before it were handed out already.
+    from: u64,
+    /// The position after the chunk: where `next` stands once it is done.
+    end: u64,
+    /// This chunk is the end of a catch-up: the subscription is at the head.
+    reached_head: bool,
+}
+
+impl Chunk {
+    /// The chunk's events that match the subscription's filter and were not
+    /// handed out before, in order.
+    pub(crate) fn events(&self) -> impl Iterator<Item = &RecordedEvent> + '_ {
+        let (events, filter): (&[RecordedEvent], Option<&Filter>) = match &self.events {
+            Events::Stored(events) => (events, None),
+            Events::Live(batch, filter) => (batch, Some(filter)),
+        };
+        let from = self.from;
+        events
+            .iter()
+            .filter(move |e| e.position >= from && filter.is_none_or(|f| f.matches(e)))
+    }
+
+    /// How many events of the log it covers (matching or not).
+    pub(crate) fn positions(&self) -> u64 {
+        self.end.saturating_sub(self.from)
+    }
+
+    /// Whether its events came from the bus (live) rather than the store.
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(self.events, Events::Live(..))
+    }
+
+    /// Whether this chunk ends a catch-up at the head.
+    pub(crate) fn reached_head(&self) -> bool {
+        self.reached_head
+    }
+}
+
+/// What a wait for the bus ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// A batch (or a lag, which sends the subscription back to catch-up) is
+    /// waiting: take it.
+    Ready,
+    /// Nothing came in the time given.
+    Idle,
+}
+
+/// One reader's position in the global log, from the store or from the bus.
+pub(crate) struct Subscription {
+    store: Arc<dyn EventStore>,
+    bus: broadcast::Receiver<EventBatch>,
+    filter: Arc<Filter>,
+    next: u64,
+    live: bool,
+    /// A batch received by a wait, not yet taken.
+    stashed: Option<EventBatch>,
+}
+
+impl Subscription {
+    /// A subscription of the events matching `filter` after position
+    /// `checkpoint`; it starts catching up.
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        bus: &EventBus,
+        filter: Filter,
+        checkpoint: u64,
+    ) -> Self {
+        Self {
+            store,
+            bus: bus.subscribe(),
+            filter: Arc::new(filter),
+            next: checkpoint.saturating_add(1),
+            live: false,
+            stashed: None,
+        }
+    }
+
+    /// The next position to hand out: every position before it is done.
+    pub(crate) fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// True once the subscription has caught up and takes bus batches.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Nothing is waiting on the bus (and no batch is stashed).
+    pub(crate) fn bus_is_empty(&self) -> bool {
+        self.stashed.is_none() && self.bus.is_empty()
+    }
+
+    /// The next chunk, without waiting. Catching up: one read of the store
+    /// of at most `max` events. Live: the batch a wait stashed, or the next
+    /// on the bus, or `None` when none is there. A gap or a lagged bus sends
+    /// the subscription back to catch-up, which this call starts at once.
+    pub(crate) fn take(&mut self, max: usize) -> Result<Option<Chunk>, SubscriptionError> {
+        if self.live {
+            let batch = match self.stashed.take() {
+                Some(batch) => batch,
+                None => match self.bus.try_recv() {
+                    Ok(batch) => batch,
+                    Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                    Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "bus lagged; catching up from the store");
+                        return self.back_to_catch_up(max);
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        return Err(SubscriptionError::BusClosed);
+                    }
+                },
+            };
+            let first = batch.first().map_or(self.next, |e| e.position);
+            if first > self.next {
+                // Events between were published while we were not listening.
+                return self.back_to_catch_up(max);
+            }
+            let end = batch
+                .last()
+                .map_or(self.next, |e| e.position.saturating_add(1))
+                .max(self.next);
+            return Ok(Some(Chunk {
+                events: Events::Live(batch, Arc::clone(&self.filter)),
+                from: self.next,
+                end,
+                reached_head: false,
+            }));
+        }
+        let slice = self.store.read_all(self.next, max.max(1), &self.filter)?;
+        let reached_head = slice.next_position > slice.head;
+        Ok(Some(Chunk {
+            events: Events::Stored(slice.events),
+            from: self.next,
+            end: slice.next_position.max(self.next),
+            reached_head,
+        }))
+    }
+
+    fn back_to_catch_up(&mut self, max: usize) -> Result<Option<Chunk>, SubscriptionError> {
+        self.live = false;
+        self.stashed = None;
+        self.take(max)
+    }
+
+    /// The subscriber is done with the event at `position`.
+    pub(crate) fn handled(&mut self, position: u64) {
+        self.next = self.next.max(position.saturating_add(1));
+    }
+
+    /// The subscriber is done with the whole chunk; at the end of a catch-up
+    /// the subscription goes live.
+    pub(crate) fn finish(&mut self, chunk: &Chunk) {
+        self.next = self.next.max(chunk.end);
+        if chunk.reached_head {
+            self.live = true;
+        }
+    }
+
+    /// Waits for the next bus batch and stashes it for [`take`](Self::take).
+    /// Cancel-safe: dropped before it completes, nothing is lost.
+    pub(crate) async fn wait(&mut self) -> Result<Woke, SubscriptionError> {
+        if self.stashed.is_some() || !self.live {
+            return Ok(Woke::Ready);
+        }
+        match self.bus.recv().await {
+            Ok(batch) => self.stashed = Some(batch),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "bus lagged; catching up from the store");
+                self.live = false;
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                return Err(SubscriptionError::BusClosed);
+            }
+        }
+        Ok(Woke::Ready)
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout`, blocking the calling
+    /// thread (a subscriber on a thread of its own).
+    pub(crate) fn wait_blocking(&mut self, timeout: Duration) -> Result<Woke, SubscriptionError> {
+        if self.stashed.is_some() || !self.live {
+            return Ok(Woke::Ready);
+        }
+        match self.bus.try_recv() {
+            Ok(batch) => {
+                self.stashed = Some(batch);
+                return Ok(Woke::Ready);
+            }
+            Err(broadcast::error::TryRecvError::Empty) => {}
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                self.live = false;
+                return Ok(Woke::Ready);
+            }
+            Err(broadcast::error::TryRecvError::Closed) => {
+                return Err(SubscriptionError::BusClosed);
+            }
+        }
+        futures::executor::block_on(async {
+            let mut timer = futures_timer::Delay::new(timeout);
+            let mut waiting = std::pin::pin!(self.wait());
+            std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(result) = waiting.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(result);
+                }
+                std::pin::Pin::new(&mut timer)
+                    .poll(cx)
+                    .map(|()| Ok(Woke::Idle))
+            })
+            .await
+        })
+    }
+
+    /// Nothing came for a while: if the head has moved past `next`, those
+    /// positions were written before we subscribed and never come on the
+    /// bus, so the subscription reads them from the store.
+    pub(crate) fn idle(&mut self) {
+        if self.live && self.store.head() >= self.next {
+            self.live = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
+    use eventfold_storage::{AppendRequest, MemoryStore};
+
+    fn append(store: &MemoryStore, stream: &str, count: usize) {
+        let events = (0..count)
+            .map(|_| NewEvent::new("E", 1, b"x".to_vec(), Metadata::new()))
+            .collect();
+        let stream = StreamId::new(stream).unwrap();
+        store
+            .submit(AppendRequest::single(stream, ExpectedVersion::Any, events))
+            .wait()
+            .unwrap();
+    }
+
+    /// Takes every chunk there is now, handing out positions.
+    fn drain(sub: &mut Subscription, max: usize) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while let Some(chunk) = sub.take(max).unwrap() {
+            for event in chunk.events() {
+                seen.push(event.position);
+                sub.handled(event.position);
+            }
+            sub.finish(&chunk);
+            if chunk.positions() == 0 && !chunk.reached_head() && !sub.is_live() {
+                break;
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn catches_up_goes_live_and_hands_out_every_position_once() {
+        let store = MemoryStore::new();
+        let bus = EventBus::new(4);
+        store.set_commit_listener(Arc::new(bus.clone()));
+        append(&store, "a-1", 5);
+        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 2);
+        assert_eq!(drain(&mut sub, 2), vec![3, 4, 5]);
+        assert!(sub.is_live());
+        append(&store, "a-2", 3);
+        assert_eq!(drain(&mut sub, 2), vec![6, 7, 8]);
+        assert_eq!(sub.next(), 9);
+    }
+
+    #[test]
+    fn a_lagged_bus_falls_back_to_the_store_and_loses_nothing() {
+        let store = MemoryStore::new();
+        let bus = EventBus::new(2);
+        store.set_commit_listener(Arc::new(bus.clone()));
+        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0);
+        assert_eq!(drain(&mut sub, 10), Vec::<u64>::new());
+        assert!(sub.is_live());
+        for i in 0..6 {
+            append(&store, &format!("a-{i}"), 1);
+        }
+        assert_eq!(drain(&mut sub, 10), vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn an_idle_head_past_next_is_read_from_the_store() {
+        let store = MemoryStore::new();
+        let bus = EventBus::new(4);
+        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0);
+        assert_eq!(drain(&mut sub, 10), Vec::<u64>::new());
+        // Written without the bus hearing of it.
+        append(&store, "a-1", 2);
+        assert_eq!(drain(&mut sub, 10), Vec::<u64>::new());
+        assert_eq!(
+            sub.wait_blocking(Duration::from_millis(1)).unwrap(),
+            Woke::Idle
+        );
+        sub.idle();
+        assert!(!sub.is_live());
+        assert_eq!(drain(&mut sub, 10), vec![1, 2]);
+    }
+}

@@ -4,8 +4,8 @@
 use super::control::ProcessControl;
 use super::host::STUCK_LIST_MAX;
 use super::records::{InstanceRecord, StuckRecord, instance_key, outbox_prefix};
+use super::status::{InstanceView, ProcessStatus, StuckInstance};
 use super::supervisor::Processes;
-use super::{InstanceView, ProcessStatus, StuckInstance};
 use crate::error::ProcessError;
 use eventfold_storage::{EventStore, payload};
 use std::sync::atomic::Ordering;

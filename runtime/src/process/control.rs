@@ -2,8 +2,8 @@
 //! control messages it takes, the status it publishes, and what it is
 //! started with.
 
-use super::ProcessSettings;
 use super::dispatch::DispatchTable;
+use super::settings::ProcessSettings;
 use crate::command::router::Router;
 use crate::read::bus::EventBus;
 use crate::read::projection::ConsumerState;

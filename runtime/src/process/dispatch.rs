@@ -4,7 +4,8 @@
 //! for the instance.
 
 use super::records::OutboxRecord;
-use super::{ProcessSettings, ResultOutcome};
+use super::results::ResultOutcome;
+use super::settings::ProcessSettings;
 use crate::command::router::Router;
 use crate::error::CommandError;
 use eventfold_domain::{Aggregate, CommandId};

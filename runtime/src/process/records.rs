@@ -7,7 +7,7 @@ use eventfold_domain::CommandId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::InstanceStatus;
+use super::status::InstanceStatus;
 
 pub(crate) const STATUS_ACTIVE: u8 = 0;
 pub(crate) const STATUS_STUCK: u8 = 1;

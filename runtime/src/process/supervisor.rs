@@ -2,10 +2,10 @@
 //! one pass with the runtime's router, and stopped after each has
 //! committed what it handled.
 
-use super::ProcessSettings;
 use super::control::{HostConfig, HostRun, ProcessControl, ProcessShared};
 use super::dispatch::DispatchTable;
 use super::records::model_of;
+use super::settings::ProcessSettings;
 use crate::command::router::Router;
 use crate::read::bus::EventBus;
 use crate::read::subscription::CONTROL_QUEUE_MAX;

@@ -1,0 +1,66 @@
+//! A host's start: its checkpoint, its timers, its outbox and the count
+//! of its stuck instances, read back from its read model.
+
+use super::*;
+use crate::process::api::ProcessManager;
+use crate::process::records::*;
+use eventfold_storage::payload;
+use std::sync::atomic::Ordering;
+
+impl<P: ProcessManager> Host<P> {
+    /// Reads the checkpoint, the timers, the outbox and the stuck count.
+    pub(super) fn recover(&mut self) -> Result<(), String> {
+        let store = &self.config.store;
+        let checkpoint = store
+            .checkpoint(&self.model)
+            .map_err(|e| format!("checkpoint unreadable: {e}"))?
+            .unwrap_or(0);
+        self.next = checkpoint + 1;
+        self.committed = checkpoint;
+        let settings = &self.config.settings;
+        let timers = store
+            .read_model_scan(&self.model, b"t", settings.timers_max)
+            .map_err(|e| format!("timers unreadable: {e}"))?;
+        for (key, _) in timers {
+            let timer = parse_timer_key(&key)
+                .ok_or_else(|| format!("corrupt timer key {key:?} in {}", self.model))?;
+            self.timers.insert(timer);
+        }
+        let outbox_scan = settings.outbox_max.saturating_mul(4);
+        let outbox = store
+            .read_model_scan(&self.model, b"o", outbox_scan)
+            .map_err(|e| format!("outbox unreadable: {e}"))?;
+        if outbox.len() >= outbox_scan {
+            return Err(format!(
+                "more than {outbox_scan} commands in the outbox of {}",
+                self.model
+            ));
+        }
+        for (key, value) in outbox {
+            let (id, seq) = parse_outbox_key(&key)
+                .ok_or_else(|| format!("corrupt outbox key {key:?} in {}", self.model))?;
+            let record: OutboxRecord = payload::decode(&value)
+                .map_err(|e| format!("outbox entry {key:?} of {} unreadable: {e}", self.model))?;
+            self.outbox.insert((id.clone(), seq), record);
+            self.ready.push_back((id, seq));
+        }
+        let stuck = store
+            .read_model_scan(&self.model, b"s", STUCK_LIST_MAX)
+            .map_err(|e| format!("stuck instances unreadable: {e}"))?;
+        // A stuck instance's timers wait for it to resume.
+        for (key, _) in &stuck {
+            let id = String::from_utf8_lossy(&key[1..]).into_owned();
+            self.timers.retain(|(_, i, _)| *i != id);
+        }
+        self.config
+            .shared
+            .stuck
+            .store(stuck.len() as u64, Ordering::Relaxed);
+        self.config
+            .shared
+            .checkpoint
+            .store(checkpoint, Ordering::Relaxed);
+        self.publish();
+        Ok(())
+    }
+}

@@ -1,7 +1,7 @@
 //! What a process manager is: the trait, its inputs (events, command
 //! results, fired timers) and the effects a step may have.
 
-use super::results::CommandResult;
+use super::results::{CommandResult, OutgoingCommand};
 use eventfold_domain::{Aggregate, CommandId, RecordedEvent, Timestamp};
 use eventfold_storage::{Filter, payload};
 use serde::{Serialize, de::DeserializeOwned};
@@ -75,29 +75,6 @@ pub trait ProcessManager: Send + 'static {
         input: Input<'_>,
         effects: &mut Effects,
     ) -> Result<(), Self::Error>;
-}
-
-/// A command in an instance's outbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutgoingCommand {
-    /// The target aggregate's `KIND`.
-    pub kind: String,
-    /// The target aggregate's id.
-    pub aggregate_id: String,
-    /// The command id it is sent with: the target executes it at most once.
-    pub command_id: CommandId,
-    /// The command, bincode-encoded.
-    pub payload: Vec<u8>,
-}
-
-impl OutgoingCommand {
-    /// The command decoded as `A`'s command, if it was sent to `A`.
-    pub fn decode<A: Aggregate>(&self) -> Option<A::Command> {
-        if self.kind != A::KIND {
-            return None;
-        }
-        payload::decode(&self.payload).ok()
-    }
 }
 
 /// A change to an instance's timers.

@@ -1,9 +1,7 @@
 //! Given-when-then for process managers, with a virtual clock.
 
-use super::api::{
-    Association, Effects, FiredTimer, Input, OutgoingCommand, ProcessManager, TimerChange,
-};
-use super::results::CommandResult;
+use super::api::{Association, Effects, FiredTimer, Input, ProcessManager, TimerChange};
+use super::results::{CommandResult, OutgoingCommand};
 use eventfold_domain::{Aggregate, CommandId, DomainEvent, RecordedEvent, Timestamp};
 use eventfold_storage::payload;
 use std::collections::{BTreeMap, BTreeSet};

@@ -75,10 +75,9 @@ pub(crate) mod records;
 pub(crate) mod supervisor;
 
 pub use api::{
-    Association, Effects, FiredTimer, INSTANCE_ID_BYTES_MAX, Input, OutgoingCommand,
-    ProcessManager, TimerChange,
+    Association, Effects, FiredTimer, INSTANCE_ID_BYTES_MAX, Input, ProcessManager, TimerChange,
 };
 pub use fixture::{ProcessFixture, StepOutcome};
-pub use results::{CommandResult, ResultOutcome};
+pub use results::{CommandResult, OutgoingCommand, ResultOutcome};
 pub use settings::{ProcessSettings, RetryPolicy};
 pub use status::{InstanceStatus, InstanceView, ProcessStatus, StuckInstance};

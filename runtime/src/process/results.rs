@@ -1,9 +1,33 @@
-//! What a command sent by an instance came to, as the instance sees it.
+//! The commands an instance sends, and what each came to, as the instance
+//! sees it.
 
-use super::api::OutgoingCommand;
 use eventfold_domain::{Aggregate, CommandId};
+use eventfold_storage::payload;
 use std::any::Any;
 use std::sync::Arc;
+
+/// A command in an instance's outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingCommand {
+    /// The target aggregate's `KIND`.
+    pub kind: String,
+    /// The target aggregate's id.
+    pub aggregate_id: String,
+    /// The command id it is sent with: the target executes it at most once.
+    pub command_id: CommandId,
+    /// The command, bincode-encoded.
+    pub payload: Vec<u8>,
+}
+
+impl OutgoingCommand {
+    /// The command decoded as `A`'s command, if it was sent to `A`.
+    pub fn decode<A: Aggregate>(&self) -> Option<A::Command> {
+        if self.kind != A::KIND {
+            return None;
+        }
+        payload::decode(&self.payload).ok()
+    }
+}
 
 /// How a command sent by an instance ended.
 #[derive(Clone)]

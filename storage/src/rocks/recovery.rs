@@ -11,7 +11,8 @@
 //! record at the end of the log (a write cut short, never acknowledged) is
 //! dropped, any other damage refuses the open before anything is written.
 
-use super::{RocksStore, db_options};
+use super::RocksStore;
+use super::options::db_options;
 use crate::codec;
 use crate::error::{DamagedFile, OpenError};
 use crate::keyspaces::CF_GLOBAL;

@@ -8,9 +8,11 @@
 //! marker [`STORE_FORMAT_REINDEXING`] (which `open` refuses): an upgrade cut
 //! short by a crash or a full disk resumes where it stopped when run again.
 
-use super::{CF_GLOBAL, CF_STREAMS, RocksStore, cf_options, db_options};
+use super::RocksStore;
+use super::options::{cf_options, db_options};
 use crate::codec;
 use crate::error::{Corruption, CorruptionKind, OpenError};
+use crate::keyspaces::{CF_GLOBAL, CF_STREAMS};
 use crate::options::StoreOptions;
 use rocksdb::{Cache, DB, WriteBatch, WriteOptions};
 use std::path::Path;

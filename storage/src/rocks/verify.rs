@@ -1,6 +1,13 @@
 //! `verify`: walk every keyspace and report each fault with its key.
 
-use super::*;
+use super::RocksStore;
+use super::reads::*;
+use crate::api::*;
+use crate::codec;
+use crate::error::{Corruption, CorruptionKind, ReadError};
+use crate::keyspaces::*;
+use eventfold_domain::RecordedEvent;
+use rocksdb::IteratorMode;
 
 struct Walk<'a> {
     store: &'a RocksStore,
@@ -166,7 +173,7 @@ impl Walk<'_> {
                 ),
                 // The global walk reports the corrupt record itself.
                 Some(Err(_)) => {}
-                None => self.corrupt(super::missing_position(&key, position)),
+                None => self.corrupt(super::reads::missing_position(&key, position)),
             }
         }
         Ok(())

@@ -18,12 +18,13 @@
 //! move, before the batch holding its events is durable under the store's
 //! durability. Readers only see positions up to the head.
 
-use super::{
-    CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS, Shared, stream_entries_backward, write_options,
-};
+use super::Shared;
+use super::options::write_options;
+use super::reads::stream_entries_backward;
 use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
+use crate::keyspaces::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS};
 use crate::options::{Durability, StoreOptions};
 use eventfold_domain::{CommandId, EventId, RecordedEvent, StreamId, Timestamp};
 use foldhash::HashMap;
@@ -451,7 +452,7 @@ pub(crate) fn last_indexed_tip(
     let record = db
         .get_pinned_cf(global, global_key)
         .map_err(|e| AppendError::Io(e.into_string()))?
-        .ok_or_else(|| AppendError::Corrupt(super::missing_position(&key, position)))?;
+        .ok_or_else(|| AppendError::Corrupt(super::reads::missing_position(&key, position)))?;
     let event = codec::decode_event(CF_GLOBAL, &global_key, &record)?;
     Ok(Tip {
         version,

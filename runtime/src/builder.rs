@@ -7,7 +7,7 @@
 use crate::command::router::Router;
 use crate::command::shared::Shared;
 use crate::command::system::{SystemThread, start_system};
-use crate::error::StartError;
+use crate::error::{InvalidSetting, StartError};
 use crate::handle::{Inner, RuntimeHandle};
 use crate::process;
 use crate::process::dispatch::{DispatchTable, TypedDispatch};
@@ -239,15 +239,12 @@ impl RuntimeBuilder {
 
     /// Opens the store and starts the actor system on its own threads.
     pub fn start(self) -> Result<RuntimeHandle, StartError> {
-        self.settings.validate().map_err(StartError::Setting)?;
+        self.settings.validate()?;
         let mut names = HashSet::new();
         for process in &self.processes {
             let name = process.name.as_str();
             check_name("process manager", name, &mut names)?;
-            process
-                .settings
-                .validate()
-                .map_err(|e| StartError::Setting(format!("{name}: {e}")))?;
+            process.settings.validate().map_err(|e| e.of(name))?;
         }
         let mut names = HashSet::new();
         for consumer in &self.consumers {
@@ -256,9 +253,11 @@ impl RuntimeBuilder {
             if consumer.settings.batch_events_max == 0
                 || consumer.settings.catch_up_chunk_events == 0
             {
-                return Err(StartError::Setting(format!(
-                    "{name}: batch sizes must be at least 1"
-                )));
+                return Err(InvalidSetting::new(
+                    format!("{name}: batch_events_max and catch_up_chunk_events"),
+                    "must be at least 1",
+                )
+                .into());
             }
         }
         let mut kinds = HashSet::new();
@@ -305,7 +304,7 @@ impl RuntimeBuilder {
             bus.clone(),
             self.consumers,
         ));
-        registry.start_all().map_err(StartError::System)?;
+        registry.start_all().map_err(StartError::Projection)?;
         let (shards, system) = match start_system(Arc::clone(&shared)) {
             Ok(started) => started,
             Err(error) => {
@@ -325,7 +324,7 @@ impl RuntimeBuilder {
             Ok(processes) => processes,
             Err(error) => {
                 abandon(&router, &registry, system, rocks.as_ref());
-                return Err(StartError::System(error));
+                return Err(error);
             }
         };
         Ok(RuntimeHandle::new(Inner {
@@ -364,9 +363,11 @@ fn check_name<'a>(
         || name.contains(['\0', '#', '@', '$'])
         || !seen.insert(name);
     if invalid {
-        return Err(StartError::Setting(format!(
-            "{what} name {name:?}: names must be unique, 1 to 200 bytes, without NUL, '#', '@' or '$'"
-        )));
+        return Err(InvalidSetting::new(
+            format!("{what} name {name:?}"),
+            "names must be unique, 1 to 200 bytes, without NUL, '#', '@' or '$'",
+        )
+        .into());
     }
     Ok(())
 }

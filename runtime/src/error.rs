@@ -1,8 +1,9 @@
-//! Errors of the runtime: one enum for commands, one for starting, one for
-//! shutting down.
+//! Errors of the runtime: one enum per operation (commands, starting,
+//! shutting down, projections, process managers), each wrapping the store's
+//! errors as typed values.
 
 use eventfold_domain::{ExpectedVersion, StreamIdError};
-use eventfold_storage::{AppendError, OpenError, ReadError};
+use eventfold_storage::{AppendError, Corruption, OpenError, ReadError, WriteError};
 use std::time::Duration;
 
 /// Why a command did not produce an outcome.
@@ -97,15 +98,60 @@ pub enum StartError {
     /// A temporary directory could not be made.
     #[error("could not create a temporary directory: {0}")]
     TempDir(#[source] std::io::Error),
-    /// The actor system's threads could not be started.
-    #[error("could not start the actor system: {0}")]
-    System(String),
+    /// A thread of the runtime (the actor system, a shard, a consumer, a
+    /// process-manager host) could not be started.
+    #[error("could not start the thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// Why the operating system refused it.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The actor system stopped while it was starting: its thread ended, or
+    /// the arbiter of a shard stopped before the shard ran.
+    #[error("the actor system stopped while starting{}", .shard.map(|s| format!(" (shard {s})")).unwrap_or_default())]
+    SystemStopped {
+        /// The shard whose arbiter stopped, if that was it.
+        shard: Option<usize>,
+    },
+    /// A projection's active version could not be read.
+    #[error("a projection could not be started: {0}")]
+    Projection(#[source] ProjectionError),
     /// A setting is invalid.
     #[error("invalid setting: {0}")]
-    Setting(String),
+    Setting(#[from] InvalidSetting),
     /// Two registered aggregate types share a kind, or a kind is invalid.
     #[error("invalid aggregate kind {0:?}: kinds must be unique, non-empty, and contain no '-'")]
     Kind(&'static str),
+}
+
+/// A setting the runtime refuses: which one, and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {rule}")]
+pub struct InvalidSetting {
+    /// The setting, with its owner where there is one (`shards`,
+    /// `transfers: outbox_max`, `projection name "a#b"`).
+    pub setting: String,
+    /// What it must be.
+    pub rule: &'static str,
+}
+
+impl InvalidSetting {
+    pub(crate) fn new(setting: impl Into<String>, rule: &'static str) -> Self {
+        Self {
+            setting: setting.into(),
+            rule,
+        }
+    }
+
+    /// The same setting, named under its owner (`owner: setting`).
+    pub(crate) fn of(self, owner: &str) -> Self {
+        Self {
+            setting: format!("{owner}: {}", self.setting),
+            rule: self.rule,
+        }
+    }
 }
 
 /// What a process-manager operation of the handle can fail with.
@@ -115,19 +161,87 @@ pub enum ProcessError {
     #[error("no process manager named {0}")]
     Unknown(String),
     /// The process manager refused: no such instance, not stuck, finished,
-    /// or it is stopped (the message says which).
-    #[error("{0}")]
-    Refused(String),
+    /// stopped, or its mailbox is full.
+    #[error(transparent)]
+    Refused(#[from] ControlRefusal),
+    /// The process manager failed while doing what was asked (a read or
+    /// write of the store, a corrupt record).
+    #[error("the process manager failed: {0}")]
+    Failed(#[from] ProcessFailure),
     /// The process manager did not answer in time (it may be retrying a
     /// failing handler); the request may still take effect.
     #[error("the process manager did not answer within {0:?}")]
     Timeout(std::time::Duration),
-    /// What the store holds for it could not be read or decoded; names the key.
-    #[error("store: {0}")]
-    Store(String),
+    /// What the store holds for it could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A record of it in the store does not decode; names the key.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
     /// The runtime is shut down.
     #[error("the runtime is shut down")]
     ShutDown,
+}
+
+/// Why a process manager refused a control request (resume, cancel).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlRefusal {
+    /// No instance has this id.
+    #[error("no instance {0:?}")]
+    NoInstance(String),
+    /// Resume asked of an instance that is not stuck.
+    #[error("instance {0:?} is not stuck")]
+    NotStuck(String),
+    /// Cancel asked of an instance that has finished.
+    #[error("instance {0:?} has finished")]
+    Finished(String),
+    /// The process manager is stopped, for this reason.
+    #[error("the process manager is stopped: {0}")]
+    Stopped(String),
+    /// Its control mailbox is full (or closed): try again.
+    #[error("the mailbox of {0} is full or closed")]
+    MailboxFull(String),
+}
+
+/// What stops a process manager, or fails a control request: the store, a
+/// corrupt record, the event bus.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessFailure {
+    /// A read of the store failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The commit of a step's batch failed.
+    #[error("the commit failed: {0}")]
+    Commit(#[source] WriteError),
+    /// A record of its read model does not decode, or a key does not parse.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+    /// A record could not be encoded (the encoder's message).
+    #[error("{what} could not be encoded: {reason}")]
+    Encode {
+        /// What it was.
+        what: &'static str,
+        /// The encoder's message.
+        reason: String,
+    },
+    /// More commands wait in the outbox than a start reads back.
+    #[error("more than {0} commands in the outbox")]
+    OutboxOverflow(usize),
+    /// An instance left the host's cache in the middle of its own step (a
+    /// bug of the host; the step is not committed).
+    #[error("instance {0:?} left the cache during a step")]
+    InstanceLost(String),
+    /// An event the instance must see again is missing from the log.
+    #[error("event {0} is missing from the log")]
+    MissingEvent(u64),
+    /// The event bus closed while the process manager ran.
+    #[error("the event bus closed")]
+    BusClosed,
+    /// Its own thread could not wait (no tokio runtime).
+    #[error("no runtime to wait on: {0}")]
+    NoRuntime(std::io::ErrorKind),
 }
 
 /// Why a projection operation failed.
@@ -152,17 +266,64 @@ pub enum ProjectionError {
     #[error("the projection is stopped: {0}")]
     Stopped(String),
     /// A parked event could not be retried or skipped.
-    #[error("parked event: {0}")]
-    Parked(String),
+    #[error(transparent)]
+    Parked(#[from] ParkedError),
     /// A rebuild of this projection is already running.
     #[error("a rebuild of {0} is already running")]
     RebuildRunning(String),
-    /// The store could not be read or written.
-    #[error("store: {0}")]
-    Store(String),
+    /// The store could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The store could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A record of the projection in the store does not decode.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+    /// A thread (a rebuild's consumer or coordinator) could not be started.
+    #[error("could not start the thread {name}: {kind}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// What the operating system said.
+        kind: std::io::ErrorKind,
+    },
     /// The runtime is shut down.
     #[error("the runtime is shut down")]
     ShutDown,
+}
+
+/// Why a parked event was not retried or skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParkedError {
+    /// Nothing is parked at this position.
+    #[error("position {0} is not parked")]
+    NotParked(u64),
+    /// An earlier parked event of the same stream must go first.
+    #[error(
+        "position {position} is held behind an earlier parked event of {stream}; retry or skip that first"
+    )]
+    HeldBehind {
+        /// The position asked for.
+        position: u64,
+        /// Its stream.
+        stream: String,
+    },
+    /// The handler failed again; the event stays parked with this reason.
+    #[error("position {position} failed again: {reason}")]
+    FailedAgain {
+        /// The position retried.
+        position: u64,
+        /// The handler's error.
+        reason: String,
+    },
+    /// The parked event is no longer in the store.
+    #[error("position {0} is not in the store")]
+    Missing(u64),
+    /// The consumer holding it is stopped.
+    #[error("the consumer is stopped")]
+    ConsumerStopped,
 }
 
 /// Why [`crate::RuntimeHandle::spawn_on_shard`] did not start a task.

@@ -7,7 +7,7 @@ use crate::command::outcome::{CommandOutcome, ExecuteOptions};
 use crate::command::router::{Router, answer};
 use crate::command::system::SystemThread;
 use crate::error::{CommandError, ProcessError, ProjectionError, ShutdownError, SpawnError};
-use crate::process::control::ProcessControl;
+use crate::process::control::{ControlReply, ProcessControl};
 use crate::process::supervisor::Processes;
 use crate::process::{InstanceView, ProcessStatus, StuckInstance};
 use crate::read::bus::{EventBatch, EventBus};
@@ -42,7 +42,7 @@ impl Inner {
         self.registry.stop_all();
         let running = self.system.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(running) = running {
-            running.stop().map_err(|()| ShutdownError::SystemPanicked)?;
+            running.stop()?;
         }
         if let Some(store) = &self.rocks {
             store.close();
@@ -151,7 +151,7 @@ impl RuntimeHandle {
     fn ask_process(
         &self,
         name: &str,
-        message: impl FnOnce(oneshot::Sender<Result<(), String>>) -> ProcessControl,
+        message: impl FnOnce(ControlReply) -> ProcessControl,
     ) -> Result<(), ProcessError> {
         if !self.inner.router.accepting() {
             return Err(ProcessError::ShutDown);

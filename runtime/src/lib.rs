@@ -102,7 +102,8 @@ mod settings;
 pub use builder::{Runtime, RuntimeBuilder};
 pub use command::outcome::{CommandOutcome, ExecuteOptions};
 pub use error::{
-    CommandError, LoadError, ProcessError, ProjectionError, ShutdownError, SpawnError, StartError,
+    CommandError, ControlRefusal, InvalidSetting, LoadError, ParkedError, ProcessError,
+    ProcessFailure, ProjectionError, ShutdownError, SpawnError, StartError,
 };
 pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;

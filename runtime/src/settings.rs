@@ -1,5 +1,6 @@
 //! The runtime's settings, with their units in their names.
 
+use crate::error::InvalidSetting;
 use eventfold_storage::StoreOptions;
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
         let positive = [
             ("shards", self.shards),
             (
@@ -101,11 +102,14 @@ impl Settings {
         ];
         for (name, value) in positive {
             if value == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(InvalidSetting::new(name, "must be at least 1"));
             }
         }
         if self.snapshot_every_events == Some(0) {
-            return Err("snapshot_every_events must be at least 1 (or None)".into());
+            return Err(InvalidSetting::new(
+                "snapshot_every_events",
+                "must be at least 1 (or None)",
+            ));
         }
         Ok(())
     }

@@ -353,9 +353,9 @@ fn stuck_instances_are_listed_hold_their_events_and_resume_or_cancel() -> TestRe
     assert_eq!(runtime.process_status(NAME)?.stuck, 2);
     assert_eq!(
         runtime.resume_instance(NAME, "fine"),
-        Err(ProcessError::Refused(
-            "instance \"fine\" is not stuck".into()
-        ))
+        Err(ProcessError::Refused(ControlRefusal::NotStuck(
+            "fine".into()
+        )))
     );
     assert!(matches!(
         runtime.resume_instance("nope", "p"),

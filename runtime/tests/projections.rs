@@ -468,7 +468,7 @@ fn dead_letters_retry_park_hold_retry_and_skip() {
         Err(ProjectionError::Parked(_))
     ));
     assert!(
-        matches!(rt.retry_parked("totals", held), Err(ProjectionError::Parked(m)) if m.contains("held behind"))
+        matches!(rt.retry_parked("totals", held), Err(ProjectionError::Parked(ParkedError::HeldBehind { position, .. })) if position == held)
     );
     assert_eq!(rt.parked_events("totals").unwrap()[0].attempts, 4);
     failing.store(false, Ordering::SeqCst);

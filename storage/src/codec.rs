@@ -391,6 +391,26 @@ pub(crate) fn read_model_key(model: &str, key: &[u8]) -> Vec<u8> {
     out
 }
 
+impl Corruption {
+    /// A read-model value that its reader (a projection's registry, a
+    /// process manager) cannot decode: keyspace `readmodels`, the value's
+    /// whole key (model, NUL, key), the decoder's message.
+    ///
+    /// ```
+    /// use eventfold_storage::{CF_READ_MODELS, Corruption};
+    ///
+    /// let corrupt = Corruption::read_model_value("$pm.transfers", b"it-1", "unexpected end");
+    /// assert_eq!((corrupt.keyspace, &corrupt.key[..]), (CF_READ_MODELS, &b"$pm.transfers\0it-1"[..]));
+    /// ```
+    pub fn read_model_value(model: &str, key: &[u8], reason: impl std::fmt::Display) -> Self {
+        Self {
+            keyspace: crate::keyspaces::CF_READ_MODELS,
+            key: read_model_key(model, key),
+            kind: CorruptionKind::InvalidField(reason.to_string()),
+        }
+    }
+}
+
 // ---- small values ----
 
 /// Value of the `streams` keyspace: the event's position.

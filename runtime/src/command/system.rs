@@ -4,7 +4,7 @@
 
 use super::shard::Shard;
 use super::shared::Shared;
-use crate::error::StartError;
+use crate::error::{ShutdownError, StartError};
 use crate::metric_names::WRITE_BATCH_EVENTS;
 use actix::prelude::*;
 use eventfold_storage::EventStore;
@@ -20,9 +20,11 @@ pub(crate) struct SystemThread {
 
 impl SystemThread {
     /// Stops the system and joins its thread (which joins the shards').
-    pub(crate) fn stop(self) -> Result<(), ()> {
+    pub(crate) fn stop(self) -> Result<(), ShutdownError> {
         self.system.stop();
-        self.thread.join().map_err(|_| ())
+        self.thread
+            .join()
+            .map_err(|_| ShutdownError::SystemPanicked)
     }
 }
 
@@ -47,7 +49,10 @@ pub(crate) fn start_system(
                             .thread_name(format!("eventfold-shard-{index}"))
                             .build()
                     })
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|source| StartError::Thread {
+                        name: format!("eventfold-shard-{index}"),
+                        source,
+                    })?;
                     let shard_shared = Arc::clone(&shared);
                     // The mailbox is created with its bound, here, before the
                     // handle can send: `start_in_arbiter` would create it with
@@ -60,7 +65,7 @@ pub(crate) fn start_system(
                         Context::with_receiver(receiver).run(Shard::new(shard_shared));
                     });
                     if !spawned {
-                        return Err(format!("the arbiter of shard {index} stopped at start"));
+                        return Err(StartError::SystemStopped { shard: Some(index) });
                     }
                     shards.push(Addr::new(sender));
                     arbiters.push(arbiter);
@@ -70,7 +75,7 @@ pub(crate) fn start_system(
                     store: Arc::clone(&shared.store),
                 };
                 monitor.start();
-                Ok::<_, String>((arbiters, shards, actix_rt::System::current()))
+                Ok::<_, StartError>((arbiters, shards, actix_rt::System::current()))
             });
             match result {
                 Ok((arbiters, shards, system)) => {
@@ -90,13 +95,14 @@ pub(crate) fn start_system(
                 }
             }
         })
-        .map_err(|e| StartError::System(e.to_string()))?;
+        .map_err(|source| StartError::Thread {
+            name: "eventfold-system".into(),
+            source,
+        })?;
     match receive.recv() {
         Ok(Ok((shards, system))) => Ok((shards, SystemThread { system, thread })),
-        Ok(Err(error)) => Err(StartError::System(error)),
-        Err(_) => Err(StartError::System(
-            "the actor system thread ended while starting".into(),
-        )),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(StartError::SystemStopped { shard: None }),
     }
 }
 

@@ -1,13 +1,13 @@
 //! What an operator asks of the process managers: status, stuck instances,
 //! one instance as last committed, and control messages (resume, cancel).
 
-use super::control::ProcessControl;
+use super::control::{ControlReply, ProcessControl};
 use super::host::STUCK_LIST_MAX;
 use super::records::{InstanceRecord, StuckRecord, instance_key, outbox_prefix};
 use super::status::{InstanceView, ProcessStatus, StuckInstance};
 use super::supervisor::Processes;
-use crate::error::ProcessError;
-use eventfold_storage::{EventStore, payload};
+use crate::error::{ControlRefusal, ProcessError};
+use eventfold_storage::{Corruption, EventStore, payload};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -43,18 +43,12 @@ impl Processes {
         store: &dyn EventStore,
     ) -> Result<Vec<StuckInstance>, ProcessError> {
         let process = self.get(name)?;
-        let entries = store
-            .read_model_scan(&process.model, b"s", STUCK_LIST_MAX)
-            .map_err(|e| ProcessError::Store(e.to_string()))?;
+        let entries = store.read_model_scan(&process.model, b"s", STUCK_LIST_MAX)?;
         let mut stuck = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let id = String::from_utf8_lossy(&key[1..]).into_owned();
-            let record: StuckRecord = payload::decode(&value).map_err(|e| {
-                ProcessError::Store(format!(
-                    "stuck record of {id:?} in {} is corrupt: {e}",
-                    process.model
-                ))
-            })?;
+            let record: StuckRecord = payload::decode(&value)
+                .map_err(|e| Corruption::read_model_value(&process.model, &key, e))?;
             let held = self
                 .read_instance(&process.model, &id, store)?
                 .map_or(0, |r| r.held.len());
@@ -76,16 +70,13 @@ impl Processes {
         id: &str,
         store: &dyn EventStore,
     ) -> Result<Option<InstanceRecord>, ProcessError> {
-        let bytes = store
-            .read_model_get(model, &instance_key(id))
-            .map_err(|e| ProcessError::Store(e.to_string()))?;
-        bytes
-            .map(|bytes| {
-                payload::decode(&bytes).map_err(|e| {
-                    ProcessError::Store(format!("instance {id:?} in {model} is corrupt: {e}"))
-                })
-            })
-            .transpose()
+        let key = instance_key(id);
+        let Some(bytes) = store.read_model_get(model, &key)? else {
+            return Ok(None);
+        };
+        let record =
+            payload::decode(&bytes).map_err(|e| Corruption::read_model_value(model, &key, e))?;
+        Ok(Some(record))
     }
 
     /// An instance of process manager `name` as last committed, with its
@@ -104,20 +95,15 @@ impl Processes {
         let state = if record.state.is_empty() {
             S::default()
         } else {
-            payload::decode(&record.state).map_err(|e| {
-                ProcessError::Store(format!(
-                    "the state of instance {id:?} in {} is unreadable: {e}",
-                    process.model
-                ))
-            })?
+            payload::decode(&record.state)
+                .map_err(|e| Corruption::read_model_value(&process.model, &instance_key(id), e))?
         };
         let outbox = store
             .read_model_scan(
                 &process.model,
                 &outbox_prefix(id),
                 usize::try_from(record.next_seq).unwrap_or(usize::MAX),
-            )
-            .map_err(|e| ProcessError::Store(e.to_string()))?
+            )?
             .len();
         Ok(Some(InstanceView {
             id: id.to_owned(),
@@ -137,16 +123,17 @@ impl Processes {
     pub(crate) fn ask(
         &self,
         name: &str,
-        message: impl FnOnce(oneshot::Sender<Result<(), String>>) -> ProcessControl,
+        message: impl FnOnce(ControlReply) -> ProcessControl,
         timeout: Duration,
     ) -> Result<(), ProcessError> {
         let process = self.get(name)?;
         let (reply, answer) = oneshot::channel();
-        process.control.try_send(message(reply)).map_err(|_| {
-            ProcessError::Refused(format!("the mailbox of {name} is full or closed"))
-        })?;
+        process
+            .control
+            .try_send(message(reply))
+            .map_err(|_| ControlRefusal::MailboxFull(name.to_owned()))?;
         match answer.recv_timeout(timeout) {
-            Ok(result) => result.map_err(ProcessError::Refused),
+            Ok(result) => result,
             Err(oneshot::RecvTimeoutError::Timeout) => Err(ProcessError::Timeout(timeout)),
             Err(oneshot::RecvTimeoutError::Disconnected) => Err(ProcessError::ShutDown),
         }

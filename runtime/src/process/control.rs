@@ -5,6 +5,7 @@
 use super::dispatch::DispatchTable;
 use super::settings::ProcessSettings;
 use crate::command::router::Router;
+use crate::error::ProcessError;
 use crate::read::bus::EventBus;
 use crate::read::projection::ConsumerState;
 use eventfold_domain::Clock;
@@ -13,10 +14,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+/// Where a host answers a control message.
+pub(crate) type ControlReply = oneshot::Sender<Result<(), ProcessError>>;
+
 /// What the handle can ask of a host.
 pub(crate) enum ProcessControl {
-    Resume(String, oneshot::Sender<Result<(), String>>),
-    Cancel(String, oneshot::Sender<Result<(), String>>),
+    Resume(String, ControlReply),
+    Cancel(String, ControlReply),
     Stop,
 }
 

@@ -9,9 +9,21 @@ use std::collections::BTreeMap;
 
 use super::status::InstanceStatus;
 
-pub(crate) const STATUS_ACTIVE: u8 = 0;
-pub(crate) const STATUS_STUCK: u8 = 1;
-pub(crate) const STATUS_FINISHED: u8 = 2;
+/// An instance's status as stored: one byte, the variant's index (0
+/// active, 1 stuck, 2 finished; bincode writes a variant index below 251
+/// as that one byte, as the `u8` of earlier versions was). Any other byte
+/// does not decode: the record is refused as corrupt, never read as some
+/// status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RecordStatus {
+    /// Running.
+    #[default]
+    Active,
+    /// Parked as stuck.
+    Stuck,
+    /// Done; its record stays to refuse late inputs.
+    Finished,
+}
 
 /// The read model holding a process manager's instances, outbox and timers;
 /// also the name of its checkpoint.
@@ -88,7 +100,7 @@ pub(crate) fn parse_timer_key(key: &[u8]) -> Option<(u64, String, String)> {
 /// An instance as stored under `i{id}`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct InstanceRecord {
-    pub status: u8,
+    pub status: RecordStatus,
     pub state: Vec<u8>,
     pub next_seq: u64,
     pub timers: BTreeMap<String, u64>,
@@ -101,9 +113,9 @@ impl InstanceRecord {
     /// Its status as the handle shows it.
     pub(crate) fn status(&self) -> InstanceStatus {
         match self.status {
-            STATUS_ACTIVE => InstanceStatus::Active,
-            STATUS_STUCK => InstanceStatus::Stuck,
-            _ => InstanceStatus::Finished,
+            RecordStatus::Active => InstanceStatus::Active,
+            RecordStatus::Stuck => InstanceStatus::Stuck,
+            RecordStatus::Finished => InstanceStatus::Finished,
         }
     }
 }
@@ -147,4 +159,57 @@ pub(crate) struct OutboxRecord {
     pub kind: String,
     pub aggregate_id: String,
     pub payload: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventfold_storage::payload;
+
+    /// The record as versions before the enum wrote it.
+    #[derive(Serialize)]
+    struct WrittenWithAByte {
+        status: u8,
+        state: Vec<u8>,
+        next_seq: u64,
+        timers: BTreeMap<String, u64>,
+        stuck: Option<StuckRecord>,
+        held: Vec<u64>,
+    }
+
+    fn written(status: u8) -> Vec<u8> {
+        let record = WrittenWithAByte {
+            status,
+            state: vec![1, 2],
+            next_seq: 3,
+            timers: BTreeMap::from([("t".to_owned(), 9)]),
+            stuck: None,
+            held: vec![4],
+        };
+        payload::encode(&record).unwrap()
+    }
+
+    #[test]
+    fn stored_status_bytes_read_as_before_and_unknown_ones_are_refused() {
+        for (byte, status) in [
+            (0, RecordStatus::Active),
+            (1, RecordStatus::Stuck),
+            (2, RecordStatus::Finished),
+        ] {
+            let record: InstanceRecord = payload::decode(&written(byte)).unwrap();
+            assert_eq!(
+                (record.status, record.next_seq, &record.held),
+                (status, 3, &vec![4])
+            );
+            let again = payload::encode(&record).unwrap();
+            assert_eq!(again, written(byte), "the same bytes as before");
+        }
+        // Read as "finished" before: an instance silently ended.
+        for byte in [3, 7, 250] {
+            assert!(
+                payload::decode::<InstanceRecord>(&written(byte)).is_err(),
+                "{byte}"
+            );
+        }
+    }
 }

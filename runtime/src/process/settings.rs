@@ -1,6 +1,7 @@
 //! A process manager's settings: bounds, retries, timeouts.
 
 use crate::command::outcome::ExecuteOptions;
+use crate::error::InvalidSetting;
 use eventfold_domain::CommandId;
 use std::time::Duration;
 
@@ -85,7 +86,7 @@ impl Default for ProcessSettings {
 }
 
 impl ProcessSettings {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidSetting> {
         let zero = [
             ("instances_resident_max", self.instances_resident_max),
             ("outbox_max", self.outbox_max),
@@ -103,7 +104,7 @@ impl ProcessSettings {
             ),
         ];
         match zero.iter().find(|(_, value)| *value == 0) {
-            Some((name, _)) => Err(format!("{name} must be at least 1")),
+            Some((name, _)) => Err(InvalidSetting::new(*name, "must be at least 1")),
             None => Ok(()),
         }
     }

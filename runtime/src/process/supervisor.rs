@@ -7,6 +7,7 @@ use super::dispatch::DispatchTable;
 use super::records::model_of;
 use super::settings::ProcessSettings;
 use crate::command::router::Router;
+use crate::error::StartError;
 use crate::read::bus::EventBus;
 use crate::read::subscription::CONTROL_QUEUE_MAX;
 use eventfold_domain::Clock;
@@ -50,7 +51,7 @@ impl Processes {
     pub(crate) fn start(
         registrations: Vec<ProcessRegistration>,
         environment: &HostEnvironment,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let mut processes = Processes::default();
         for registration in registrations {
             let shared = Arc::new(ProcessShared::new());
@@ -66,14 +67,15 @@ impl Processes {
                 shared: Arc::clone(&shared),
             };
             let host = (registration.make)(config);
+            let name = format!("eventfold-pm-{}", registration.name);
             let thread = std::thread::Builder::new()
-                .name(format!("eventfold-pm-{}", registration.name))
+                .name(name.clone())
                 .spawn(move || host.run());
             let thread = match thread {
                 Ok(thread) => thread,
-                Err(error) => {
+                Err(source) => {
                     processes.stop_all();
-                    return Err(format!("could not start {}: {error}", registration.name));
+                    return Err(StartError::Thread { name, source });
                 }
             };
             processes.running.insert(

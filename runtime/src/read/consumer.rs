@@ -7,14 +7,14 @@
 //! `next` only moves forward, and a bus batch that starts past `next` sends
 //! the consumer back to reading the store.
 
-use crate::error::panic_message;
+use crate::error::{ParkedError, ProjectionError, panic_message};
 use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
 use crate::placement::bucket_of;
 use crate::read::bus::EventBus;
 use crate::read::projection::*;
 use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke};
 use eventfold_domain::RecordedEvent;
-use eventfold_storage::{EventStore, Filter, ReadModelBatch, payload};
+use eventfold_storage::{Corruption, EventStore, Filter, ReadModelBatch, WriteError, payload};
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,8 +35,8 @@ pub(crate) const ACTIVE_VERSIONS_MODEL: &str = "$projections";
 
 /// What the handle can ask of a consumer.
 pub(crate) enum Control {
-    Retry(u64, oneshot::Sender<Result<(), String>>),
-    Skip(u64, oneshot::Sender<Result<(), String>>),
+    Retry(u64, oneshot::Sender<Result<(), ProjectionError>>),
+    Skip(u64, oneshot::Sender<Result<(), ProjectionError>>),
     Stop,
 }
 
@@ -179,7 +179,7 @@ impl Consumer {
                     match message {
                         Control::Stop => return,
                         Control::Retry(_, reply) | Control::Skip(_, reply) => {
-                            let _ = reply.send(Err("the consumer is stopped".into()));
+                            let _ = reply.send(Err(ParkedError::ConsumerStopped.into()));
                         }
                     }
                 }
@@ -330,7 +330,7 @@ impl Consumer {
                     run.pending_events += 1;
                     return Flow::Continue;
                 }
-                Err(error) => last_error = error,
+                Err(error) => last_error = error.to_string(),
             }
             if attempt < attempts {
                 std::thread::sleep(backoff);
@@ -360,7 +360,7 @@ impl Consumer {
 
     /// One attempt: the handler's writes stay pending on success and are
     /// undone on failure or panic.
-    fn attempt(&mut self, run: &mut Run, event: &RecordedEvent) -> Result<(), String> {
+    fn attempt(&mut self, run: &mut Run, event: &RecordedEvent) -> Result<(), AttemptError> {
         run.undo.clear();
         let result = match &mut self.kind {
             Kind::Projection(projection) => {
@@ -377,8 +377,8 @@ impl Consumer {
         };
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.0),
-            Err(panic) => Err(format!("the handler panicked: {}", panic_message(panic))),
+            Ok(Err(error)) => Err(AttemptError::Failed(error)),
+            Err(panic) => Err(AttemptError::Panicked(panic_message(panic))),
         };
         if outcome.is_err() {
             roll_back(&mut run.pending, &mut run.undo);
@@ -403,7 +403,7 @@ impl Consumer {
     /// Commits effects, parked events and the checkpoint `through`, in one
     /// batch. Without effects the checkpoint is persisted only now and then
     /// (or when `force`), but `processed` always moves.
-    fn commit(&mut self, run: &mut Run, through: u64, force: bool) -> Result<(), ()> {
+    fn commit(&mut self, run: &mut Run, through: u64, force: bool) -> Result<(), WriteError> {
         let effects = !run.pending.is_empty() || !run.parked.is_empty();
         let due = through >= run.persisted + CHECKPOINT_PERSIST_EVENTS;
         if effects || (force && through > run.persisted) || due {
@@ -422,7 +422,7 @@ impl Consumer {
                 // What the cache holds may now be ahead of the store.
                 run.cache.clear();
                 self.stop(format!("commit failed: {error}"));
-                return Err(());
+                return Err(error);
             }
             for (key, value) in written {
                 run.cache.put(key, value);
@@ -442,31 +442,33 @@ impl Consumer {
     }
 
     /// Retries (or skips) a parked event, then the events held behind it.
-    fn retry_parked(&mut self, run: &mut Run, position: u64, skip: bool) -> Result<(), String> {
+    fn retry_parked(
+        &mut self,
+        run: &mut Run,
+        position: u64,
+        skip: bool,
+    ) -> Result<(), ProjectionError> {
         // Start from a clean slate: what is pending is committed first.
         let through = run.sub.next() - 1;
-        self.commit(run, through, false)
-            .map_err(|_| "commit failed".to_owned())?;
+        self.commit(run, through, false)?;
         let model = self.shared.parked_model.clone();
-        let entries = self
-            .store
-            .read_model_scan(&model, b"", PARKED_LIST_MAX)
-            .map_err(|e| e.to_string())?;
+        let entries = self.store.read_model_scan(&model, b"", PARKED_LIST_MAX)?;
         let parked: Vec<ParkedEvent> = entries
             .iter()
             .filter_map(|(_, v)| payload::decode::<ParkedEvent>(v).ok())
             .collect();
         let Some(target) = parked.iter().find(|p| p.position == position).cloned() else {
-            return Err(format!("position {position} is not parked"));
+            return Err(ParkedError::NotParked(position).into());
         };
         if parked
             .iter()
             .any(|p| p.stream == target.stream && p.position < position)
         {
-            return Err(format!(
-                "position {position} is held behind an earlier parked event of {}; retry or skip that first",
-                target.stream
-            ));
+            return Err(ParkedError::HeldBehind {
+                position,
+                stream: target.stream,
+            }
+            .into());
         }
         // The target, then every event held behind it, in order, until one fails.
         let mut queue: Vec<ParkedEvent> = parked
@@ -480,23 +482,27 @@ impl Consumer {
             if !skipping {
                 let event = self
                     .store
-                    .read_all(entry.position, 1, &Filter::all())
-                    .map_err(|e| e.to_string())?
+                    .read_all(entry.position, 1, &Filter::all())?
                     .events
                     .into_iter()
                     .next()
                     .filter(|e| e.position == entry.position)
-                    .ok_or_else(|| format!("position {} is not in the store", entry.position))?;
+                    .ok_or(ParkedError::Missing(entry.position))?;
                 if let Err(error) = self.attempt(run, &event) {
+                    let reason = error.to_string();
                     let updated = ParkedEvent {
-                        reason: error.clone(),
+                        reason: reason.clone(),
                         attempts: entry.attempts + 1,
                         ..entry
                     };
                     if let Ok(bytes) = payload::encode(&updated) {
                         run.parked.push((parked_key(updated.position), Some(bytes)));
                     }
-                    result = if i == 0 { Err(error) } else { Ok(()) };
+                    result = if i == 0 {
+                        Err(ParkedError::FailedAgain { position, reason }.into())
+                    } else {
+                        Ok(())
+                    };
                     break;
                 }
             }
@@ -509,19 +515,31 @@ impl Consumer {
                 }
             }
         }
-        self.commit(run, through, true)
-            .map_err(|_| "commit failed".to_owned())?;
+        self.commit(run, through, true)?;
         result
     }
 }
 
 /// Reads parked events of a consumer.
-pub(crate) fn list_parked(store: &dyn EventStore, model: &str) -> Result<Vec<ParkedEvent>, String> {
-    let entries = store
-        .read_model_scan(model, b"", PARKED_LIST_MAX)
-        .map_err(|e| e.to_string())?;
-    entries
-        .iter()
-        .map(|(_, v)| payload::decode::<ParkedEvent>(v).map_err(|e| e.to_string()))
-        .collect()
+pub(crate) fn list_parked(
+    store: &dyn EventStore,
+    model: &str,
+) -> Result<Vec<ParkedEvent>, ProjectionError> {
+    let entries = store.read_model_scan(model, b"", PARKED_LIST_MAX)?;
+    let decoded = entries.iter().map(|(key, value)| {
+        payload::decode::<ParkedEvent>(value)
+            .map_err(|e| Corruption::read_model_value(model, key, e).into())
+    });
+    decoded.collect()
+}
+
+/// Why one attempt of a handler failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The handler returned an error.
+    #[error(transparent)]
+    Failed(HandlerError),
+    /// The handler panicked.
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
 }

@@ -27,27 +27,41 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Why a handler could not handle an event. The consumer's [`ErrorPolicy`]
-/// decides what happens next.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct HandlerError(pub String);
+/// decides what happens next. Its message becomes the reason a parked
+/// event or a stopped projection shows.
+///
+/// ```
+/// use eventfold_runtime::projection::HandlerError;
+///
+/// let refused = HandlerError::new("amount out of range");
+/// assert_eq!(refused.to_string(), "amount out of range");
+/// let io = HandlerError::other(std::io::Error::other("the mail server is down"));
+/// assert!(matches!(io, HandlerError::Failed(_)));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// A read of the store (a read model) failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A payload or a read-model value did not decode, or a value did not
+    /// encode.
+    #[error(transparent)]
+    Payload(#[from] payload::PayloadError),
+    /// The handler's own error.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
 
 impl HandlerError {
     /// An error with this message.
     pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self::Failed(message.into().into())
     }
-}
 
-impl From<ReadError> for HandlerError {
-    fn from(value: ReadError) -> Self {
-        Self(value.to_string())
-    }
-}
-
-impl From<payload::PayloadError> for HandlerError {
-    fn from(value: payload::PayloadError) -> Self {
-        Self(value.to_string())
+    /// The handler's own error, kept as its source.
+    pub fn other(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Failed(Box::new(error))
     }
 }
 

@@ -1,11 +1,11 @@
 //! Starts, stops and rebuilds the consumers (projections and handlers).
 
-use crate::error::ProjectionError;
+use crate::error::{ParkedError, ProjectionError};
 use crate::read::bus::EventBus;
 use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
 use crate::read::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};
 use crate::read::subscription::CONTROL_QUEUE_MAX;
-use eventfold_storage::{EventStore, ReadModelBatch};
+use eventfold_storage::{Corruption, EventStore, ReadModelBatch};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -78,7 +78,7 @@ impl Registry {
     }
 
     /// Starts every registered consumer at its active version.
-    pub(crate) fn start_all(&self) -> Result<(), String> {
+    pub(crate) fn start_all(&self) -> Result<(), ProjectionError> {
         for registration in self.registrations.values() {
             let version = self.active_version(&registration.name)?;
             let running = self.spawn(registration, version, None)?;
@@ -87,17 +87,17 @@ impl Registry {
         Ok(())
     }
 
-    fn active_version(&self, name: &str) -> Result<u32, String> {
-        match self
-            .store
-            .read_model_get(ACTIVE_VERSIONS_MODEL, name.as_bytes())
-        {
-            Ok(Some(bytes)) => bytes
+    fn active_version(&self, name: &str) -> Result<u32, ProjectionError> {
+        let key = name.as_bytes();
+        match self.store.read_model_get(ACTIVE_VERSIONS_MODEL, key)? {
+            Some(bytes) => bytes
                 .try_into()
                 .map(u32::from_be_bytes)
-                .map_err(|_| format!("the active version of {name} is corrupt")),
-            Ok(None) => Ok(1),
-            Err(error) => Err(error.to_string()),
+                .map_err(|bytes: Vec<u8>| {
+                    let reason = format!("an active version is 4 bytes, not {}", bytes.len());
+                    Corruption::read_model_value(ACTIVE_VERSIONS_MODEL, key, reason).into()
+                }),
+            None => Ok(1),
         }
     }
 
@@ -106,7 +106,7 @@ impl Registry {
         registration: &Registration,
         version: u32,
         caught_up: Option<std::sync::mpsc::Sender<()>>,
-    ) -> Result<Running, String> {
+    ) -> Result<Running, ProjectionError> {
         let partitions = registration.settings.partitions.max(1);
         let model = model_name(&registration.name, version);
         let mut running = Running {
@@ -148,10 +148,14 @@ impl Registry {
                 partition: (index, partitions),
                 caught_up: caught_up.clone(),
             };
+            let name = format!("eventfold-consumer-{id}");
             let thread = std::thread::Builder::new()
-                .name(format!("eventfold-consumer-{id}"))
+                .name(name.clone())
                 .spawn(move || consumer.run())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ProjectionError::Thread {
+                    name,
+                    kind: e.kind(),
+                })?;
             running.consumers.push(shared);
             running.controls.push(control);
             running.threads.push(thread);
@@ -232,10 +236,10 @@ impl Registry {
         let (_, consumers) = self.consumers(name)?;
         let mut all = Vec::new();
         for consumer in consumers {
-            all.extend(
-                crate::read::consumer::list_parked(&*self.store, &consumer.parked_model)
-                    .map_err(ProjectionError::Store)?,
-            );
+            all.extend(crate::read::consumer::list_parked(
+                &*self.store,
+                &consumer.parked_model,
+            )?);
         }
         all.sort_by_key(|p| p.position);
         Ok(all)
@@ -254,10 +258,7 @@ impl Registry {
             .ok_or_else(|| ProjectionError::Unknown(name.to_owned()))?;
         let key = position.to_be_bytes();
         for (consumer, control) in current.consumers.iter().zip(&current.controls) {
-            let parked = self
-                .store
-                .read_model_get(&consumer.parked_model, &key)
-                .map_err(|e| ProjectionError::Store(e.to_string()))?;
+            let parked = self.store.read_model_get(&consumer.parked_model, &key)?;
             if parked.is_some() {
                 let (reply, answer) = oneshot::channel();
                 let message = if skip {
@@ -271,14 +272,12 @@ impl Registry {
                 drop(running);
                 return match answer.recv() {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(reason)) => Err(ProjectionError::Parked(reason)),
+                    Ok(Err(error)) => Err(error),
                     Err(_) => Err(ProjectionError::ShutDown),
                 };
             }
         }
-        Err(ProjectionError::Parked(format!(
-            "position {position} is not parked"
-        )))
+        Err(ParkedError::NotParked(position).into())
     }
 
     /// Starts a rebuild into the next version; switches when it has caught up.
@@ -293,15 +292,14 @@ impl Registry {
         let (current, _) = self.consumers(name)?;
         let version = current + 1;
         let (caught_up, signals) = std::sync::mpsc::channel();
-        let running = self
-            .spawn(registration, version, Some(caught_up))
-            .map_err(ProjectionError::Store)?;
+        let running = self.spawn(registration, version, Some(caught_up))?;
         let partitions = running.consumers.len();
         lock(&self.rebuilding).insert(name.to_owned(), running);
         let registry = Arc::clone(self);
         let name = name.to_owned();
+        let thread = format!("eventfold-rebuild-{name}");
         let coordinator = std::thread::Builder::new()
-            .name(format!("eventfold-rebuild-{name}"))
+            .name(thread.clone())
             .spawn(move || {
                 for _ in 0..partitions {
                     // A consumer that stops before catching up drops its sender.
@@ -313,26 +311,28 @@ impl Registry {
                     tracing::error!(projection = %name, %error, "rebuild could not switch");
                 }
             })
-            .map_err(|e| ProjectionError::Store(e.to_string()))?;
+            .map_err(|e| ProjectionError::Thread {
+                name: thread,
+                kind: e.kind(),
+            })?;
         lock(&self.coordinators).push(coordinator);
         Ok(version)
     }
 
     /// Makes `version` the active one in one write, stops the old consumers
     /// and removes the old read model.
-    fn switch(&self, name: &str, version: u32) -> Result<(), String> {
+    fn switch(&self, name: &str, version: u32) -> Result<(), ProjectionError> {
         let mut batch = ReadModelBatch::new();
         batch.put(
             ACTIVE_VERSIONS_MODEL,
             name.as_bytes().to_vec(),
             version.to_be_bytes().to_vec(),
         );
-        self.store
-            .commit_read_model(batch)
-            .map_err(|e| e.to_string())?;
+        self.store.commit_read_model(batch)?;
+        // Stopped meanwhile (shutdown): the runtime is going away.
         let new = lock(&self.rebuilding)
             .remove(name)
-            .ok_or("the rebuild was stopped")?;
+            .ok_or(ProjectionError::ShutDown)?;
         for consumer in &new.consumers {
             consumer.set_live();
         }
@@ -343,8 +343,7 @@ impl Registry {
             loop {
                 let keys = self
                     .store
-                    .read_model_scan(&old_model, b"", CLEANUP_BATCH_KEYS)
-                    .map_err(|e| e.to_string())?;
+                    .read_model_scan(&old_model, b"", CLEANUP_BATCH_KEYS)?;
                 if keys.is_empty() {
                     break;
                 }
@@ -352,9 +351,7 @@ impl Registry {
                 for (key, _) in keys {
                     batch.delete(&old_model, key);
                 }
-                self.store
-                    .commit_read_model(batch)
-                    .map_err(|e| e.to_string())?;
+                self.store.commit_read_model(batch)?;
             }
         }
         tracing::info!(projection = %name, version, "rebuild switched");

@@ -45,6 +45,15 @@ pub(crate) enum SubscriptionError {
     BusClosed,
 }
 
+impl From<SubscriptionError> for crate::error::ProcessFailure {
+    fn from(error: SubscriptionError) -> Self {
+        match error {
+            SubscriptionError::Read(error) => Self::Read(error),
+            SubscriptionError::BusClosed => Self::BusClosed,
+        }
+    }
+}
+
 /// Where a chunk's events came from.
 enum Events {
     /// A catch-up read of the store (already filtered by the store).

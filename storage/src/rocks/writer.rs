@@ -233,8 +233,8 @@ impl Writer {
             self.hand_on(written);
             return;
         }
-        if let Err(message) = self.write(batch) {
-            fail(&self.shared, written, &message);
+        if let Err(failure) = self.write(batch) {
+            fail(&self.shared, written, &failure);
             return;
         }
         self.next_position = position;
@@ -253,21 +253,21 @@ impl Writer {
             Some(syncer) => {
                 if let Err(returned) = syncer.send(written) {
                     // The syncer stopped: only after a failure it reported.
-                    fail(&self.shared, returned.0, "the syncer stopped");
+                    fail(&self.shared, returned.0, &BatchFailure::SyncerStopped);
                 }
             }
             None => complete(&self.shared, vec![written]),
         }
     }
 
-    fn write(&self, batch: WriteBatch) -> Result<(), String> {
+    fn write(&self, batch: WriteBatch) -> Result<(), BatchFailure> {
         if self
             .options
             .faults
             .as_ref()
             .is_some_and(|f| f.should_fail())
         {
-            return Err("injected write failure".into());
+            return Err(BatchFailure::InjectedWrite);
         }
         let mut options = write_options(self.options.durability);
         if self.options.durability == Durability::Sync {
@@ -276,7 +276,7 @@ impl Writer {
         }
         self.db
             .write_opt(batch, &options)
-            .map_err(|e| e.into_string())
+            .map_err(BatchFailure::Engine)
     }
 
     /// The stream's tip including batches written but not yet synced.
@@ -480,7 +480,7 @@ impl Syncer {
             }
             if self.shared.poisoned.load(Ordering::SeqCst) {
                 for written in batches {
-                    fail(&self.shared, written, "an earlier write or sync failed");
+                    fail(&self.shared, written, &BatchFailure::EarlierFailed);
                 }
                 continue;
             }
@@ -494,9 +494,9 @@ impl Syncer {
                 .as_ref()
                 .is_some_and(|f| f.should_fail_sync())
             {
-                Err("injected sync failure".to_owned())
+                Err(BatchFailure::InjectedSync)
             } else {
-                self.db.flush_wal(true).map_err(|e| e.into_string())
+                self.db.flush_wal(true).map_err(BatchFailure::Engine)
             };
             match synced {
                 Ok(()) => {
@@ -505,9 +505,9 @@ impl Syncer {
                     }
                     complete(&self.shared, batches)
                 }
-                Err(message) => {
+                Err(failure) => {
                     for written in batches {
-                        fail(&self.shared, written, &message);
+                        fail(&self.shared, written, &failure);
                     }
                 }
             }
@@ -557,15 +557,36 @@ fn complete(shared: &Shared, batches: Vec<Written>) {
     }
 }
 
+/// Why a batch did not become durable.
+#[derive(Debug, thiserror::Error)]
+enum BatchFailure {
+    /// RocksDB failed the write or the WAL sync.
+    #[error("{}", .0.as_ref())]
+    Engine(rocksdb::Error),
+    /// A write failure injected by a test's `FaultInjector`.
+    #[error("injected write failure")]
+    InjectedWrite,
+    /// A sync failure injected by a test's `FaultInjector`.
+    #[error("injected sync failure")]
+    InjectedSync,
+    /// The syncer thread is gone.
+    #[error("the syncer stopped")]
+    SyncerStopped,
+    /// The store was poisoned by an earlier batch.
+    #[error("an earlier write or sync failed")]
+    EarlierFailed,
+}
+
 /// Poisons the store and answers a batch whose write or sync failed.
-fn fail(shared: &Shared, written: Written, message: &str) {
+fn fail(shared: &Shared, written: Written, failure: &BatchFailure) {
     if !shared.poisoned.swap(true, Ordering::SeqCst) {
-        tracing::error!(error = %message, "event store write failed; the store is poisoned");
+        tracing::error!(error = %failure, "event store write failed; the store is poisoned");
     }
+    let message = failure.to_string();
     for (reply, decision) in written.answers {
         let answer = match decision {
             // Whether it reached the disk is unknown.
-            Decision::Write(_) => Err(AppendError::Io(message.to_owned())),
+            Decision::Write(_) => Err(AppendError::Io(message.clone())),
             // Refusals decided against batches that did not land may be
             // stale; the store cannot write anyway.
             Decision::Done(_) => Err(AppendError::Poisoned),

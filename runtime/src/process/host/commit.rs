@@ -3,6 +3,7 @@
 //! idle instances passivated and the status published.
 
 use super::*;
+use crate::error::ProcessFailure;
 use crate::process::api::ProcessManager;
 use crate::process::dispatch::Delivery;
 use crate::process::records::*;
@@ -13,15 +14,18 @@ use std::sync::atomic::Ordering;
 impl<P: ProcessManager> Host<P> {
     /// Writes the changed instances, the outbox and timer changes and the
     /// checkpoint in one batch; then the new commands may be dispatched.
-    pub(super) fn commit(&mut self) -> Result<(), String> {
+    pub(super) fn commit(&mut self) -> Result<(), ProcessFailure> {
         let through = self.next - 1;
         if self.dirty.is_empty() && self.ops_count == 0 && through == self.committed {
             return Ok(());
         }
         for id in self.dirty.drain() {
             if let Some(instance) = self.cache.peek(&id) {
-                let bytes = payload::encode(&instance.record)
-                    .map_err(|e| format!("instance {id:?} could not be encoded: {e}"))?;
+                let bytes =
+                    payload::encode(&instance.record).map_err(|e| ProcessFailure::Encode {
+                        what: "an instance record",
+                        reason: e.to_string(),
+                    })?;
                 self.ops.put(&self.model, instance_key(&id), bytes);
             }
         }
@@ -33,7 +37,7 @@ impl<P: ProcessManager> Host<P> {
         self.config
             .store
             .commit_read_model(batch)
-            .map_err(|e| format!("commit failed: {e}"))?;
+            .map_err(ProcessFailure::Commit)?;
         self.committed = through;
         self.config
             .shared

@@ -3,6 +3,7 @@
 //! consumed, or the instance parked as stuck.
 
 use super::*;
+use crate::error::ProcessFailure;
 use crate::metric_names::{PROCESS_COMMANDS_TOTAL, PROCESS_STEPS_TOTAL, PROCESS_STUCK};
 use crate::process::api::{Effects, ProcessManager, TimerChange};
 use crate::process::records::*;
@@ -45,10 +46,10 @@ impl<P: ProcessManager> Host<P> {
         state_bytes: Vec<u8>,
         effects: Effects,
         consumed: &StuckInput,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProcessFailure> {
         self.clean_up(id, consumed);
         let Some(instance) = self.cache.get_mut(id) else {
-            return Err(format!("instance {id:?} left the cache during a step"));
+            return Err(ProcessFailure::InstanceLost(id.to_owned()));
         };
         instance.state = state;
         instance.record.state = state_bytes;
@@ -82,8 +83,10 @@ impl<P: ProcessManager> Host<P> {
                 aggregate_id: command.aggregate_id,
                 payload: command.payload,
             };
-            let bytes = payload::encode(&record)
-                .map_err(|e| format!("an outbox entry could not be encoded: {e}"))?;
+            let bytes = payload::encode(&record).map_err(|e| ProcessFailure::Encode {
+                what: "an outbox entry",
+                reason: e.to_string(),
+            })?;
             self.ops.put(&self.model, outbox_key(id, seq), bytes);
             self.ops_count += 1;
             self.outbox.insert((id.to_owned(), seq), record);
@@ -91,7 +94,7 @@ impl<P: ProcessManager> Host<P> {
             metrics::counter!(PROCESS_COMMANDS_TOTAL, "process" => self.name.clone()).increment(1);
         }
         if effects.finished {
-            instance.record.status = STATUS_FINISHED;
+            instance.record.status = RecordStatus::Finished;
             instance.record.held.clear();
             for (name, due) in std::mem::take(&mut instance.record.timers) {
                 self.ops.delete(&self.model, timer_key(due, id, &name));
@@ -113,7 +116,7 @@ impl<P: ProcessManager> Host<P> {
         attempts: u32,
         consumed: &StuckInput,
         now: Timestamp,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProcessFailure> {
         tracing::error!(process = %self.name, instance = id, %error, "instance parked as stuck");
         let stuck = StuckRecord {
             error,
@@ -121,11 +124,14 @@ impl<P: ProcessManager> Host<P> {
             since: now.as_micros(),
             input: consumed.clone(),
         };
-        let bytes = payload::encode(&stuck).map_err(|e| format!("stuck record: {e}"))?;
+        let bytes = payload::encode(&stuck).map_err(|e| ProcessFailure::Encode {
+            what: "a stuck record",
+            reason: e.to_string(),
+        })?;
         let Some(instance) = self.cache.get_mut(id) else {
-            return Err(format!("instance {id:?} left the cache during a step"));
+            return Err(ProcessFailure::InstanceLost(id.to_owned()));
         };
-        instance.record.status = STATUS_STUCK;
+        instance.record.status = RecordStatus::Stuck;
         instance.record.stuck = Some(stuck);
         for (name, due) in &instance.record.timers {
             self.timers.remove(&(*due, id.to_owned(), name.clone()));

@@ -36,6 +36,7 @@ use super::api::ProcessManager;
 use super::control::{HostConfig, HostRun, ProcessControl};
 use super::dispatch::Delivery;
 use super::records::*;
+use crate::error::{ControlRefusal, ProcessFailure};
 use crate::read::projection::ConsumerState;
 use crate::read::subscription::{self, Subscription, SubscriptionError};
 use eventfold_storage::{Filter, ReadModelBatch};
@@ -123,7 +124,7 @@ impl<P: ProcessManager> HostRun for Host<P> {
             .build()
         {
             Ok(runtime) => runtime,
-            Err(error) => return self.stopped(format!("no runtime to wait on: {error}")),
+            Err(error) => return self.stopped(ProcessFailure::NoRuntime(error.kind())),
         };
         if let Err(reason) = self.recover() {
             return self.stopped(reason);
@@ -152,7 +153,8 @@ impl<P: ProcessManager> HostRun for Host<P> {
 
 impl<P: ProcessManager> Host<P> {
     /// Stopped by a failure: answers control messages until told to stop.
-    pub(super) fn stopped(&mut self, reason: String) {
+    pub(super) fn stopped(&mut self, failure: ProcessFailure) {
+        let reason = failure.to_string();
         tracing::error!(process = %self.name, %reason, "process manager stopped");
         self.config
             .shared
@@ -169,7 +171,8 @@ impl<P: ProcessManager> Host<P> {
             match message {
                 ProcessControl::Stop => return,
                 ProcessControl::Resume(_, reply) | ProcessControl::Cancel(_, reply) => {
-                    let _ = reply.send(Err(format!("the process manager is stopped: {reason}")));
+                    let refusal = ControlRefusal::Stopped(reason.clone());
+                    let _ = reply.send(Err(refusal.into()));
                 }
             }
         }
@@ -189,7 +192,7 @@ impl<P: ProcessManager> Host<P> {
         &mut self,
         runtime: &tokio::runtime::Runtime,
         sub: &mut Subscription,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ProcessFailure> {
         if self.config.shared.stopping.load(Ordering::SeqCst) {
             return Ok(false);
         }
@@ -229,7 +232,7 @@ impl<P: ProcessManager> Host<P> {
         Ok(true)
     }
 
-    pub(super) fn control(&mut self, message: ProcessControl) -> Result<(), String> {
+    pub(super) fn control(&mut self, message: ProcessControl) -> Result<(), ProcessFailure> {
         match message {
             ProcessControl::Stop => {}
             ProcessControl::Resume(id, reply) => {
@@ -252,7 +255,7 @@ impl<P: ProcessManager> Host<P> {
         &mut self,
         runtime: &tokio::runtime::Runtime,
         sub: &mut Subscription,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ProcessFailure> {
         enum Woke {
             Result(Option<Delivered>),
             Control(Option<ProcessControl>),
@@ -283,7 +286,7 @@ impl<P: ProcessManager> Host<P> {
             // A batch is stashed in the subscription, or a lag sent it back
             // to catch-up: the next round takes either.
             Woke::Bus(woke) => {
-                woke.map_err(|e| e.to_string())?;
+                woke?;
             }
             // Positions written before we subscribed never come on the bus.
             Woke::Idle => sub.idle(),
@@ -299,14 +302,14 @@ impl<P: ProcessManager> Host<P> {
         &mut self,
         sub: &mut Subscription,
         budget: usize,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, ProcessFailure> {
         let settings = &self.config.settings;
         let (batch_max, outbox_max) = (settings.batch_inputs_max, settings.outbox_max);
         let chunk_max = settings.catch_up_chunk_events.min(budget.max(1));
         let mut handled = 0;
         loop {
             let was_live = sub.is_live();
-            let Some(chunk) = sub.take(chunk_max).map_err(|e| e.to_string())? else {
+            let Some(chunk) = sub.take(chunk_max)? else {
                 break;
             };
             let mut events = 0;

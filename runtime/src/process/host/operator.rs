@@ -2,6 +2,7 @@
 //! input and held events again), or cancel one.
 
 use super::*;
+use crate::error::{ControlRefusal, ProcessError, ProcessFailure};
 use crate::metric_names::PROCESS_STUCK;
 use crate::process::api::{Input, ProcessManager};
 use crate::process::records::*;
@@ -10,17 +11,17 @@ use eventfold_storage::Filter;
 use std::sync::atomic::Ordering;
 
 impl<P: ProcessManager> Host<P> {
-    pub(super) fn resume(&mut self, id: &str) -> Result<(), String> {
-        if !self.activate(id, false)? {
-            return Err(format!("no instance {id:?}"));
+    pub(super) fn resume(&mut self, id: &str) -> Result<(), ProcessError> {
+        if !self.activate(id, false).map_err(ProcessError::Failed)? {
+            return Err(ControlRefusal::NoInstance(id.to_owned()).into());
         }
         let Some(instance) = self.cache.get_mut(id) else {
-            return Err(format!("no instance {id:?}"));
+            return Err(ControlRefusal::NoInstance(id.to_owned()).into());
         };
-        if instance.record.status != STATUS_STUCK {
-            return Err(format!("instance {id:?} is not stuck"));
+        if instance.record.status != RecordStatus::Stuck {
+            return Err(ControlRefusal::NotStuck(id.to_owned()).into());
         }
-        instance.record.status = STATUS_ACTIVE;
+        instance.record.status = RecordStatus::Active;
         let stuck = instance.record.stuck.take();
         let held = std::mem::take(&mut instance.record.held);
         for (name, due) in &instance.record.timers {
@@ -57,35 +58,31 @@ impl<P: ProcessManager> Host<P> {
         Ok(())
     }
 
-    pub(super) fn read_event(&self, position: u64) -> Result<RecordedEvent, String> {
-        let slice = self
-            .config
-            .store
-            .read_all(position, 1, &Filter::all())
-            .map_err(|e| format!("event {position} unreadable: {e}"))?;
+    pub(super) fn read_event(&self, position: u64) -> Result<RecordedEvent, ProcessFailure> {
+        let slice = self.config.store.read_all(position, 1, &Filter::all())?;
         slice
             .events
             .into_iter()
             .find(|e| e.position == position)
-            .ok_or_else(|| format!("event {position} is missing from the log"))
+            .ok_or(ProcessFailure::MissingEvent(position))
     }
 
-    pub(super) fn cancel(&mut self, id: &str) -> Result<(), String> {
-        if !self.activate(id, false)? {
-            return Err(format!("no instance {id:?}"));
+    pub(super) fn cancel(&mut self, id: &str) -> Result<(), ProcessError> {
+        if !self.activate(id, false).map_err(ProcessError::Failed)? {
+            return Err(ControlRefusal::NoInstance(id.to_owned()).into());
         }
         let Some(instance) = self.cache.get_mut(id) else {
-            return Err(format!("no instance {id:?}"));
+            return Err(ControlRefusal::NoInstance(id.to_owned()).into());
         };
-        if instance.record.status == STATUS_FINISHED {
-            return Err(format!("instance {id:?} has finished"));
+        if instance.record.status == RecordStatus::Finished {
+            return Err(ControlRefusal::Finished(id.to_owned()).into());
         }
-        if instance.record.status == STATUS_STUCK {
+        if instance.record.status == RecordStatus::Stuck {
             self.ops.delete(&self.model, stuck_key(id));
             self.config.shared.stuck.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!(PROCESS_STUCK, "process" => self.name.clone()).decrement(1.0);
         }
-        instance.record.status = STATUS_FINISHED;
+        instance.record.status = RecordStatus::Finished;
         instance.record.stuck = None;
         instance.record.held.clear();
         for (name, due) in std::mem::take(&mut instance.record.timers) {

@@ -2,51 +2,42 @@
 //! of its stuck instances, read back from its read model.
 
 use super::*;
+use crate::error::ProcessFailure;
 use crate::process::api::ProcessManager;
 use crate::process::records::*;
-use eventfold_storage::payload;
+use eventfold_storage::{Corruption, payload};
 use std::sync::atomic::Ordering;
 
 impl<P: ProcessManager> Host<P> {
     /// Reads the checkpoint, the timers, the outbox and the stuck count.
-    pub(super) fn recover(&mut self) -> Result<(), String> {
+    pub(super) fn recover(&mut self) -> Result<(), ProcessFailure> {
         let store = &self.config.store;
-        let checkpoint = store
-            .checkpoint(&self.model)
-            .map_err(|e| format!("checkpoint unreadable: {e}"))?
-            .unwrap_or(0);
+        let checkpoint = store.checkpoint(&self.model)?.unwrap_or(0);
         self.next = checkpoint + 1;
         self.committed = checkpoint;
         let settings = &self.config.settings;
-        let timers = store
-            .read_model_scan(&self.model, b"t", settings.timers_max)
-            .map_err(|e| format!("timers unreadable: {e}"))?;
+        let timers = store.read_model_scan(&self.model, b"t", settings.timers_max)?;
         for (key, _) in timers {
-            let timer = parse_timer_key(&key)
-                .ok_or_else(|| format!("corrupt timer key {key:?} in {}", self.model))?;
+            let timer = parse_timer_key(&key).ok_or_else(|| {
+                Corruption::read_model_value(&self.model, &key, "malformed timer key")
+            })?;
             self.timers.insert(timer);
         }
         let outbox_scan = settings.outbox_max.saturating_mul(4);
-        let outbox = store
-            .read_model_scan(&self.model, b"o", outbox_scan)
-            .map_err(|e| format!("outbox unreadable: {e}"))?;
+        let outbox = store.read_model_scan(&self.model, b"o", outbox_scan)?;
         if outbox.len() >= outbox_scan {
-            return Err(format!(
-                "more than {outbox_scan} commands in the outbox of {}",
-                self.model
-            ));
+            return Err(ProcessFailure::OutboxOverflow(outbox_scan));
         }
         for (key, value) in outbox {
-            let (id, seq) = parse_outbox_key(&key)
-                .ok_or_else(|| format!("corrupt outbox key {key:?} in {}", self.model))?;
+            let (id, seq) = parse_outbox_key(&key).ok_or_else(|| {
+                Corruption::read_model_value(&self.model, &key, "malformed outbox key")
+            })?;
             let record: OutboxRecord = payload::decode(&value)
-                .map_err(|e| format!("outbox entry {key:?} of {} unreadable: {e}", self.model))?;
+                .map_err(|e| Corruption::read_model_value(&self.model, &key, e))?;
             self.outbox.insert((id.clone(), seq), record);
             self.ready.push_back((id, seq));
         }
-        let stuck = store
-            .read_model_scan(&self.model, b"s", STUCK_LIST_MAX)
-            .map_err(|e| format!("stuck instances unreadable: {e}"))?;
+        let stuck = store.read_model_scan(&self.model, b"s", STUCK_LIST_MAX)?;
         // A stuck instance's timers wait for it to resume.
         for (key, _) in &stuck {
             let id = String::from_utf8_lossy(&key[1..]).into_owned();

@@ -3,6 +3,7 @@
 //! and running the handler under the retry policy.
 
 use super::*;
+use crate::error::ProcessFailure;
 use crate::error::panic_message;
 use crate::process::api::{
     Association, Effects, FiredTimer, INSTANCE_ID_BYTES_MAX, Input, ProcessManager, TimerChange,
@@ -11,13 +12,14 @@ use crate::process::dispatch::Delivery;
 use crate::process::records::*;
 use crate::process::results::CommandResult;
 use eventfold_domain::{CommandId, RecordedEvent, Timestamp};
+use eventfold_storage::Corruption;
 use eventfold_storage::payload;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl<P: ProcessManager> Host<P> {
-    pub(super) fn on_event(&mut self, event: &RecordedEvent) -> Result<(), String> {
+    pub(super) fn on_event(&mut self, event: &RecordedEvent) -> Result<(), ProcessFailure> {
         let pm = &self.pm;
         let association = match catch_unwind(AssertUnwindSafe(|| pm.associate(event))) {
             Ok(association) => association,
@@ -53,7 +55,7 @@ impl<P: ProcessManager> Host<P> {
         )
     }
 
-    pub(super) fn on_delivery(&mut self, delivered: Delivered) -> Result<(), String> {
+    pub(super) fn on_delivery(&mut self, delivered: Delivered) -> Result<(), ProcessFailure> {
         let key = (delivered.id, delivered.seq);
         self.in_flight.remove(&key);
         let Delivery::Done(outcome) = delivered.delivery else {
@@ -81,7 +83,7 @@ impl<P: ProcessManager> Host<P> {
         )
     }
 
-    pub(super) fn fire_timers(&mut self, budget: usize) -> Result<usize, String> {
+    pub(super) fn fire_timers(&mut self, budget: usize) -> Result<usize, ProcessFailure> {
         let now = self.config.clock.now().as_micros();
         let mut fired = 0;
         while fired < budget {
@@ -109,33 +111,22 @@ impl<P: ProcessManager> Host<P> {
 
     /// Loads an instance into the cache; false when it does not exist (and
     /// `start` is false).
-    pub(super) fn activate(&mut self, id: &str, start: bool) -> Result<bool, String> {
+    pub(super) fn activate(&mut self, id: &str, start: bool) -> Result<bool, ProcessFailure> {
         if let Some(instance) = self.cache.get_mut(id) {
             instance.used = Instant::now();
             return Ok(true);
         }
-        let stored = self
-            .config
-            .store
-            .read_model_get(&self.model, &instance_key(id))
-            .map_err(|e| format!("instance {id:?} unreadable: {e}"))?;
+        let key = instance_key(id);
+        let stored = self.config.store.read_model_get(&self.model, &key)?;
         let instance = match stored {
             Some(bytes) => {
-                let record: InstanceRecord = payload::decode(&bytes).map_err(|e| {
-                    format!(
-                        "instance {id:?} (key i{id} of {}) is corrupt: {e}",
-                        self.model
-                    )
-                })?;
-                let state = if record.status == STATUS_FINISHED {
+                let record: InstanceRecord = payload::decode(&bytes)
+                    .map_err(|e| Corruption::read_model_value(&self.model, &key, e))?;
+                let state = if record.status == RecordStatus::Finished {
                     P::State::default()
                 } else {
-                    payload::decode(&record.state).map_err(|e| {
-                        format!(
-                            "the state of instance {id:?} (key i{id} of {}) is unreadable: {e}",
-                            self.model
-                        )
-                    })?
+                    payload::decode(&record.state)
+                        .map_err(|e| Corruption::read_model_value(&self.model, &key, e))?
                 };
                 Instance {
                     record,
@@ -161,7 +152,7 @@ impl<P: ProcessManager> Host<P> {
         start: bool,
         input: Input<'_>,
         consumed: StuckInput,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProcessFailure> {
         if !self.activate(id, start)? {
             // No such instance: drop what the input left behind.
             self.clean_up(id, &consumed);
@@ -172,11 +163,11 @@ impl<P: ProcessManager> Host<P> {
             None => return Ok(()),
         };
         match status {
-            STATUS_FINISHED => {
+            RecordStatus::Finished => {
                 self.clean_up(id, &consumed);
                 return Ok(());
             }
-            STATUS_STUCK => {
+            RecordStatus::Stuck => {
                 if let StuckInput::Event(position) = consumed
                     && let Some(instance) = self.cache.get_mut(id)
                 {

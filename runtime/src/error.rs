@@ -156,6 +156,7 @@ impl InvalidSetting {
 
 /// What a process-manager operation of the handle can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProcessError {
     /// No process manager of this name is registered.
     #[error("no process manager named {0}")]

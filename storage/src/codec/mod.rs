@@ -1,0 +1,22 @@
+//! Bytes on disk: keys and values of every keyspace. `docs/format.md`
+//! describes the same layout; keep the two in step.
+//!
+//! Every value eventfold writes, except the 8-byte index entries of the
+//! `streams` keyspace, starts with a format byte and ends with a big-endian
+//! CRC32C of all the bytes before it. Integers are big-endian so that keys
+//! sort numerically.
+
+mod frame;
+mod keys;
+mod record;
+mod values;
+
+pub mod decoders;
+pub mod payload;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use keys::*;
+pub(crate) use record::*;
+pub(crate) use values::*;

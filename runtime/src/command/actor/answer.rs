@@ -11,7 +11,7 @@ use crate::error::CommandError;
 use crate::metric_names::{APPEND_LATENCY_SECONDS, COMMAND_LATENCY_SECONDS, SNAPSHOTS_TOTAL};
 use actix::prelude::*;
 use eventfold_domain::Aggregate;
-use eventfold_storage::{AppendError, AppendOutcome};
+use eventfold_storage::{AppendError, AppendOutcome, Snapshot};
 use std::time::Instant;
 
 impl<A: Aggregate> AggregateActor<A> {
@@ -21,24 +21,61 @@ impl<A: Aggregate> AggregateActor<A> {
         result: Result<AppendOutcome, AppendError>,
         ctx: &mut Context<Self>,
     ) {
-        let in_flight = self.book.queues.in_flight();
-        let Some(index) = in_flight.iter().position(|e| e.seq == seq) else {
-            return;
-        };
-        let preceding_failed = self.book.reload_needed;
-        let state = std::mem::replace(&mut in_flight[index].state, EntryState::DuplicateOf(seq));
-        let EntryState::Waiting {
+        let Some(Waited {
+            index,
             events,
             submitted,
             snapshot,
-        } = state
+        }) = self.take_waiting(seq)
         else {
-            in_flight[index].state = state;
             return;
         };
         metrics::histogram!(APPEND_LATENCY_SECONDS, "kind" => A::KIND)
             .record(submitted.elapsed().as_secs_f64());
-        let answer: CommandResult<A> = match result {
+        let answer = self.answer_of(events, result);
+        self.settle_after(index, seq, &answer);
+        let landed = answer.as_ref().is_ok_and(|outcome| !outcome.deduplicated);
+        self.book.queues.in_flight()[index].state = EntryState::Done(answer);
+        if let Some(snapshot) = snapshot {
+            self.snapshot_landed(snapshot, landed, ctx);
+        }
+        self.drain(ctx);
+    }
+
+    /// The in-flight entry `seq` whose append was waiting, taken out of its
+    /// waiting state: its index, events, submission time and snapshot.
+    fn take_waiting(&mut self, seq: u64) -> Option<Waited<A>> {
+        let in_flight = self.book.queues.in_flight();
+        let index = in_flight.iter().position(|e| e.seq == seq)?;
+        let state = std::mem::replace(&mut in_flight[index].state, EntryState::DuplicateOf(seq));
+        match state {
+            EntryState::Waiting {
+                events,
+                submitted,
+                snapshot,
+            } => Some(Waited {
+                index,
+                events,
+                submitted,
+                snapshot,
+            }),
+            other => {
+                in_flight[index].state = other;
+                None
+            }
+        }
+    }
+
+    /// The caller's answer for an append's result. A result that means the
+    /// pending state is wrong (a duplicate applied by another path, a
+    /// failure) marks the actor for reload.
+    fn answer_of(
+        &mut self,
+        events: Vec<A::Event>,
+        result: Result<AppendOutcome, AppendError>,
+    ) -> CommandResult<A> {
+        let preceding_failed = self.book.reload_needed;
+        match result {
             Ok(outcome) if !outcome.deduplicated => Ok(CommandOutcome {
                 version: outcome.last_version(),
                 position: Some(outcome.last_position),
@@ -56,26 +93,31 @@ impl<A: Aggregate> AggregateActor<A> {
                     deduplicated: true,
                 })
             }
+            Err(_) if preceding_failed => {
+                self.book.reload_needed = true;
+                Err(CommandError::PrecedingAppendFailed)
+            }
             Err(error) => {
                 self.book.reload_needed = true;
-                Err(if preceding_failed {
-                    CommandError::PrecedingAppendFailed
-                } else {
-                    match error {
-                        AppendError::WrongExpectedVersion {
-                            expected, actual, ..
-                        } => CommandError::WrongExpectedVersion { expected, actual },
-                        AppendError::Overloaded { .. } => {
-                            CommandError::Overloaded("the store's write queue is full")
-                        }
-                        other => CommandError::Store(other),
+                Err(match error {
+                    AppendError::WrongExpectedVersion {
+                        expected, actual, ..
+                    } => CommandError::WrongExpectedVersion { expected, actual },
+                    AppendError::Overloaded { .. } => {
+                        CommandError::Overloaded("the store's write queue is full")
                     }
+                    other => CommandError::Store(other),
                 })
             }
-        };
-        // Retries of this command that arrived while it was in flight.
+        }
+    }
+
+    /// Settles the entries behind `index` that depend on its answer:
+    /// retries of the same command get its outcome, and when the state is
+    /// to be reloaded, decisions made on the void events fail.
+    fn settle_after(&mut self, index: usize, seq: u64, answer: &CommandResult<A>) {
         let duplicate = || -> CommandResult<A> {
-            match &answer {
+            match answer {
                 Ok(outcome) => Ok(CommandOutcome {
                     deduplicated: true,
                     ..outcome.clone()
@@ -83,36 +125,32 @@ impl<A: Aggregate> AggregateActor<A> {
                 Err(_) => Err(CommandError::PrecedingAppendFailed),
             }
         };
+        let reload_needed = self.book.reload_needed;
         let in_flight = self.book.queues.in_flight();
         for entry in in_flight.iter_mut().skip(index + 1) {
             if matches!(entry.state, EntryState::DuplicateOf(of) if of == seq) {
                 entry.state = EntryState::Done(duplicate());
             }
-        }
-        if self.book.reload_needed {
-            // Decisions made on the failed events are void.
-            for entry in in_flight.iter_mut().skip(index + 1) {
-                if !entry.appended {
-                    entry.state = EntryState::Done(Err(CommandError::PrecedingAppendFailed));
-                }
+            // A retry too: it was answered on the state being voided.
+            if reload_needed && !entry.appended {
+                entry.state = EntryState::Done(Err(CommandError::PrecedingAppendFailed));
             }
         }
-        let landed = answer.as_ref().is_ok_and(|outcome| !outcome.deduplicated);
-        in_flight[index].state = EntryState::Done(answer);
-        if let Some(snapshot) = snapshot {
-            // Durable now, with every event before it (the appends of one
-            // stream land in order, each chained to the one before).
-            if landed && !self.book.reload_needed {
-                self.save_snapshot(snapshot, ctx);
-            } else {
-                // The reload that follows reads the last saved snapshot's
-                // version back.
-                self.book.snapshot_taken = false;
-                metrics::counter!(SNAPSHOTS_TOTAL, "kind" => A::KIND, "result" => "dropped")
-                    .increment(1);
-            }
+    }
+
+    /// A snapshot taken with this append: written now that it is durable
+    /// (with every event before it: the appends of one stream land in
+    /// order), or dropped when the append did not land.
+    fn snapshot_landed(&mut self, snapshot: Box<Snapshot>, landed: bool, ctx: &mut Context<Self>) {
+        if landed && !self.book.reload_needed {
+            self.save_snapshot(snapshot, ctx);
+        } else {
+            // The reload that follows reads the last saved snapshot's
+            // version back.
+            self.book.snapshot_taken = false;
+            metrics::counter!(SNAPSHOTS_TOTAL, "kind" => A::KIND, "result" => "dropped")
+                .increment(1);
         }
-        self.drain(ctx);
     }
 
     /// Sends every answer at the front whose turn has come; when nothing is
@@ -147,6 +185,14 @@ impl<A: Aggregate> AggregateActor<A> {
         self.book.reload_needed = true;
         self.drain(ctx);
     }
+}
+
+/// An in-flight entry whose append has come back, taken out of waiting.
+struct Waited<A: Aggregate> {
+    index: usize,
+    events: Vec<A::Event>,
+    submitted: Instant,
+    snapshot: Option<Box<Snapshot>>,
 }
 
 /// Sends an answer and records its latency.

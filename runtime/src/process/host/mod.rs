@@ -193,6 +193,24 @@ impl<P: ProcessManager> Host<P> {
         runtime: &tokio::runtime::Runtime,
         sub: &mut Subscription,
     ) -> Result<bool, ProcessFailure> {
+        if !self.take_control()? {
+            return Ok(false);
+        }
+        let budget = self.config.settings.batch_inputs_max;
+        let mut work = self.take_results(budget)?;
+        work += self.fire_timers(budget.saturating_sub(work))?;
+        if self.outbox.len() < self.config.settings.outbox_max && work < budget {
+            work += self.take_events(sub, budget - work)?;
+        }
+        self.end_round(runtime)?;
+        if work == 0 {
+            return self.wait(runtime, sub);
+        }
+        Ok(true)
+    }
+
+    /// Handles the control messages waiting; false when told to stop.
+    fn take_control(&mut self) -> Result<bool, ProcessFailure> {
         if self.config.shared.stopping.load(Ordering::SeqCst) {
             return Ok(false);
         }
@@ -200,13 +218,16 @@ impl<P: ProcessManager> Host<P> {
             match self.config.control.try_recv() {
                 Ok(ProcessControl::Stop) => return Ok(false),
                 Ok(message) => self.control(message)?,
-                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(true),
                 Err(mpsc::error::TryRecvError::Disconnected) => return Ok(false),
             }
         }
-        let budget = self.config.settings.batch_inputs_max;
-        let mut work = 0;
-        while work < budget {
+    }
+
+    /// Hands at most `budget` results of sent commands to their instances.
+    fn take_results(&mut self, budget: usize) -> Result<usize, ProcessFailure> {
+        let mut taken = 0;
+        while taken < budget {
             let delivered = match self.local.pop_front() {
                 Some(delivered) => delivered,
                 None => match self.results_rx.try_recv() {
@@ -215,21 +236,20 @@ impl<P: ProcessManager> Host<P> {
                 },
             };
             self.on_delivery(delivered)?;
-            work += 1;
+            taken += 1;
         }
-        work += self.fire_timers(budget.saturating_sub(work))?;
-        if self.outbox.len() < self.config.settings.outbox_max && work < budget {
-            work += self.take_events(sub, budget - work)?;
-        }
+        Ok(taken)
+    }
+
+    /// Commits the round, then sends its commands, lets their futures run,
+    /// passivates idle instances and publishes the status.
+    fn end_round(&mut self, runtime: &tokio::runtime::Runtime) -> Result<(), ProcessFailure> {
         self.commit()?;
         self.dispatch(runtime.handle());
         Self::drive(runtime);
         self.passivate();
         self.publish();
-        if work == 0 {
-            return self.wait(runtime, sub);
-        }
-        Ok(true)
+        Ok(())
     }
 
     pub(super) fn control(&mut self, message: ProcessControl) -> Result<(), ProcessFailure> {

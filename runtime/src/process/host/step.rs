@@ -153,80 +153,138 @@ impl<P: ProcessManager> Host<P> {
         input: Input<'_>,
         consumed: StuckInput,
     ) -> Result<(), ProcessFailure> {
-        if !self.activate(id, start)? {
-            // No such instance: drop what the input left behind.
-            self.clean_up(id, &consumed);
+        let Some(base) = self.deliverable(id, start, &consumed)? else {
             return Ok(());
-        }
-        let (status, base) = match self.cache.peek(id) {
-            Some(instance) => (instance.record.status, instance.state.clone()),
-            None => return Ok(()),
         };
-        match status {
-            RecordStatus::Finished => {
-                self.clean_up(id, &consumed);
-                return Ok(());
-            }
-            RecordStatus::Stuck => {
-                if let StuckInput::Event(position) = consumed
-                    && let Some(instance) = self.cache.get_mut(id)
-                {
-                    instance.record.held.push(position);
-                    self.dirty.insert(id.to_owned());
-                }
-                return Ok(());
-            }
-            _ => {}
-        }
         let retry = self.config.settings.handler_retry.clone();
         let now = self.config.clock.now();
-        let key = match &consumed {
-            StuckInput::Event(position) => format!("e{position}"),
-            StuckInput::Result { command_id, .. } => {
-                format!("r{}", CommandId::from_bytes(*command_id))
-            }
-            StuckInput::Timer { name, due } => format!("t{name}@{due}"),
-        };
+        let key = step_key(&consumed);
         let mut last_error = String::new();
         for attempt in 1..=retry.attempts_max {
-            let mut state = base.clone();
-            let mut effects = Effects::new(&self.name, id, key.clone(), now);
-            let pm = &mut self.pm;
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                pm.handle(&mut state, input, &mut effects)
-            }));
-            let error = match outcome {
-                Ok(Ok(())) => match (effects.error.take(), payload::encode(&state)) {
-                    (Some(error), _) => Some(error),
-                    (None, Err(error)) => Some(format!("the state could not be encoded: {error}")),
-                    (None, Ok(bytes)) => {
-                        let new_timers = effects
-                            .timers
-                            .iter()
-                            .filter(|t| matches!(t, TimerChange::Set { .. }))
-                            .count();
-                        if self.timers.len() + new_timers > self.config.settings.timers_max {
-                            Some(format!(
-                                "more than {} timers would be set",
-                                self.config.settings.timers_max
-                            ))
-                        } else {
-                            self.apply(id, state, bytes, effects, &consumed)?;
-                            return Ok(());
-                        }
-                    }
-                },
-                Ok(Err(error)) => Some(error.to_string()),
-                Err(panic) => Some(format!("the handler panicked: {}", panic_message(panic))),
-            };
-            if let Some(error) = error {
-                tracing::warn!(process = %self.name, instance = id, attempt, %error, "handler failed");
-                last_error = error;
-                if attempt < retry.attempts_max {
-                    std::thread::sleep(retry.backoff(attempt));
+            match self.attempt(id, &base, input, key.clone(), now) {
+                Ok(step) => return self.apply(id, step.state, step.bytes, step.effects, &consumed),
+                Err(error) => {
+                    tracing::warn!(process = %self.name, instance = id, attempt, %error, "handler failed");
+                    last_error = error.to_string();
                 }
+            }
+            if attempt < retry.attempts_max {
+                std::thread::sleep(retry.backoff(attempt));
             }
         }
         self.park(id, last_error, retry.attempts_max, &consumed, now)
+    }
+
+    /// The state an input is to be handled on, or `None` when the input
+    /// goes no further: no such instance, or a finished one (what it left
+    /// behind is cleaned up), or a stuck one (an event is held for it).
+    fn deliverable(
+        &mut self,
+        id: &str,
+        start: bool,
+        consumed: &StuckInput,
+    ) -> Result<Option<P::State>, ProcessFailure> {
+        if !self.activate(id, start)? {
+            self.clean_up(id, consumed);
+            return Ok(None);
+        }
+        let Some(instance) = self.cache.get_mut(id) else {
+            return Ok(None);
+        };
+        match instance.record.status {
+            RecordStatus::Active => Ok(Some(instance.state.clone())),
+            RecordStatus::Finished => {
+                self.clean_up(id, consumed);
+                Ok(None)
+            }
+            RecordStatus::Stuck => {
+                if let StuckInput::Event(position) = consumed {
+                    instance.record.held.push(*position);
+                    self.dirty.insert(id.to_owned());
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// One run of the handler on a copy of `base`: the new state (and its
+    /// bytes) and the effects, or why the attempt failed. Nothing of the
+    /// host changes.
+    fn attempt(
+        &mut self,
+        id: &str,
+        base: &P::State,
+        input: Input<'_>,
+        key: String,
+        now: Timestamp,
+    ) -> Result<Step<P::State>, StepFailure> {
+        let mut state = base.clone();
+        let mut effects = Effects::new(&self.name, id, key, now);
+        let pm = &mut self.pm;
+        match catch_unwind(AssertUnwindSafe(|| {
+            pm.handle(&mut state, input, &mut effects)
+        })) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(StepFailure::Handler(error.to_string())),
+            Err(panic) => return Err(StepFailure::Panicked(panic_message(panic))),
+        }
+        if let Some(error) = effects.error.take() {
+            return Err(StepFailure::Effects(error));
+        }
+        let bytes = payload::encode(&state).map_err(StepFailure::Encode)?;
+        let timers_max = self.config.settings.timers_max;
+        let new_timers = effects
+            .timers
+            .iter()
+            .filter(|t| matches!(t, TimerChange::Set { .. }))
+            .count();
+        if self.timers.len() + new_timers > timers_max {
+            return Err(StepFailure::TooManyTimers(timers_max));
+        }
+        Ok(Step {
+            state,
+            bytes,
+            effects,
+        })
+    }
+}
+
+/// A handler's successful attempt, not yet applied.
+struct Step<S> {
+    state: S,
+    bytes: Vec<u8>,
+    effects: Effects,
+}
+
+/// Why one attempt of a handler failed; its text is the reason a stuck
+/// instance shows.
+#[derive(Debug, thiserror::Error)]
+enum StepFailure {
+    /// The handler returned its error.
+    #[error("{0}")]
+    Handler(String),
+    /// The handler panicked.
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+    /// An effect was refused (a command that did not encode).
+    #[error("{0}")]
+    Effects(String),
+    /// The new state did not encode.
+    #[error("the state could not be encoded: {0}")]
+    Encode(eventfold_storage::payload::PayloadError),
+    /// The step would set more timers than the bound.
+    #[error("more than {0} timers would be set")]
+    TooManyTimers(usize),
+}
+
+/// The key an input's effects derive their command ids from: the same for
+/// every attempt of the same input, so a retried step sends the same ids.
+fn step_key(consumed: &StuckInput) -> String {
+    match consumed {
+        StuckInput::Event(position) => format!("e{position}"),
+        StuckInput::Result { command_id, .. } => {
+            format!("r{}", CommandId::from_bytes(*command_id))
+        }
+        StuckInput::Timer { name, due } => format!("t{name}@{due}"),
     }
 }

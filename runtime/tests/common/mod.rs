@@ -1,4 +1,9 @@
-//! Helpers shared by the crash tests.
+//! What the runtime's integration tests share: the test aggregate and its
+//! helpers (`tally`), and running a child process to kill it (the crash
+//! tests). Each test binary uses a part of it.
+#![allow(dead_code)]
+
+pub mod tally;
 
 use std::time::Duration;
 

@@ -122,16 +122,7 @@ fn damage_in_the_middle_of_the_wal_is_refused_and_salvage_keeps_a_gapless_prefix
     let before = files(dir.path());
 
     for _ in 0..2 {
-        match RocksStore::open(dir.path(), StoreOptions::default()) {
-            Err(OpenError::Damaged(damage)) => {
-                if let Some(file) = &damage.file {
-                    assert_eq!(file.file_name(), log.file_name(), "{damage}");
-                }
-            }
-            Err(other) => panic!("expected a damaged file, got {other}"),
-            Ok(store) => panic!("opened with head {} of 20000", store.head()),
-        }
-        assert_eq!(files(dir.path()), before, "a refused open changes nothing");
+        assert_refused_naming(dir.path(), &log);
     }
 
     let (store, report) = RocksStore::open_salvaging(dir.path(), StoreOptions::default()).unwrap();
@@ -252,17 +243,25 @@ fn a_truncated_manifest_is_refused_and_nothing_is_changed() {
         .unwrap();
     file.set_len(length / 2).unwrap();
     drop(file);
-    let before = files(dir.path());
-    match RocksStore::open(dir.path(), StoreOptions::default()) {
+    assert_refused_naming(dir.path(), &manifest);
+}
+
+/// Opens the store expecting `OpenError::Damaged` naming `file`, and checks
+/// that the refused open changed no file of the store.
+fn assert_refused_naming(dir: &Path, file: &Path) {
+    let before = files(dir);
+    match RocksStore::open(dir, StoreOptions::default()) {
         Err(OpenError::Damaged(damage)) => {
-            if let Some(file) = &damage.file {
-                assert_eq!(file.file_name(), manifest.file_name(), "{damage}");
-            }
+            let named = damage
+                .file
+                .as_ref()
+                .unwrap_or_else(|| panic!("the damaged file is not named: {damage}"));
+            assert_eq!(named.file_name(), file.file_name(), "{damage}");
         }
-        Err(other) => panic!("expected a damaged MANIFEST, got {other}"),
-        Ok(store) => panic!("opened with head {} of 1010", store.head()),
+        Err(other) => panic!("expected a damaged file, got {other}"),
+        Ok(store) => panic!("opened a damaged store, head {}", store.head()),
     }
-    assert_eq!(files(dir.path()), before, "a refused open changes nothing");
+    assert_eq!(files(dir), before, "a refused open changes nothing");
 }
 
 /// One more flushed round, so the MANIFEST records several table files.

@@ -214,10 +214,9 @@ impl Consumer {
     }
 
     fn step_catch_up(&mut self, run: &mut Run) -> Flow {
-        let chunk = match run.sub.take(self.settings.catch_up_chunk_events) {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return Flow::Continue,
-            Err(error) => return self.failed(error),
+        let chunk = match self.next_chunk(run) {
+            Ok(chunk) => chunk,
+            Err(flow) => return flow,
         };
         if let Flow::Stop = self.handle_chunk(run, &chunk) {
             return Flow::Stop;
@@ -258,10 +257,9 @@ impl Consumer {
             // The bus lagged: the next step catches up from the store.
             return Flow::Continue;
         }
-        let chunk = match run.sub.take(self.settings.catch_up_chunk_events) {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return Flow::Continue,
-            Err(error) => return self.failed(error),
+        let chunk = match self.next_chunk(run) {
+            Ok(chunk) => chunk,
+            Err(flow) => return flow,
         };
         if let Flow::Stop = self.handle_chunk(run, &chunk) {
             return Flow::Stop;
@@ -292,6 +290,15 @@ impl Consumer {
         }
         run.sub.finish(chunk);
         Flow::Continue
+    }
+
+    /// The subscription's next chunk, or the flow to return without one.
+    fn next_chunk(&self, run: &mut Run) -> Result<Chunk, Flow> {
+        match run.sub.take(self.settings.catch_up_chunk_events) {
+            Ok(Some(chunk)) => Ok(chunk),
+            Ok(None) => Err(Flow::Continue),
+            Err(error) => Err(self.failed(error)),
+        }
     }
 
     fn failed(&self, error: SubscriptionError) -> Flow {

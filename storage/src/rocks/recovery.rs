@@ -43,7 +43,11 @@ impl Recovery {
 pub(crate) fn open_error(path: &Path, error: rocksdb::Error) -> OpenError {
     let message = error.as_ref();
     if error.kind() == ErrorKind::Corruption {
-        return OpenError::Damaged(DamagedFile::from_engine_message(error.into_string()));
+        let mut damage = DamagedFile::from_engine_message(error.into_string());
+        if damage.file.is_none() {
+            damage.file = damaged_file_in_info_log(path);
+        }
+        return OpenError::Damaged(damage);
     }
     // RocksDB's lock file: "While lock file: {dir}/LOCK: Resource
     // temporarily unavailable" when another process holds it, "lock hold by
@@ -54,6 +58,32 @@ pub(crate) fn open_error(path: &Path, error: rocksdb::Error) -> OpenError {
         return OpenError::InUse(path.to_path_buf());
     }
     OpenError::Engine(error.into_string())
+}
+
+/// Bytes read from the end of RocksDB's info log to find a damaged file.
+const INFO_LOG_TAIL_BYTES_MAX: u64 = 1 << 20;
+
+/// The damaged file as RocksDB's info log (`LOG` in the store's directory)
+/// names it. For a damaged write-ahead log the engine's error says only
+/// "Corruption: checksum mismatch"; the recovery's warning in the info log,
+/// written just before, names the `.log` file ("…/000004.log: dropping 2421
+/// bytes; Corruption: checksum mismatch"). The last such line of the log's
+/// tail is the open that just failed.
+fn damaged_file_in_info_log(path: &Path) -> Option<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut log = std::fs::File::open(path.join("LOG")).ok()?;
+    let length = log.metadata().ok()?.len();
+    log.seek(SeekFrom::Start(
+        length.saturating_sub(INFO_LOG_TAIL_BYTES_MAX),
+    ))
+    .ok()?;
+    let mut tail = Vec::new();
+    log.read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
+        .rev()
+        .filter(|line| line.contains("Corruption"))
+        .find_map(|line| DamagedFile::from_engine_message(line.to_owned()).file)
 }
 
 /// What [`RocksStore::open_salvaging`] kept and what it could not.

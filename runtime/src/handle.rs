@@ -11,13 +11,13 @@ use crate::process::control::{ControlReply, ProcessControl};
 use crate::process::supervisor::Processes;
 use crate::process::{InstanceView, ProcessStatus, StuckInstance};
 use crate::read::bus::{EventBatch, EventBus};
-use crate::read::projection::{ConsumerState, ConsumerStatus, ParkedEvent, ReadModelView};
+use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
 use crate::read::registry::Registry;
 use eventfold_domain::Aggregate;
 use eventfold_storage::{EventStore, RocksStore};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a running runtime holds; dropped with the last handle.
 pub(crate) struct Inner {
@@ -291,30 +291,10 @@ impl RuntimeHandle {
         position: u64,
         timeout: Duration,
     ) -> Result<(), ProjectionError> {
-        let (_, consumers) = self.inner.registry.consumers(projection)?;
-        let deadline = crate::command::timeout::deadline(Instant::now(), timeout);
-        for consumer in consumers {
-            let mut processed = consumer.processed.subscribe();
-            loop {
-                if *processed.borrow_and_update() >= position {
-                    break;
-                }
-                if let ConsumerState::Stopped(reason) = consumer.state() {
-                    return Err(ProjectionError::Stopped(reason));
-                }
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return Err(ProjectionError::Timeout { position, timeout });
-                }
-                // Re-checks the state at least every 50 ms.
-                crate::command::timeout::Deadline::after(
-                    Box::pin(processed.changed()),
-                    remaining.min(Duration::from_millis(50)),
-                )
-                .await;
-            }
-        }
-        Ok(())
+        self.inner
+            .registry
+            .wait_for(projection, position, timeout)
+            .await
     }
 
     /// [`RuntimeHandle::wait_for`] for plain threads.

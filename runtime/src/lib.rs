@@ -98,6 +98,7 @@ mod placement;
 pub mod process;
 mod read;
 mod settings;
+mod timeout;
 
 pub use builder::{Runtime, RuntimeBuilder};
 pub use command::outcome::{CommandOutcome, ExecuteOptions};

@@ -13,7 +13,7 @@
 //! - [`actor`]: the aggregate actor: queues, load, decide, answer, snapshots.
 //! - [`messages`]: what flows between them; [`shared`]: what they share.
 //! - [`state_cache`]: the state of passivated aggregates, per shard.
-//! - [`outcome`], [`timeout`]: what a command returns, and its deadline.
+//! - [`outcome`]: what a command returns and the options it is sent with.
 //! - [`system`]: the actix system and its shard threads.
 //!
 //! Nothing here knows of projections or process managers: they reach the
@@ -27,4 +27,3 @@ pub(crate) mod shard;
 pub(crate) mod shared;
 pub(crate) mod state_cache;
 pub(crate) mod system;
-pub(crate) mod timeout;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Control messages waiting per consumer.
 /// Keys deleted per batch when an old read-model version is removed.
@@ -243,6 +244,41 @@ impl Registry {
         }
         all.sort_by_key(|p| p.position);
         Ok(all)
+    }
+
+    /// Waits until every consumer of `name` has committed every event up
+    /// to `position`, at most `timeout`; re-checks a consumer's state at
+    /// least every 50 ms, so a stopped one ends the wait.
+    pub(crate) async fn wait_for(
+        &self,
+        name: &str,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        let (_, consumers) = self.consumers(name)?;
+        let deadline = crate::timeout::deadline(Instant::now(), timeout);
+        for consumer in consumers {
+            let mut processed = consumer.processed.subscribe();
+            loop {
+                if *processed.borrow_and_update() >= position {
+                    break;
+                }
+                if let ConsumerState::Stopped(reason) = consumer.state() {
+                    return Err(ProjectionError::Stopped(reason));
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(ProjectionError::Timeout { position, timeout });
+                }
+                // Re-checks the state at least every 50 ms.
+                crate::timeout::Deadline::after(
+                    Box::pin(processed.changed()),
+                    remaining.min(Duration::from_millis(50)),
+                )
+                .await;
+            }
+        }
+        Ok(())
     }
 
     /// Asks the consumer holding a parked position to retry or skip it.

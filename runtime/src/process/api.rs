@@ -8,7 +8,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::time::Duration;
 
 /// Longest instance id, in bytes. Events mapped to a longer id are not
-/// routed (logged and counted in [`ProcessStatus::unroutable`]).
+/// routed (logged and counted in
+/// [`ProcessStatus::unroutable`](super::ProcessStatus::unroutable)).
 pub const INSTANCE_ID_BYTES_MAX: usize = 1024;
 
 /// Which instance an event belongs to.
@@ -43,7 +44,7 @@ pub struct FiredTimer {
     pub due: Timestamp,
 }
 
-/// A process manager: see the [module documentation](self).
+/// A process manager: see the [module documentation](crate::process).
 ///
 /// **Contract.** `handle` is deterministic given the state and the input (it
 /// may be run again on the same input after a crash) and does not block; its

@@ -43,7 +43,7 @@ pub struct ProcessSettings {
     pub dispatch_in_flight_max: usize,
     /// Delivery retries of one command on overload, timeout, panic or load
     /// failure of the target; after the last, the instance gets
-    /// [`ResultOutcome::Failed`].
+    /// [`ResultOutcome::Failed`](super::ResultOutcome::Failed).
     pub dispatch_retry: RetryPolicy,
     /// Timeout of each delivery attempt.
     pub command_timeout: Duration,

@@ -164,7 +164,7 @@ pub(crate) struct OutboxRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eventfold_storage::payload;
+    use eventfold_storage::payload::{self, PayloadError};
 
     /// The record as versions before the enum wrote it.
     #[derive(Serialize)]
@@ -177,7 +177,7 @@ mod tests {
         held: Vec<u64>,
     }
 
-    fn written(status: u8) -> Vec<u8> {
+    fn written(status: u8) -> Result<Vec<u8>, PayloadError> {
         let record = WrittenWithAByte {
             status,
             state: vec![1, 2],
@@ -186,30 +186,32 @@ mod tests {
             stuck: None,
             held: vec![4],
         };
-        payload::encode(&record).unwrap()
+        payload::encode(&record)
     }
 
     #[test]
-    fn stored_status_bytes_read_as_before_and_unknown_ones_are_refused() {
+    fn stored_status_bytes_read_as_before_and_unknown_ones_are_refused() -> Result<(), PayloadError>
+    {
         for (byte, status) in [
             (0, RecordStatus::Active),
             (1, RecordStatus::Stuck),
             (2, RecordStatus::Finished),
         ] {
-            let record: InstanceRecord = payload::decode(&written(byte)).unwrap();
+            let record: InstanceRecord = payload::decode(&written(byte)?)?;
             assert_eq!(
                 (record.status, record.next_seq, &record.held),
                 (status, 3, &vec![4])
             );
-            let again = payload::encode(&record).unwrap();
-            assert_eq!(again, written(byte), "the same bytes as before");
+            let again = payload::encode(&record)?;
+            assert_eq!(again, written(byte)?, "the same bytes as before");
         }
         // Read as "finished" before: an instance silently ended.
         for byte in [3, 7, 250] {
             assert!(
-                payload::decode::<InstanceRecord>(&written(byte)).is_err(),
+                payload::decode::<InstanceRecord>(&written(byte)?).is_err(),
                 "{byte}"
             );
         }
+        Ok(())
     }
 }

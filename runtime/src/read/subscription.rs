@@ -294,21 +294,23 @@ mod tests {
     use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
     use eventfold_storage::{AppendRequest, MemoryStore};
 
-    fn append(store: &MemoryStore, stream: &str, count: usize) {
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    fn append(store: &MemoryStore, stream: &str, count: usize) -> TestResult {
         let events = (0..count)
             .map(|_| NewEvent::new("E", 1, b"x".to_vec(), Metadata::new()))
             .collect();
-        let stream = StreamId::new(stream).unwrap();
+        let stream = StreamId::new(stream)?;
         store
             .submit(AppendRequest::single(stream, ExpectedVersion::Any, events))
-            .wait()
-            .unwrap();
+            .wait()?;
+        Ok(())
     }
 
     /// Takes every chunk there is now, handing out positions.
-    fn drain(sub: &mut Subscription, max: usize) -> Vec<u64> {
+    fn drain(sub: &mut Subscription, max: usize) -> TestResult<Vec<u64>> {
         let mut seen = Vec::new();
-        while let Some(chunk) = sub.take(max).unwrap() {
+        while let Some(chunk) = sub.take(max)? {
             for event in chunk.events() {
                 seen.push(event.position);
                 sub.handled(event.position);
@@ -318,52 +320,52 @@ mod tests {
                 break;
             }
         }
-        seen
+        Ok(seen)
     }
 
     #[test]
-    fn catches_up_goes_live_and_hands_out_every_position_once() {
+    fn catches_up_goes_live_and_hands_out_every_position_once() -> TestResult {
         let store = MemoryStore::new();
         let bus = EventBus::new(4);
         store.set_commit_listener(Arc::new(bus.clone()));
-        append(&store, "a-1", 5);
+        append(&store, "a-1", 5)?;
         let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 2);
-        assert_eq!(drain(&mut sub, 2), vec![3, 4, 5]);
+        assert_eq!(drain(&mut sub, 2)?, vec![3, 4, 5]);
         assert!(sub.is_live());
-        append(&store, "a-2", 3);
-        assert_eq!(drain(&mut sub, 2), vec![6, 7, 8]);
+        append(&store, "a-2", 3)?;
+        assert_eq!(drain(&mut sub, 2)?, vec![6, 7, 8]);
         assert_eq!(sub.next(), 9);
+        Ok(())
     }
 
     #[test]
-    fn a_lagged_bus_falls_back_to_the_store_and_loses_nothing() {
+    fn a_lagged_bus_falls_back_to_the_store_and_loses_nothing() -> TestResult {
         let store = MemoryStore::new();
         let bus = EventBus::new(2);
         store.set_commit_listener(Arc::new(bus.clone()));
         let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0);
-        assert_eq!(drain(&mut sub, 10), Vec::<u64>::new());
+        assert_eq!(drain(&mut sub, 10)?, Vec::<u64>::new());
         assert!(sub.is_live());
         for i in 0..6 {
-            append(&store, &format!("a-{i}"), 1);
+            append(&store, &format!("a-{i}"), 1)?;
         }
-        assert_eq!(drain(&mut sub, 10), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(drain(&mut sub, 10)?, vec![1, 2, 3, 4, 5, 6]);
+        Ok(())
     }
 
     #[test]
-    fn an_idle_head_past_next_is_read_from_the_store() {
+    fn an_idle_head_past_next_is_read_from_the_store() -> TestResult {
         let store = MemoryStore::new();
         let bus = EventBus::new(4);
         let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0);
-        assert_eq!(drain(&mut sub, 10), Vec::<u64>::new());
+        assert_eq!(drain(&mut sub, 10)?, Vec::<u64>::new());
         // Written without the bus hearing of it.
-        append(&store, "a-1", 2);
-        assert_eq!(drain(&mut sub, 10), Vec::<u64>::new());
-        assert_eq!(
-            sub.wait_blocking(Duration::from_millis(1)).unwrap(),
-            Woke::Idle
-        );
+        append(&store, "a-1", 2)?;
+        assert_eq!(drain(&mut sub, 10)?, Vec::<u64>::new());
+        assert_eq!(sub.wait_blocking(Duration::from_millis(1))?, Woke::Idle);
         sub.idle();
         assert!(!sub.is_live());
-        assert_eq!(drain(&mut sub, 10), vec![1, 2]);
+        assert_eq!(drain(&mut sub, 10)?, vec![1, 2]);
+        Ok(())
     }
 }

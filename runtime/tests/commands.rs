@@ -299,12 +299,7 @@ fn a_burst_sent_the_moment_the_runtime_starts_is_not_refused() {
         })
         .collect();
     for _ in 0..20 {
-        let rt = Runtime::builder()
-            .in_memory()
-            .shards(1)
-            .aggregate::<Tally>()
-            .start()
-            .unwrap();
+        let rt = one_shard_in_memory();
         let burst = (0..200u64).map(|i| {
             let rt = rt.clone();
             async move {

@@ -155,12 +155,7 @@ fn a_failed_append_leaves_the_state_unchanged() {
 
 #[test]
 fn commands_decided_on_a_failed_append_fail_too() {
-    let rt = Runtime::builder()
-        .in_memory()
-        .shards(1)
-        .aggregate::<Tally>()
-        .start()
-        .unwrap();
+    let rt = one_shard_in_memory();
     rt.execute_blocking::<Tally>("q", Cmd::Add(1)).unwrap();
     // A foreign write makes the actor's next append conflict.
     write_behind_the_actor(&rt, "q", 1000);

@@ -166,27 +166,6 @@ pub struct DamagedFile {
     pub detail: String,
 }
 
-impl DamagedFile {
-    /// From an engine message: the file is the first word that is a path
-    /// ending in one of the store's file kinds.
-    pub(crate) fn from_engine_message(detail: String) -> Self {
-        let file = detail
-            .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '\'' || c == '"')
-            .map(|word| word.trim_end_matches([':', '.', ')']))
-            .find(|word| {
-                word.contains('/')
-                    && (word.ends_with(".log")
-                        || word.ends_with(".sst")
-                        || word
-                            .rsplit('/')
-                            .next()
-                            .is_some_and(|name| name.starts_with("MANIFEST-")))
-            })
-            .map(std::path::PathBuf::from);
-        Self { file, detail }
-    }
-}
-
 /// Why a read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -246,22 +246,10 @@ impl Subscription {
     /// [`wait`](Self::wait) for at most `timeout`, blocking the calling
     /// thread (a subscriber on a thread of its own).
     pub(crate) fn wait_blocking(&mut self, timeout: Duration) -> Result<Woke, SubscriptionError> {
-        if self.stashed.is_some() || !self.live {
+        // A batch (or a lag) already waiting is for `take`, which handles
+        // both: no timer for it.
+        if self.stashed.is_some() || !self.live || !self.bus.is_empty() {
             return Ok(Woke::Ready);
-        }
-        match self.bus.try_recv() {
-            Ok(batch) => {
-                self.stashed = Some(batch);
-                return Ok(Woke::Ready);
-            }
-            Err(broadcast::error::TryRecvError::Empty) => {}
-            Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                self.live = false;
-                return Ok(Woke::Ready);
-            }
-            Err(broadcast::error::TryRecvError::Closed) => {
-                return Err(SubscriptionError::BusClosed);
-            }
         }
         futures::executor::block_on(async {
             let mut timer = futures_timer::Delay::new(timeout);

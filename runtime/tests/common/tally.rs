@@ -127,6 +127,16 @@ pub fn runtime_with_shards(shards: usize) -> RuntimeHandle {
         .unwrap()
 }
 
+/// A runtime of one shard on an in-memory store, with `Tally` registered.
+pub fn one_shard_in_memory() -> RuntimeHandle {
+    Runtime::builder()
+        .in_memory()
+        .shards(1)
+        .aggregate::<Tally>()
+        .start()
+        .unwrap()
+}
+
 pub fn check(rt: &RuntimeHandle, id: &str, total: u64, count: u64) {
     match rt.execute_blocking::<Tally>(id, Cmd::Check { total, count }) {
         Ok(outcome) => assert!(outcome.events.is_empty()),

@@ -31,9 +31,7 @@ pub(crate) fn stream_entries_backward<'a>(
 /// [`ReadError::Damaged`], naming the file; anything else is `Io`.
 pub(crate) fn engine(error: rocksdb::Error) -> ReadError {
     if error.kind() == rocksdb::ErrorKind::Corruption {
-        ReadError::Damaged(crate::error::DamagedFile::from_engine_message(
-            error.into_string(),
-        ))
+        ReadError::Damaged(super::recovery::damage_from(error.into_string()))
     } else {
         ReadError::Io(error.into_string())
     }

@@ -43,7 +43,7 @@ impl Recovery {
 pub(crate) fn open_error(path: &Path, error: rocksdb::Error) -> OpenError {
     let message = error.as_ref();
     if error.kind() == ErrorKind::Corruption {
-        let mut damage = DamagedFile::from_engine_message(error.into_string());
+        let mut damage = damage_from(error.into_string());
         if damage.file.is_none() {
             damage.file = damaged_file_in_info_log(path);
         }
@@ -58,6 +58,26 @@ pub(crate) fn open_error(path: &Path, error: rocksdb::Error) -> OpenError {
         return OpenError::InUse(path.to_path_buf());
     }
     OpenError::Engine(error.into_string())
+}
+
+/// A damaged file as RocksDB's message names it: the first word that is a
+/// path ending in one of the store's file kinds (`.log`, `.sst`,
+/// `MANIFEST-*`); the whole message is kept as the detail.
+pub(super) fn damage_from(detail: String) -> DamagedFile {
+    let file = detail
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '\'' || c == '"')
+        .map(|word| word.trim_end_matches([':', '.', ')']))
+        .find(|word| {
+            word.contains('/')
+                && (word.ends_with(".log")
+                    || word.ends_with(".sst")
+                    || word
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|name| name.starts_with("MANIFEST-")))
+        })
+        .map(std::path::PathBuf::from);
+    DamagedFile { file, detail }
 }
 
 /// Bytes read from the end of RocksDB's info log to find a damaged file.
@@ -83,7 +103,7 @@ fn damaged_file_in_info_log(path: &Path) -> Option<PathBuf> {
         .lines()
         .rev()
         .filter(|line| line.contains("Corruption"))
-        .find_map(|line| DamagedFile::from_engine_message(line.to_owned()).file)
+        .find_map(|line| damage_from(line.to_owned()).file)
 }
 
 /// What [`RocksStore::open_salvaging`] kept and what it could not.
@@ -221,15 +241,14 @@ mod tests {
 
     #[test]
     fn engine_messages_name_their_file() {
-        let sst = DamagedFile::from_engine_message(
+        let sst = damage_from(
             "Corruption: block checksum mismatch: stored = 1, computed = 2, type = 1  in /tmp/s/000012.sst offset 0 size 3863".into(),
         );
         assert_eq!(sst.file, Some(PathBuf::from("/tmp/s/000012.sst")));
-        let manifest = DamagedFile::from_engine_message(
-            "Corruption: truncated record body in file /tmp/s/MANIFEST-000005".into(),
-        );
+        let manifest =
+            damage_from("Corruption: truncated record body in file /tmp/s/MANIFEST-000005".into());
         assert_eq!(manifest.file, Some(PathBuf::from("/tmp/s/MANIFEST-000005")));
-        let none = DamagedFile::from_engine_message("Corruption: checksum mismatch".into());
+        let none = damage_from("Corruption: checksum mismatch".into());
         assert_eq!(none.file, None);
     }
 }

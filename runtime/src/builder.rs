@@ -8,6 +8,7 @@ use crate::command::router::Router;
 use crate::command::shared::Shared;
 use crate::command::system::{SystemThread, start_system};
 use crate::error::{InvalidSetting, StartError};
+use crate::evolution::Upcasters;
 use crate::handle::{Inner, RuntimeHandle};
 use crate::process;
 use crate::process::dispatch::{DispatchTable, TypedDispatch};
@@ -52,6 +53,7 @@ impl Runtime {
             processes: Vec::new(),
             dispatch: DispatchTable::new(),
             clock: Arc::new(eventfold_domain::SystemClock),
+            upcasters: Upcasters::new(),
         }
     }
 }
@@ -66,6 +68,7 @@ pub struct RuntimeBuilder {
     processes: Vec<ProcessRegistration>,
     dispatch: DispatchTable,
     clock: Arc<dyn eventfold_domain::Clock>,
+    upcasters: Upcasters,
 }
 
 impl RuntimeBuilder {
@@ -191,6 +194,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Adds upcasting steps (see [`evolution`](crate::evolution)): every
+    /// path of the runtime that reads events reads them through these, so
+    /// aggregates, projections, handlers and process managers see only
+    /// current shapes. A type and version given a step twice fails
+    /// [`start`](Self::start).
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = std::mem::take(&mut self.upcasters).merge(upcasters);
+        self
+    }
+
     /// The clock process-manager timers read (default: the system clock;
     /// tests pass a [`VirtualClock`](eventfold_domain::VirtualClock)).
     pub fn clock(mut self, clock: impl eventfold_domain::Clock) -> Self {
@@ -260,6 +273,13 @@ impl RuntimeBuilder {
                 .into());
             }
         }
+        if let Some((event_type, version)) = self.upcasters.conflicts().first() {
+            return Err(InvalidSetting::new(
+                format!("upcaster of {event_type} v{version}"),
+                "one step per event type and schema version",
+            )
+            .into());
+        }
         let mut kinds = HashSet::new();
         for kind in &self.kinds {
             if kind.is_empty() || kind.contains('-') || !kinds.insert(*kind) {
@@ -292,8 +312,10 @@ impl RuntimeBuilder {
         };
         let bus = EventBus::new(self.settings.bus_capacity_batches);
         store.set_commit_listener(Arc::new(bus.clone()));
+        let upcasters = Arc::new(self.upcasters);
         let shared = Arc::new(Shared {
             store: Arc::clone(&store),
+            upcasters: Arc::clone(&upcasters),
             settings: self.settings,
             resident: AtomicI64::new(0),
             activations: std::sync::atomic::AtomicU64::new(0),
@@ -302,6 +324,7 @@ impl RuntimeBuilder {
         let registry = Arc::new(Registry::new(
             Arc::clone(&store),
             bus.clone(),
+            Arc::clone(&upcasters),
             self.consumers,
         ));
         registry.start_all().map_err(StartError::Projection)?;
@@ -319,6 +342,7 @@ impl RuntimeBuilder {
             clock: self.clock,
             dispatch: Arc::new(self.dispatch),
             router: Arc::clone(&router),
+            upcasters,
         };
         let processes = match Processes::start(self.processes, &environment) {
             Ok(processes) => processes,

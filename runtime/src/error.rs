@@ -2,6 +2,7 @@
 //! shutting down, projections, process managers), each wrapping the store's
 //! errors as typed values.
 
+use crate::evolution::EventError;
 use eventfold_domain::{ExpectedVersion, StreamIdError};
 use eventfold_storage::{AppendError, Corruption, OpenError, ReadError, WriteError};
 use std::time::Duration;
@@ -69,16 +70,21 @@ pub enum LoadError {
     /// The store could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
-    /// A stored event is not a valid encoding of the aggregate's event type
-    /// (an unknown event, or a schema without an upcaster).
-    #[error("event {version} of {stream} cannot be decoded: {reason}")]
-    Decode {
+    /// A stored event could not be upcast or decoded as the aggregate's
+    /// event type (an unknown event, a changed shape without an upcaster,
+    /// a schema newer than the code); it names the event.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The recorded outcome of a command names versions that cannot be
+    /// (its last before its first).
+    #[error("the recorded outcome of a command on {stream} spans versions {first_version} to {last_version}")]
+    InconsistentOutcome {
         /// The stream.
         stream: String,
-        /// The event's version.
-        version: u64,
-        /// The decoder's message.
-        reason: String,
+        /// The first version it names.
+        first_version: u64,
+        /// The last version it names.
+        last_version: u64,
     },
     /// `apply` panicked while replaying.
     #[error("apply panicked while replaying: {0}")]
@@ -86,6 +92,18 @@ pub enum LoadError {
     /// The blocking task that loads was lost.
     #[error("the load task failed: {0}")]
     Task(String),
+}
+
+/// Why a past state of an aggregate could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateAtError {
+    /// The aggregate id does not make a valid stream id.
+    #[error("invalid aggregate id: {0}")]
+    InvalidId(#[source] StreamIdError),
+    /// Its events could not be read, upcast, decoded or applied.
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }
 
 /// Why the runtime could not start.
@@ -240,6 +258,9 @@ pub enum ProcessFailure {
     /// The event bus closed while the process manager ran.
     #[error("the event bus closed")]
     BusClosed,
+    /// An event could not be upcast to its current shape.
+    #[error(transparent)]
+    Event(#[from] EventError),
     /// Its own thread could not wait (no tokio runtime).
     #[error("no runtime to wait on: {0}")]
     NoRuntime(std::io::ErrorKind),
@@ -281,6 +302,9 @@ pub enum ProjectionError {
     /// A record of the projection in the store does not decode.
     #[error(transparent)]
     Corrupt(#[from] Corruption),
+    /// An event could not be upcast to its current shape.
+    #[error(transparent)]
+    Event(#[from] EventError),
     /// A thread (a rebuild's consumer or coordinator) could not be started.
     #[error("could not start the thread {name}: {kind}")]
     Thread {

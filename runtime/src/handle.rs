@@ -3,17 +3,20 @@
 //! projections to the [registry](crate::read::registry), process-manager
 //! administration to the [hosts](crate::process::host).
 
+use crate::command::history::{self, StateAt, Until};
 use crate::command::outcome::{CommandOutcome, ExecuteOptions};
 use crate::command::router::{Router, answer};
 use crate::command::system::SystemThread;
-use crate::error::{CommandError, ProcessError, ProjectionError, ShutdownError, SpawnError};
+use crate::error::{
+    CommandError, LoadError, ProcessError, ProjectionError, ShutdownError, SpawnError, StateAtError,
+};
 use crate::process::control::{ControlReply, ProcessControl};
 use crate::process::supervisor::Processes;
 use crate::process::{InstanceView, ProcessStatus, StuckInstance};
 use crate::read::bus::{EventBatch, EventBus};
 use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
 use crate::read::registry::Registry;
-use eventfold_domain::Aggregate;
+use eventfold_domain::{Aggregate, StreamId, Timestamp};
 use eventfold_storage::{EventStore, RocksStore};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -261,6 +264,105 @@ impl RuntimeHandle {
     /// The number of shards (threads hosting aggregate actors).
     pub fn shards(&self) -> usize {
         self.inner.router.shards()
+    }
+
+    /// The state aggregate `id` had at `version` of its stream (the
+    /// current state when its stream is shorter), folded from its events
+    /// through the runtime's upcasters. Read from the store on the blocking
+    /// pool of the calling tokio runtime (on the calling thread outside
+    /// one); the live actor is not involved and not disturbed.
+    ///
+    /// ```
+    /// # use eventfold_runtime::Runtime;
+    /// # use eventfold_runtime::domain::{Aggregate, DomainEvent};
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// # struct Counter { value: u64 }
+    /// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    /// # struct Added(u64);
+    /// # impl DomainEvent for Added {
+    /// #     fn event_type(&self) -> &'static str { "Added" }
+    /// # }
+    /// # #[derive(Debug, Clone, thiserror::Error)]
+    /// # #[error("never")]
+    /// # struct Never;
+    /// # impl Aggregate for Counter {
+    /// #     const KIND: &'static str = "counter";
+    /// #     type Command = u64;
+    /// #     type Event = Added;
+    /// #     type Error = Never;
+    /// #     fn handle(&self, n: u64) -> Result<Vec<Added>, Never> { Ok(vec![Added(n)]) }
+    /// #     fn apply(&mut self, e: &Added) { self.value += e.0; }
+    /// # }
+    /// let runtime = Runtime::builder().in_memory().aggregate::<Counter>().start()?;
+    /// for n in [5, 7, 9] {
+    ///     runtime.execute_blocking::<Counter>("c", n)?;
+    /// }
+    /// let then = futures::executor::block_on(runtime.state_at::<Counter>("c", 2))?;
+    /// assert_eq!((then.state.value, then.version), (12, 2));
+    /// assert_eq!(runtime.state_at_blocking::<Counter>("c", 99)?.version, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn state_at<A: Aggregate>(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> Result<StateAt<A>, StateAtError> {
+        self.replay::<A>(id, Until::Version(version)).await
+    }
+
+    /// The state aggregate `id` had at `moment`: every event recorded at or
+    /// before it, as [`RuntimeHandle::state_at`] does.
+    pub async fn state_at_time<A: Aggregate>(
+        &self,
+        id: &str,
+        moment: Timestamp,
+    ) -> Result<StateAt<A>, StateAtError> {
+        self.replay::<A>(id, Until::Time(moment)).await
+    }
+
+    /// [`RuntimeHandle::state_at`] for plain threads (it blocks).
+    pub fn state_at_blocking<A: Aggregate>(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> Result<StateAt<A>, StateAtError> {
+        self.replay_blocking::<A>(id, Until::Version(version))
+    }
+
+    /// [`RuntimeHandle::state_at_time`] for plain threads (it blocks).
+    pub fn state_at_time_blocking<A: Aggregate>(
+        &self,
+        id: &str,
+        moment: Timestamp,
+    ) -> Result<StateAt<A>, StateAtError> {
+        self.replay_blocking::<A>(id, Until::Time(moment))
+    }
+
+    async fn replay<A: Aggregate>(&self, id: &str, until: Until) -> Result<StateAt<A>, StateAtError> {
+        let Ok(tokio) = tokio::runtime::Handle::try_current() else {
+            return self.replay_blocking::<A>(id, until);
+        };
+        let stream = StreamId::for_aggregate(A::KIND, id).map_err(StateAtError::InvalidId)?;
+        let shared = Arc::clone(self.inner.router.shared_arc());
+        let task = tokio.spawn_blocking(move || {
+            history::state_at::<A>(&*shared.store, &shared.upcasters, &stream, until)
+        });
+        match task.await {
+            Ok(result) => Ok(result?),
+            Err(error) => Err(LoadError::Task(error.to_string()).into()),
+        }
+    }
+
+    fn replay_blocking<A: Aggregate>(&self, id: &str, until: Until) -> Result<StateAt<A>, StateAtError> {
+        let stream = StreamId::for_aggregate(A::KIND, id).map_err(StateAtError::InvalidId)?;
+        let shared = self.inner.router.shared();
+        Ok(history::state_at::<A>(&*shared.store, &shared.upcasters, &stream, until)?)
+    }
+
+    /// The upcasters the runtime reads events through, for a reader of the
+    /// store of its own (see [`crate::evolution`]).
+    pub fn upcasters(&self) -> &crate::evolution::Upcasters {
+        &self.inner.router.shared().upcasters
     }
 
     /// The event store, for reads.

@@ -92,6 +92,7 @@
 mod builder;
 mod command;
 mod error;
+pub mod evolution;
 mod handle;
 pub mod metric_names;
 mod placement;
@@ -101,10 +102,11 @@ mod settings;
 mod timeout;
 
 pub use builder::{Runtime, RuntimeBuilder};
+pub use command::history::StateAt;
 pub use command::outcome::{CommandOutcome, ExecuteOptions};
 pub use error::{
     CommandError, ControlRefusal, InvalidSetting, LoadError, ParkedError, ProcessError,
-    ProcessFailure, ProjectionError, ShutdownError, SpawnError, StartError,
+    ProcessFailure, ProjectionError, ShutdownError, SpawnError, StartError, StateAtError,
 };
 pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;

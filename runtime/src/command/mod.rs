@@ -15,11 +15,14 @@
 //! - [`state_cache`]: the state of passivated aggregates, per shard.
 //! - [`outcome`]: what a command returns and the options it is sent with.
 //! - [`system`]: the actix system and its shard threads.
+//! - [`history`]: an aggregate's state at a past version or moment, read
+//!   beside its actor.
 //!
 //! Nothing here knows of projections or process managers: they reach the
 //! write side through the router, as any caller does.
 
 pub(crate) mod actor;
+pub(crate) mod history;
 pub(crate) mod messages;
 pub(crate) mod outcome;
 pub(crate) mod router;

@@ -64,6 +64,11 @@ impl Router {
         &self.shared
     }
 
+    /// [`Router::shared`], to hand to another thread.
+    pub(crate) fn shared_arc(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The number of shards.
     pub(crate) fn shards(&self) -> usize {
         self.shards.len()

@@ -2,6 +2,7 @@
 //! store, the settings and the counters of live actors.
 
 use super::messages::Stopped;
+use crate::evolution::Upcasters;
 use crate::settings::Settings;
 use actix::Recipient;
 use eventfold_storage::EventStore;
@@ -11,6 +12,8 @@ use std::sync::atomic::AtomicI64;
 /// What the shards and actors of one runtime share.
 pub(crate) struct Shared {
     pub store: Arc<dyn EventStore>,
+    /// Every event an aggregate loads passes through these.
+    pub upcasters: Arc<Upcasters>,
     pub settings: Settings,
     pub resident: AtomicI64,
     /// Aggregate actors started (activated) since the runtime started.

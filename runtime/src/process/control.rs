@@ -70,6 +70,7 @@ pub(crate) struct HostConfig {
     pub clock: Arc<dyn Clock>,
     pub dispatch: Arc<DispatchTable>,
     pub router: Arc<Router>,
+    pub upcasters: Arc<crate::evolution::Upcasters>,
     pub control: mpsc::Receiver<ProcessControl>,
     pub shared: Arc<ProcessShared>,
 }

@@ -82,7 +82,11 @@ impl<A: Aggregate> Dispatch for TypedDispatch<A> {
                             // carries no events: read the original's. Blocks
                             // the host's thread, which serves only this host.
                             if let Ok(Some(original)) =
-                                crate::command::actor::applied::<A>(&*store, command_id)
+                                crate::command::actor::applied::<A>(
+                                    &*store,
+                                    &router.shared().upcasters,
+                                    command_id,
+                                )
                             {
                                 outcome = original;
                             }

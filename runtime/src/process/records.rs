@@ -134,14 +134,53 @@ pub(crate) struct StuckRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum StuckInput {
     Event(u64),
-    Result { seq: u64, command_id: [u8; 16] },
-    Timer { name: String, due: u64 },
+    Result {
+        seq: u64,
+        command_id: [u8; 16],
+    },
+    Timer {
+        name: String,
+        due: u64,
+    },
+    /// The `index`-th (from 0; never 0 here, that one is `Event`) of the
+    /// events upcasting made of the stored event at `position`. Last, so
+    /// that the variants before keep their stored indexes.
+    EventPart {
+        position: u64,
+        index: u32,
+    },
+}
+
+impl StuckInput {
+    /// The input of the `index`-th event made of the stored event at
+    /// `position`.
+    pub(crate) fn event(position: u64, index: u32) -> Self {
+        if index == 0 {
+            Self::Event(position)
+        } else {
+            Self::EventPart { position, index }
+        }
+    }
+
+    /// The position of an event input, with the index of the first event
+    /// made of it that it stands for.
+    pub(crate) fn event_position(&self) -> Option<(u64, u32)> {
+        match self {
+            Self::Event(position) => Some((*position, 0)),
+            Self::EventPart { position, index } => Some((*position, *index)),
+            Self::Result { .. } | Self::Timer { .. } => None,
+        }
+    }
 }
 
 impl std::fmt::Display for StuckInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StuckInput::Event(position) => write!(f, "event at position {position}"),
+            StuckInput::EventPart { position, index } => write!(
+                f,
+                "event {index} (from 0) upcast from the event at position {position}"
+            ),
             StuckInput::Result { command_id, .. } => write!(
                 f,
                 "result of command {}",

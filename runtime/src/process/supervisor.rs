@@ -45,6 +45,7 @@ pub(crate) struct HostEnvironment {
     pub clock: Arc<dyn Clock>,
     pub dispatch: Arc<DispatchTable>,
     pub router: Arc<Router>,
+    pub upcasters: Arc<crate::evolution::Upcasters>,
 }
 
 impl Processes {
@@ -63,6 +64,7 @@ impl Processes {
                 clock: Arc::clone(&environment.clock),
                 dispatch: Arc::clone(&environment.dispatch),
                 router: Arc::clone(&environment.router),
+                upcasters: Arc::clone(&environment.upcasters),
                 control: receiver,
                 shared: Arc::clone(&shared),
             };

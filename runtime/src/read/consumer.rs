@@ -12,7 +12,8 @@ use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
 use crate::placement::bucket_of;
 use crate::read::bus::EventBus;
 use crate::read::projection::*;
-use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke};
+use crate::evolution::Upcasters;
+use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke, read_at};
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{Corruption, EventStore, Filter, ReadModelBatch, WriteError, payload};
 use std::collections::HashMap;
@@ -90,6 +91,7 @@ pub(crate) struct Consumer {
     pub settings: ConsumerSettings,
     pub store: Arc<dyn EventStore>,
     pub bus: EventBus,
+    pub upcasters: Arc<Upcasters>,
     pub control: Receiver<Control>,
     /// The read model this consumer writes (`name@vN`).
     pub model: String,
@@ -133,6 +135,7 @@ impl Consumer {
             &self.bus,
             self.filter.clone(),
             start,
+            Arc::clone(&self.upcasters),
         );
         let mut run = Run {
             sub,
@@ -276,14 +279,20 @@ impl Consumer {
 
     /// Handles a chunk's events in order, committing every
     /// `batch_events_max` handled events.
+    /// Events upcast from one stored event share its position and are
+    /// handled as one unit.
     fn handle_chunk(&mut self, run: &mut Run, chunk: &Chunk) -> Flow {
-        for event in chunk.events() {
-            if let Flow::Stop = self.handle(run, event) {
+        let events: Vec<&RecordedEvent> = chunk.events().collect();
+        for group in events.chunk_by(|a, b| a.position == b.position) {
+            let Some(position) = group.first().map(|e| e.position) else {
+                continue;
+            };
+            if let Flow::Stop = self.handle(run, group) {
                 return Flow::Stop;
             }
-            run.sub.handled(event.position);
+            run.sub.handled(position);
             if run.pending_events >= self.settings.batch_events_max
-                && self.commit(run, event.position, false).is_err()
+                && self.commit(run, position, false).is_err()
             {
                 return Flow::Stop;
             }
@@ -311,8 +320,11 @@ impl Consumer {
         count <= 1 || bucket_of(event.stream_id.as_str(), count) == index
     }
 
-    /// Handles one event under the error policy.
-    fn handle(&mut self, run: &mut Run, event: &RecordedEvent) -> Flow {
+    /// Handles the events of one position under the error policy.
+    fn handle(&mut self, run: &mut Run, group: &[&RecordedEvent]) -> Flow {
+        let Some(&event) = group.first() else {
+            return Flow::Continue;
+        };
         if !self.mine(event) {
             return Flow::Continue;
         }
@@ -332,9 +344,9 @@ impl Consumer {
         let mut last_error = String::new();
         let attempts = policy.attempts_max.max(1);
         for attempt in 1..=attempts {
-            match self.attempt(run, event) {
+            match self.attempt(run, group) {
                 Ok(()) => {
-                    run.pending_events += 1;
+                    run.pending_events += group.len();
                     return Flow::Continue;
                 }
                 Err(error) => last_error = error.to_string(),
@@ -365,9 +377,9 @@ impl Consumer {
         }
     }
 
-    /// One attempt: the handler's writes stay pending on success and are
-    /// undone on failure or panic.
-    fn attempt(&mut self, run: &mut Run, event: &RecordedEvent) -> Result<(), AttemptError> {
+    /// One attempt of the events of one position: the handler's writes stay
+    /// pending on success and are undone (all of them) on failure or panic.
+    fn attempt(&mut self, run: &mut Run, events: &[&RecordedEvent]) -> Result<(), AttemptError> {
         run.undo.clear();
         let result = match &mut self.kind {
             Kind::Projection(projection) => {
@@ -378,9 +390,13 @@ impl Consumer {
                     cache: &mut run.cache,
                     undo: &mut run.undo,
                 };
-                catch_unwind(AssertUnwindSafe(|| projection.apply(event, &mut tx)))
+                catch_unwind(AssertUnwindSafe(|| {
+                    events.iter().try_for_each(|e| projection.apply(e, &mut tx))
+                }))
             }
-            Kind::Handler(handler) => catch_unwind(AssertUnwindSafe(|| handler.handle(event))),
+            Kind::Handler(handler) => catch_unwind(AssertUnwindSafe(|| {
+                events.iter().try_for_each(|e| handler.handle(e))
+            })),
         };
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
@@ -487,15 +503,10 @@ impl Consumer {
         for (i, entry) in queue.into_iter().enumerate() {
             let skipping = skip && i == 0;
             if !skipping {
-                let event = self
-                    .store
-                    .read_all(entry.position, 1, &Filter::all())?
-                    .events
-                    .into_iter()
-                    .next()
-                    .filter(|e| e.position == entry.position)
+                let events = read_at(&*self.store, &self.upcasters, entry.position, &self.filter)?
                     .ok_or(ParkedError::Missing(entry.position))?;
-                if let Err(error) = self.attempt(run, &event) {
+                let events: Vec<&RecordedEvent> = events.iter().collect();
+                if let Err(error) = self.attempt(run, &events) {
                     let reason = error.to_string();
                     let updated = ParkedEvent {
                         reason: reason.clone(),

@@ -48,6 +48,10 @@ pub enum HandlerError {
     /// encode.
     #[error(transparent)]
     Payload(#[from] payload::PayloadError),
+    /// The event does not decode as the current type, or is of a newer
+    /// schema than the code's.
+    #[error(transparent)]
+    Event(#[from] crate::evolution::EventError),
     /// The handler's own error.
     #[error(transparent)]
     Failed(Box<dyn std::error::Error + Send + Sync>),
@@ -65,9 +69,10 @@ impl HandlerError {
     }
 }
 
-/// Decodes a stored event's payload as the domain event type `E`.
+/// Decodes an event's payload as the domain event type `E` (the runtime
+/// has upcast it already): [`crate::evolution::decode`], for handlers.
 pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, HandlerError> {
-    Ok(payload::decode(&event.payload)?)
+    Ok(crate::evolution::decode(event)?)
 }
 
 /// A read model kept in eventfold's store, updated exactly once per event.

@@ -1,5 +1,6 @@
 //! Starts, stops and rebuilds the consumers (projections and handlers).
 
+use crate::evolution::Upcasters;
 use crate::error::{ParkedError, ProjectionError};
 use crate::read::bus::EventBus;
 use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
@@ -49,6 +50,7 @@ impl Running {
 pub(crate) struct Registry {
     store: Arc<dyn EventStore>,
     bus: EventBus,
+    upcasters: Arc<Upcasters>,
     registrations: HashMap<String, Registration>,
     running: Mutex<HashMap<String, Running>>,
     rebuilding: Mutex<HashMap<String, Running>>,
@@ -63,11 +65,13 @@ impl Registry {
     pub(crate) fn new(
         store: Arc<dyn EventStore>,
         bus: EventBus,
+        upcasters: Arc<Upcasters>,
         registrations: Vec<Registration>,
     ) -> Self {
         Self {
             store,
             bus,
+            upcasters,
             registrations: registrations
                 .into_iter()
                 .map(|r| (r.name.clone(), r))
@@ -144,6 +148,7 @@ impl Registry {
                 settings: registration.settings.clone(),
                 store: Arc::clone(&self.store),
                 bus: self.bus.clone(),
+                upcasters: Arc::clone(&self.upcasters),
                 control: mailbox,
                 model: model.clone(),
                 partition: (index, partitions),

@@ -21,7 +21,14 @@
 //! The engine does not handle events: it hands out [`Chunk`]s and the
 //! subscriber reports each position it is done with. What a subscriber does
 //! between chunks (commit, wait on other inputs) stays its own.
+//!
+//! Every chunk's events are upcast (see [`crate::evolution`]) before they
+//! are filtered: the store is read with the filter widened to the stored
+//! type names steps take, and the subscriber's own filter is applied to
+//! the upcast events. Events made from one stored event share its position
+//! and come together in one chunk.
 
+use crate::evolution::{EventError, Upcasters};
 use crate::read::bus::{EventBatch, EventBus};
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{EventStore, Filter, ReadError};
@@ -43,6 +50,9 @@ pub(crate) enum SubscriptionError {
     /// The event bus closed: the runtime is stopping.
     #[error("the event bus closed")]
     BusClosed,
+    /// An event could not be upcast to its current shape.
+    #[error(transparent)]
+    Event(#[from] EventError),
 }
 
 impl From<SubscriptionError> for crate::error::ProcessFailure {
@@ -50,13 +60,25 @@ impl From<SubscriptionError> for crate::error::ProcessFailure {
         match error {
             SubscriptionError::Read(error) => Self::Read(error),
             SubscriptionError::BusClosed => Self::BusClosed,
+            SubscriptionError::Event(error) => Self::Event(error),
+        }
+    }
+}
+
+impl From<SubscriptionError> for crate::error::ProjectionError {
+    fn from(error: SubscriptionError) -> Self {
+        match error {
+            SubscriptionError::Read(error) => Self::Read(error),
+            SubscriptionError::BusClosed => Self::ShutDown,
+            SubscriptionError::Event(error) => Self::Event(error),
         }
     }
 }
 
 /// Where a chunk's events came from.
 enum Events {
-    /// A catch-up read of the store (already filtered by the store).
+    /// A catch-up read of the store, or an upcast bus batch: already
+    /// filtered.
     Stored(Vec<RecordedEvent>),
     /// A batch of the bus (every event; filtered as it is handed out).
     Live(EventBatch, Arc<Filter>),
@@ -71,6 +93,8 @@ pub(crate) struct Chunk {
     end: u64,
     /// This chunk is the end of a catch-up: the subscription is at the head.
     reached_head: bool,
+    /// It came from the bus.
+    live: bool,
 }
 
 impl Chunk {
@@ -94,7 +118,7 @@ impl Chunk {
 
     /// Whether its events came from the bus (live) rather than the store.
     pub(crate) fn is_live(&self) -> bool {
-        matches!(self.events, Events::Live(..))
+        self.live
     }
 
     /// Whether this chunk ends a catch-up at the head.
@@ -118,6 +142,10 @@ pub(crate) struct Subscription {
     store: Arc<dyn EventStore>,
     bus: broadcast::Receiver<EventBatch>,
     filter: Arc<Filter>,
+    /// What the store is asked for: `filter` widened to the stored types
+    /// the upcasters take.
+    store_filter: Filter,
+    upcasters: Arc<Upcasters>,
     next: u64,
     live: bool,
     /// A batch received by a wait, not yet taken.
@@ -126,17 +154,20 @@ pub(crate) struct Subscription {
 
 impl Subscription {
     /// A subscription of the events matching `filter` after position
-    /// `checkpoint`; it starts catching up.
+    /// `checkpoint`, upcast by `upcasters`; it starts catching up.
     pub(crate) fn new(
         store: Arc<dyn EventStore>,
         bus: &EventBus,
         filter: Filter,
         checkpoint: u64,
+        upcasters: Arc<Upcasters>,
     ) -> Self {
         Self {
             store,
             bus: bus.subscribe(),
+            store_filter: upcasters.widen(&filter),
             filter: Arc::new(filter),
+            upcasters,
             next: checkpoint.saturating_add(1),
             live: false,
             stashed: None,
@@ -187,20 +218,41 @@ impl Subscription {
                 .last()
                 .map_or(self.next, |e| e.position.saturating_add(1))
                 .max(self.next);
+            let events = if batch
+                .iter()
+                .any(|e| e.position >= self.next && self.upcasters.applies_to(e))
+            {
+                let mut upcast = Vec::with_capacity(batch.len());
+                for event in batch.iter().filter(|e| e.position >= self.next) {
+                    self.upcasters.upcast_into(event.clone(), &mut upcast)?;
+                }
+                upcast.retain(|e| self.filter.matches(e));
+                Events::Stored(upcast)
+            } else {
+                Events::Live(batch, Arc::clone(&self.filter))
+            };
             return Ok(Some(Chunk {
-                events: Events::Live(batch, Arc::clone(&self.filter)),
+                events,
                 from: self.next,
                 end,
                 reached_head: false,
+                live: true,
             }));
         }
-        let slice = self.store.read_all(self.next, max.max(1), &self.filter)?;
+        let slice = self
+            .store
+            .read_all(self.next, max.max(1), &self.store_filter)?;
         let reached_head = slice.next_position > slice.head;
+        let mut events = self.upcasters.upcast_all(slice.events)?;
+        if self.store_filter != *self.filter {
+            events.retain(|e| self.filter.matches(e));
+        }
         Ok(Some(Chunk {
-            events: Events::Stored(slice.events),
+            events: Events::Stored(events),
             from: self.next,
             end: slice.next_position.max(self.next),
             reached_head,
+            live: false,
         }))
     }
 
@@ -276,6 +328,29 @@ impl Subscription {
     }
 }
 
+/// The events made of the stored event at `position` that match `filter`
+/// (for a parked or stuck event taken again), or `None` when no event is
+/// stored there.
+pub(crate) fn read_at(
+    store: &dyn EventStore,
+    upcasters: &Upcasters,
+    position: u64,
+    filter: &Filter,
+) -> Result<Option<Vec<RecordedEvent>>, SubscriptionError> {
+    let Some(event) = store
+        .read_all(position, 1, &Filter::all())?
+        .events
+        .into_iter()
+        .find(|e| e.position == position)
+    else {
+        return Ok(None);
+    };
+    let mut events = Vec::new();
+    upcasters.upcast_into(event, &mut events)?;
+    events.retain(|e| filter.matches(e));
+    Ok(Some(events))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,7 +392,7 @@ mod tests {
         let bus = EventBus::new(4);
         store.set_commit_listener(Arc::new(bus.clone()));
         append(&store, "a-1", 5)?;
-        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 2);
+        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 2, Arc::default());
         assert_eq!(drain(&mut sub, 2)?, vec![3, 4, 5]);
         assert!(sub.is_live());
         append(&store, "a-2", 3)?;
@@ -331,7 +406,7 @@ mod tests {
         let store = MemoryStore::new();
         let bus = EventBus::new(2);
         store.set_commit_listener(Arc::new(bus.clone()));
-        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0);
+        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0, Arc::default());
         assert_eq!(drain(&mut sub, 10)?, Vec::<u64>::new());
         assert!(sub.is_live());
         for i in 0..6 {
@@ -345,7 +420,7 @@ mod tests {
     fn an_idle_head_past_next_is_read_from_the_store() -> TestResult {
         let store = MemoryStore::new();
         let bus = EventBus::new(4);
-        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0);
+        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0, Arc::default());
         assert_eq!(drain(&mut sub, 10)?, Vec::<u64>::new());
         // Written without the bus hearing of it.
         append(&store, "a-1", 2)?;

@@ -53,7 +53,8 @@ impl<A: Aggregate> AggregateActor<A> {
         // A retry of a command applied earlier: answer with the original.
         self.book.ready = false;
         let store = Arc::clone(&self.link.shared.store);
-        let task = tokio::task::spawn_blocking(move || applied::<A>(&*store, id));
+        let upcasters = Arc::clone(&self.link.shared.upcasters);
+        let task = tokio::task::spawn_blocking(move || applied::<A>(&*store, &upcasters, id));
         ctx.wait(task.into_actor(self).map(move |joined, actor, ctx| {
             actor.book.ready = true;
             match joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string()))) {

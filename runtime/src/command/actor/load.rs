@@ -6,7 +6,8 @@ use super::AggregateActor;
 use crate::command::outcome::CommandOutcome;
 use crate::error::{CommandError, LoadError, panic_message};
 use actix::prelude::*;
-use eventfold_domain::{Aggregate, CommandId, StreamId};
+use crate::evolution::{Upcasters, decode};
+use eventfold_domain::{Aggregate, CommandId, RecordedEvent, StreamId};
 use eventfold_storage::{Cached, Direction, EventStore, Snapshot, payload};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -28,13 +29,15 @@ impl<A: Aggregate> AggregateActor<A> {
         // anything that needs the disk) of at most LOAD_INLINE_EVENTS_MAX
         // events, microseconds of work. A hand-off to the blocking pool and
         // back costs more than that; anything bigger still goes there.
-        match load_cached::<A>(&*store, &self.stream) {
+        let upcasters = &self.link.shared.upcasters;
+        match load_cached::<A>(&*store, upcasters, &self.stream) {
             Ok(Cached::Ready(loaded)) => return self.loaded(Ok(loaded), ctx),
             Err(error) => return self.loaded(Err(error), ctx),
             Ok(Cached::NeedsIo) => {}
         }
         let stream = self.stream.clone();
-        let task = tokio::task::spawn_blocking(move || load::<A>(&*store, &stream));
+        let upcasters = Arc::clone(upcasters);
+        let task = tokio::task::spawn_blocking(move || load::<A>(&*store, &upcasters, &stream));
         ctx.wait(task.into_actor(self).map(|joined, actor, ctx| {
             actor.loaded(
                 joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string()))),
@@ -84,19 +87,24 @@ struct Loaded<A> {
     snapshot_version: u64,
 }
 
-fn decode_event<A: Aggregate>(
-    event: &eventfold_domain::RecordedEvent,
-) -> Result<A::Event, LoadError> {
-    payload::decode::<A::Event>(&event.payload).map_err(|e| LoadError::Decode {
-        stream: event.stream_id.to_string(),
-        version: event.version,
-        reason: e.to_string(),
-    })
+/// Stored events in the aggregate's current event type: upcast, then
+/// decoded (a schema newer than the code's is refused).
+pub(crate) fn decode_events<A: Aggregate>(
+    upcasters: &Upcasters,
+    events: Vec<RecordedEvent>,
+) -> Result<Vec<A::Event>, LoadError> {
+    let events = upcasters.upcast_all(events)?;
+    let decoded = events.iter().map(decode::<A::Event>);
+    Ok(decoded.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// The aggregate's state: its latest snapshot of the current snapshot
 /// version (if any) plus every event after it. Blocking.
-fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamId) -> Result<Loaded<A>, LoadError> {
+fn load<A: Aggregate>(
+    store: &dyn EventStore,
+    upcasters: &Upcasters,
+    stream: &StreamId,
+) -> Result<Loaded<A>, LoadError> {
     let (mut state, mut version) = from_snapshot::<A>(stream, store.load_snapshot(stream)?);
     let snapshot_version = version;
     let mut last_event = None;
@@ -106,10 +114,11 @@ fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamId) -> Result<Loade
         let Some(last) = events.last() else { break };
         let last_version = last.version;
         last_event = Some(last.metadata.event_id);
-        apply_loaded(&mut state, &events)?;
+        let short = events.len() < LOAD_CHUNK_EVENTS;
+        apply_loaded(&mut state, upcasters, events)?;
         version = last_version;
         // A short chunk is the end of the stream: no read to find it empty.
-        if events.len() < LOAD_CHUNK_EVENTS {
+        if short {
             break;
         }
     }
@@ -126,6 +135,7 @@ fn load<A: Aggregate>(store: &dyn EventStore, stream: &StreamId) -> Result<Loade
 /// follow the snapshot.
 fn load_cached<A: Aggregate>(
     store: &dyn EventStore,
+    upcasters: &Upcasters,
     stream: &StreamId,
 ) -> Result<Cached<Loaded<A>>, LoadError> {
     let Cached::Ready(snapshot) = store.load_snapshot_cached(stream)? else {
@@ -140,11 +150,12 @@ fn load_cached<A: Aggregate>(
     if events.len() > LOAD_INLINE_EVENTS_MAX {
         return Ok(Cached::NeedsIo);
     }
-    apply_loaded(&mut state, &events)?;
+    let last = events.last().map(|e| (e.version, e.metadata.event_id));
+    apply_loaded(&mut state, upcasters, events)?;
     Ok(Cached::Ready(Loaded {
         state,
-        version: events.last().map_or(version, |e| e.version),
-        last_event: events.last().map(|e| e.metadata.event_id),
+        version: last.map_or(version, |(v, _)| v),
+        last_event: last.map(|(_, id)| id),
         snapshot_version: version,
     }))
 }
@@ -166,14 +177,12 @@ fn from_snapshot<A: Aggregate>(stream: &StreamId, snapshot: Option<Snapshot>) ->
 
 /// Decodes `events` and applies them to `state`; a panic of `apply` is an
 /// error.
-fn apply_loaded<A: Aggregate>(
+pub(crate) fn apply_loaded<A: Aggregate>(
     state: &mut A,
-    events: &[eventfold_domain::RecordedEvent],
+    upcasters: &Upcasters,
+    events: Vec<RecordedEvent>,
 ) -> Result<(), LoadError> {
-    let decoded = events
-        .iter()
-        .map(decode_event::<A>)
-        .collect::<Result<Vec<_>, _>>()?;
+    let decoded = decode_events::<A>(upcasters, events)?;
     catch_unwind(AssertUnwindSafe(|| {
         for event in &decoded {
             state.apply(event);
@@ -185,6 +194,7 @@ fn apply_loaded<A: Aggregate>(
 /// The original outcome of command `id`, if it was applied. Blocking.
 pub(crate) fn applied<A: Aggregate>(
     store: &dyn EventStore,
+    upcasters: &Upcasters,
     id: CommandId,
 ) -> Result<Option<CommandOutcome<A::Event>>, LoadError> {
     let Some(outcome) = store.command_outcome(id)? else {
@@ -194,10 +204,10 @@ pub(crate) fn applied<A: Aggregate>(
         return Ok(None);
     };
     let Some(span) = written.last_version.checked_sub(written.first_version) else {
-        return Err(LoadError::Decode {
+        return Err(LoadError::InconsistentOutcome {
             stream: written.stream.to_string(),
-            version: written.first_version,
-            reason: "the recorded outcome of this command is inconsistent".into(),
+            first_version: written.first_version,
+            last_version: written.last_version,
         });
     };
     let count = usize::try_from(span.saturating_add(1)).unwrap_or(usize::MAX);
@@ -207,10 +217,7 @@ pub(crate) fn applied<A: Aggregate>(
         Direction::Forward,
         count,
     )?;
-    let events = recorded
-        .iter()
-        .map(decode_event::<A>)
-        .collect::<Result<Vec<_>, _>>()?;
+    let events = decode_events::<A>(upcasters, recorded)?;
     Ok(Some(CommandOutcome {
         version: written.last_version,
         position: Some(outcome.last_position),

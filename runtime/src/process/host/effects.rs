@@ -15,7 +15,7 @@ impl<P: ProcessManager> Host<P> {
     /// Removes what a consumed input leaves in the store.
     pub(super) fn clean_up(&mut self, id: &str, consumed: &StuckInput) {
         match consumed {
-            StuckInput::Event(_) => {}
+            StuckInput::Event(_) | StuckInput::EventPart { .. } => {}
             StuckInput::Result { seq, .. } => {
                 if self.outbox.remove(&(id.to_owned(), *seq)).is_some() {
                     self.ops.delete(&self.model, outbox_key(id, *seq));

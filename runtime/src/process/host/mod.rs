@@ -134,6 +134,7 @@ impl<P: ProcessManager> HostRun for Host<P> {
             &self.config.bus,
             self.filter.clone(),
             self.committed,
+            Arc::clone(&self.config.upcasters),
         );
         loop {
             match self.round(&runtime, &mut sub) {
@@ -333,8 +334,15 @@ impl<P: ProcessManager> Host<P> {
                 break;
             };
             let mut events = 0;
+            // Events upcast from one stored event share its position.
+            let mut previous: Option<(u64, u32)> = None;
             for event in chunk.events() {
-                self.on_event(event)?;
+                let index = match previous {
+                    Some((position, index)) if position == event.position => index + 1,
+                    _ => 0,
+                };
+                previous = Some((event.position, index));
+                self.on_event(event, index)?;
                 sub.handled(event.position);
                 self.next = sub.next();
                 events += 1;

@@ -7,7 +7,9 @@ use crate::metric_names::PROCESS_STUCK;
 use crate::process::api::{Input, ProcessManager};
 use crate::process::records::*;
 use eventfold_domain::RecordedEvent;
-use eventfold_storage::Filter;
+use crate::process::api::Association;
+use crate::read::subscription::read_at;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
 impl<P: ProcessManager> Host<P> {
@@ -42,29 +44,44 @@ impl<P: ProcessManager> Host<P> {
             .collect();
         waiting.sort();
         self.ready.extend(waiting);
+        // The stuck event (from the part of it that failed), then the held
+        // ones, each as the events upcasting makes of it.
         let mut events = Vec::new();
-        if let Some(StuckRecord {
-            input: StuckInput::Event(position),
-            ..
-        }) = stuck
-        {
-            events.push(position);
+        if let Some(at) = stuck.and_then(|s| s.input.event_position()) {
+            events.push(at);
         }
-        events.extend(held);
-        for position in events {
-            let event = self.read_event(position)?;
-            self.deliver(id, false, Input::Event(&event), StuckInput::Event(position))?;
+        events.extend(held.into_iter().map(|position| (position, 0)));
+        for (position, from) in events {
+            let made = read_at(
+                &*self.config.store,
+                &self.config.upcasters,
+                position,
+                &self.filter,
+            )
+            .map_err(ProcessFailure::from)?
+            .ok_or(ProcessFailure::MissingEvent(position))?;
+            let several = made.len() > 1;
+            for (index, event) in made.iter().enumerate() {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                // Of several, only those routed to this instance.
+                if index < from || (several && !self.routes_to(event, id)) {
+                    continue;
+                }
+                let input = StuckInput::event(position, index);
+                self.deliver(id, false, Input::Event(event), input)?;
+            }
         }
         Ok(())
     }
 
-    pub(super) fn read_event(&self, position: u64) -> Result<RecordedEvent, ProcessFailure> {
-        let slice = self.config.store.read_all(position, 1, &Filter::all())?;
-        slice
-            .events
-            .into_iter()
-            .find(|e| e.position == position)
-            .ok_or(ProcessFailure::MissingEvent(position))
+    /// Whether the process manager routes `event` to instance `id` (a
+    /// panic of `associate` routes it nowhere).
+    fn routes_to(&self, event: &RecordedEvent, id: &str) -> bool {
+        let pm = &self.pm;
+        match catch_unwind(AssertUnwindSafe(|| pm.associate(event))) {
+            Ok(Association::Start(to) | Association::Continue(to)) => to == id,
+            Ok(Association::Ignore) | Err(_) => false,
+        }
     }
 
     pub(super) fn cancel(&mut self, id: &str) -> Result<(), ProcessError> {

@@ -19,7 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl<P: ProcessManager> Host<P> {
-    pub(super) fn on_event(&mut self, event: &RecordedEvent) -> Result<(), ProcessFailure> {
+    /// Routes an event: the `index`-th of those upcast from one stored
+    /// event (0 for most).
+    pub(super) fn on_event(
+        &mut self,
+        event: &RecordedEvent,
+        index: u32,
+    ) -> Result<(), ProcessFailure> {
         let pm = &self.pm;
         let association = match catch_unwind(AssertUnwindSafe(|| pm.associate(event))) {
             Ok(association) => association,
@@ -51,7 +57,7 @@ impl<P: ProcessManager> Host<P> {
             &id,
             start,
             Input::Event(event),
-            StuckInput::Event(event.position),
+            StuckInput::event(event.position, index),
         )
     }
 
@@ -198,9 +204,20 @@ impl<P: ProcessManager> Host<P> {
                 Ok(None)
             }
             RecordStatus::Stuck => {
-                if let StuckInput::Event(position) = consumed {
-                    instance.record.held.push(*position);
-                    self.dirty.insert(id.to_owned());
+                // Held once per position: a resume takes again every event
+                // upcast from it (from the stuck one on, for its own).
+                if let Some((position, _)) = consumed.event_position() {
+                    let stuck_at = instance
+                        .record
+                        .stuck
+                        .as_ref()
+                        .and_then(|s| s.input.event_position());
+                    let held = &mut instance.record.held;
+                    if held.last() != Some(&position) && stuck_at.map(|(p, _)| p) != Some(position)
+                    {
+                        held.push(position);
+                        self.dirty.insert(id.to_owned());
+                    }
                 }
                 Ok(None)
             }
@@ -282,6 +299,7 @@ enum StepFailure {
 fn step_key(consumed: &StuckInput) -> String {
     match consumed {
         StuckInput::Event(position) => format!("e{position}"),
+        StuckInput::EventPart { position, index } => format!("e{position}.{index}"),
         StuckInput::Result { command_id, .. } => {
             format!("r{}", CommandId::from_bytes(*command_id))
         }

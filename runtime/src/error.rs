@@ -77,7 +77,9 @@ pub enum LoadError {
     Event(#[from] EventError),
     /// The recorded outcome of a command names versions that cannot be
     /// (its last before its first).
-    #[error("the recorded outcome of a command on {stream} spans versions {first_version} to {last_version}")]
+    #[error(
+        "the recorded outcome of a command on {stream} spans versions {first_version} to {last_version}"
+    )]
     InconsistentOutcome {
         /// The stream.
         stream: String,

@@ -155,7 +155,9 @@ pub enum EventError {
     },
     /// After every step, the payload does not decode as the current type:
     /// an unknown event, or a changed shape without an upcaster.
-    #[error("{at}: does not decode as the current event type (a changed shape needs an upcaster): {source}")]
+    #[error(
+        "{at}: does not decode as the current event type (a changed shape needs an upcaster): {source}"
+    )]
     Undecodable {
         /// The event.
         at: EventAt,

@@ -338,7 +338,11 @@ impl RuntimeHandle {
         self.replay_blocking::<A>(id, Until::Time(moment))
     }
 
-    async fn replay<A: Aggregate>(&self, id: &str, until: Until) -> Result<StateAt<A>, StateAtError> {
+    async fn replay<A: Aggregate>(
+        &self,
+        id: &str,
+        until: Until,
+    ) -> Result<StateAt<A>, StateAtError> {
         let Ok(tokio) = tokio::runtime::Handle::try_current() else {
             return self.replay_blocking::<A>(id, until);
         };
@@ -353,10 +357,19 @@ impl RuntimeHandle {
         }
     }
 
-    fn replay_blocking<A: Aggregate>(&self, id: &str, until: Until) -> Result<StateAt<A>, StateAtError> {
+    fn replay_blocking<A: Aggregate>(
+        &self,
+        id: &str,
+        until: Until,
+    ) -> Result<StateAt<A>, StateAtError> {
         let stream = StreamId::for_aggregate(A::KIND, id).map_err(StateAtError::InvalidId)?;
         let shared = self.inner.router.shared();
-        Ok(history::state_at::<A>(&*shared.store, &shared.upcasters, &stream, until)?)
+        Ok(history::state_at::<A>(
+            &*shared.store,
+            &shared.upcasters,
+            &stream,
+            until,
+        )?)
     }
 
     /// The upcasters the runtime reads events through, for a reader of the

@@ -56,11 +56,9 @@ pub(crate) fn state_at<A: Aggregate>(
         },
         Until::Time(_) => (A::default(), 0),
     };
-    loop {
-        let Some(from) = version.checked_add(1) else {
-            break;
-        };
-        let mut events = store.read_stream(stream, from, Direction::Forward, HISTORY_CHUNK_EVENTS)?;
+    while let Some(from) = version.checked_add(1) {
+        let mut events =
+            store.read_stream(stream, from, Direction::Forward, HISTORY_CHUNK_EVENTS)?;
         let read = events.len();
         // Versions and times never decrease along a stream: what is kept
         // is a prefix.

@@ -7,7 +7,11 @@ type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 #[derive(Serialize, Deserialize)]
 enum V1 {
     Deposited(u64),
-    Moved { from: String, to: String, amount: u64 },
+    Moved {
+        from: String,
+        to: String,
+        amount: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -85,7 +89,10 @@ fn a_chain_of_two_steps_with_a_rename_reaches_the_current_shape() -> TestResult 
     let metadata = event.metadata.clone();
     let out = chain().upcast_all(vec![event])?;
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].event_type.as_str(), out[0].schema_version), ("Credited", 3));
+    assert_eq!(
+        (out[0].event_type.as_str(), out[0].schema_version),
+        ("Credited", 3)
+    );
     assert_eq!((out[0].version, out[0].position), (4, 9));
     assert_eq!(out[0].metadata, metadata);
     let current = decode::<Current>(&out[0])?;
@@ -118,7 +125,11 @@ fn one_event_becomes_two_sharing_its_position_in_order() -> TestResult {
 fn a_step_may_drop_an_event() -> TestResult {
     let upcasters = Upcasters::new().step("Noise", 1, |_: u8| Vec::<Current>::new());
     let noise = stored("Noise", 1, payload::encode(&1u8)?)?;
-    let kept = stored("Debited", 3, payload::encode(&Current::Debited { amount: 1 })?)?;
+    let kept = stored(
+        "Debited",
+        3,
+        payload::encode(&Current::Debited { amount: 1 })?,
+    )?;
     let out = upcasters.upcast_all(vec![noise, kept])?;
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].event_type, "Debited");
@@ -127,7 +138,11 @@ fn a_step_may_drop_an_event() -> TestResult {
 
 #[test]
 fn events_without_a_step_come_back_untouched() -> TestResult {
-    let event = stored("Debited", 3, payload::encode(&Current::Debited { amount: 2 })?)?;
+    let event = stored(
+        "Debited",
+        3,
+        payload::encode(&Current::Debited { amount: 2 })?,
+    )?;
     let out = chain().upcast_all(vec![event.clone()])?;
     assert_eq!(out, vec![event]);
     Ok(())
@@ -135,7 +150,11 @@ fn events_without_a_step_come_back_untouched() -> TestResult {
 
 #[test]
 fn a_newer_schema_than_the_code_knows_is_refused_naming_the_event() -> TestResult {
-    let event = stored("Debited", 4, payload::encode(&Current::Debited { amount: 2 })?)?;
+    let event = stored(
+        "Debited",
+        4,
+        payload::encode(&Current::Debited { amount: 2 })?,
+    )?;
     let error = decode::<Current>(&event)
         .err()
         .ok_or("a newer schema was accepted")?;
@@ -177,7 +196,10 @@ fn a_cycle_is_stopped_at_the_bound() -> TestResult {
     let event = stored("Loop", 1, payload::encode(&Loop)?)?;
     assert!(matches!(
         upcasters.upcast_all(vec![event]),
-        Err(EventError::ChainTooLong { limit: UPCAST_STEPS_MAX, .. })
+        Err(EventError::ChainTooLong {
+            limit: UPCAST_STEPS_MAX,
+            ..
+        })
     ));
     Ok(())
 }

@@ -81,13 +81,11 @@ impl<A: Aggregate> Dispatch for TypedDispatch<A> {
                             // The answer of a duplicate found at append time
                             // carries no events: read the original's. Blocks
                             // the host's thread, which serves only this host.
-                            if let Ok(Some(original)) =
-                                crate::command::actor::applied::<A>(
-                                    &*store,
-                                    &router.shared().upcasters,
-                                    command_id,
-                                )
-                            {
+                            if let Ok(Some(original)) = crate::command::actor::applied::<A>(
+                                &*store,
+                                &router.shared().upcasters,
+                                command_id,
+                            ) {
                                 outcome = original;
                             }
                         }

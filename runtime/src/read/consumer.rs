@@ -8,11 +8,11 @@
 //! the consumer back to reading the store.
 
 use crate::error::{ParkedError, ProjectionError, panic_message};
+use crate::evolution::Upcasters;
 use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
 use crate::placement::bucket_of;
 use crate::read::bus::EventBus;
 use crate::read::projection::*;
-use crate::evolution::Upcasters;
 use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke, read_at};
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{Corruption, EventStore, Filter, ReadModelBatch, WriteError, payload};

@@ -1,7 +1,7 @@
 //! Starts, stops and rebuilds the consumers (projections and handlers).
 
-use crate::evolution::Upcasters;
 use crate::error::{ParkedError, ProjectionError};
+use crate::evolution::Upcasters;
 use crate::read::bus::EventBus;
 use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
 use crate::read::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};

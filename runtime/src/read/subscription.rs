@@ -392,7 +392,13 @@ mod tests {
         let bus = EventBus::new(4);
         store.set_commit_listener(Arc::new(bus.clone()));
         append(&store, "a-1", 5)?;
-        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 2, Arc::default());
+        let mut sub = Subscription::new(
+            Arc::new(store.clone()),
+            &bus,
+            Filter::all(),
+            2,
+            Arc::default(),
+        );
         assert_eq!(drain(&mut sub, 2)?, vec![3, 4, 5]);
         assert!(sub.is_live());
         append(&store, "a-2", 3)?;
@@ -406,7 +412,13 @@ mod tests {
         let store = MemoryStore::new();
         let bus = EventBus::new(2);
         store.set_commit_listener(Arc::new(bus.clone()));
-        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0, Arc::default());
+        let mut sub = Subscription::new(
+            Arc::new(store.clone()),
+            &bus,
+            Filter::all(),
+            0,
+            Arc::default(),
+        );
         assert_eq!(drain(&mut sub, 10)?, Vec::<u64>::new());
         assert!(sub.is_live());
         for i in 0..6 {
@@ -420,7 +432,13 @@ mod tests {
     fn an_idle_head_past_next_is_read_from_the_store() -> TestResult {
         let store = MemoryStore::new();
         let bus = EventBus::new(4);
-        let mut sub = Subscription::new(Arc::new(store.clone()), &bus, Filter::all(), 0, Arc::default());
+        let mut sub = Subscription::new(
+            Arc::new(store.clone()),
+            &bus,
+            Filter::all(),
+            0,
+            Arc::default(),
+        );
         assert_eq!(drain(&mut sub, 10)?, Vec::<u64>::new());
         // Written without the bus hearing of it.
         append(&store, "a-1", 2)?;

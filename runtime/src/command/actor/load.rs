@@ -5,8 +5,8 @@
 use super::AggregateActor;
 use crate::command::outcome::CommandOutcome;
 use crate::error::{CommandError, LoadError, panic_message};
-use actix::prelude::*;
 use crate::evolution::{Upcasters, decode};
+use actix::prelude::*;
 use eventfold_domain::{Aggregate, CommandId, RecordedEvent, StreamId};
 use eventfold_storage::{Cached, Direction, EventStore, Snapshot, payload};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -58,11 +58,19 @@ impl<A: Aggregate> AggregateActor<A> {
             }
             Err(error) => {
                 tracing::error!(stream = %self.stream, %error, "aggregate could not be loaded");
+                let mut answered = false;
                 for held in self.book.queues.take_held() {
                     let _ = held.reply.send(Err(CommandError::Load(error.clone())));
+                    answered = true;
                 }
-                // The shard activates a fresh actor for the next command.
-                ctx.stop();
+                // The next command is told, the one after loads again.
+                self.book.load_again = answered;
+                if !answered {
+                    self.book.queues.set_load_failed(error);
+                }
+                if self.book.passivating {
+                    ctx.stop();
+                }
             }
         }
     }

@@ -76,6 +76,12 @@ struct Book<A: Aggregate> {
     /// An append failed or user code panicked: reload once nothing is in flight.
     reload_needed: bool,
     passivating: bool,
+    /// The last load failed and its error was answered: the next command
+    /// loads again first. (A load's error no command was waiting for is
+    /// kept in `queues` for the next one. A failed actor stays resident
+    /// rather than stopping, which would drop the commands already in its
+    /// mailbox as shut down.)
+    load_again: bool,
     queues: Queues<A>,
 }
 
@@ -103,6 +109,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 snapshot_saving: false,
                 reload_needed: false,
                 passivating: false,
+                load_again: false,
                 queues: Queues(None),
             }),
         }
@@ -193,6 +200,16 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
     type Result = ();
 
     fn handle(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+        if self.book.load_again {
+            self.book.load_again = false;
+            self.load(ctx);
+        }
+        if let Some(error) = self.book.queues.take_load_failed() {
+            self.book.load_again = true;
+            self.book.queues.release_if_idle();
+            let _ = msg.reply.send(Err(CommandError::Load(error)));
+            return;
+        }
         if !self.book.ready || self.book.reload_needed || !self.book.queues.held_is_empty() {
             if self.book.queues.held_len() >= self.link.shared.settings.actor_mailbox_commands_max {
                 metrics::counter!(REJECTIONS_TOTAL, "reason" => "overloaded").increment(1);
@@ -213,6 +230,13 @@ impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
 
     fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
         self.book.passivating = true;
+        // An actor whose load failed has no state to keep: it stops once
+        // nothing waits for it.
+        let failed = self.book.queues.load_failed() || self.book.load_again;
+        if failed && !self.book.ready && self.book.queues.held_is_empty() {
+            ctx.stop();
+            return;
+        }
         self.drain(ctx);
     }
 }

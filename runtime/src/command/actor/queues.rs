@@ -2,6 +2,7 @@
 //! answered in order once durable) and those held while it loads.
 
 use crate::command::messages::{CommandResult, Execute, Reply};
+use crate::error::LoadError;
 use eventfold_domain::{Aggregate, CommandId};
 use eventfold_storage::Snapshot;
 use std::collections::VecDeque;
@@ -49,6 +50,9 @@ pub(super) struct Busy<A: Aggregate> {
     /// A snapshot whose events are durable, waiting for the write of the
     /// one before it to finish.
     pub(super) landed_snapshot: Option<Box<Snapshot>>,
+    /// The last load failed with this error and no command was waiting:
+    /// the next command is answered with it.
+    pub(super) load_failed: Option<LoadError>,
 }
 
 impl<A: Aggregate> Queues<A> {
@@ -59,6 +63,7 @@ impl<A: Aggregate> Queues<A> {
                 held: VecDeque::new(),
                 next_seq: 0,
                 landed_snapshot: None,
+                load_failed: None,
             })
         })
     }
@@ -122,10 +127,29 @@ impl<A: Aggregate> Queues<A> {
             .unwrap_or_default()
     }
 
+    /// Keeps a load's error for the next command.
+    pub(super) fn set_load_failed(&mut self, error: LoadError) {
+        self.busy().load_failed = Some(error);
+    }
+
+    /// The error of a failed load no command has been told of.
+    pub(super) fn take_load_failed(&mut self) -> Option<LoadError> {
+        self.0.as_mut()?.load_failed.take()
+    }
+
+    pub(super) fn load_failed(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|busy| busy.load_failed.is_some())
+    }
+
     /// Frees the box once both queues are empty.
     pub(super) fn release_if_idle(&mut self) {
         if self.0.as_ref().is_some_and(|busy| {
-            busy.in_flight.is_empty() && busy.held.is_empty() && busy.landed_snapshot.is_none()
+            busy.in_flight.is_empty()
+                && busy.held.is_empty()
+                && busy.landed_snapshot.is_none()
+                && busy.load_failed.is_none()
         }) {
             self.0 = None;
         }

@@ -4,11 +4,11 @@
 use super::*;
 use crate::error::{ControlRefusal, ProcessError, ProcessFailure};
 use crate::metric_names::PROCESS_STUCK;
+use crate::process::api::Association;
 use crate::process::api::{Input, ProcessManager};
 use crate::process::records::*;
-use eventfold_domain::RecordedEvent;
-use crate::process::api::Association;
 use crate::read::subscription::read_at;
+use eventfold_domain::RecordedEvent;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 

@@ -11,6 +11,7 @@ use eventfold_runtime::projection::{HandlerError, Projection, ReadModelTx, decod
 use eventfold_runtime::storage::*;
 use eventfold_runtime::*;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -286,6 +287,12 @@ fn upcasting_across_versions_commands_projections_process_managers_and_temporal_
     let dir = tempfile::tempdir()?;
     let between = write_v1(dir.path())?;
     let runtime = start_v2(dir.path(), v2::upcasters())?;
+    let snapshot = runtime.store().load_snapshot(&StreamId::new("acct-1")?)?;
+    assert_eq!(
+        snapshot.map(|s| s.snapshot_version),
+        Some(1),
+        "v1 left a snapshot"
+    );
 
     // Commands: the aggregate loads its v1 history (the v1 snapshot is of
     // another snapshot version: a full replay) as v2.
@@ -427,5 +434,73 @@ fn a_step_registered_twice_refuses_to_start() -> TestResult {
     let twice = v2::upcasters().merge(v2::upcasters());
     let started = Runtime::builder().in_memory().upcasters(twice).start();
     assert!(matches!(started, Err(StartError::Setting(_))));
+    Ok(())
+}
+
+/// Refuses `Sent` events while set.
+static REFUSE_SENT: AtomicBool = AtomicBool::new(true);
+
+/// Counts withdrawals and records where money was sent.
+struct Picky;
+
+impl Projection for Picky {
+    fn name(&self) -> &str {
+        "picky"
+    }
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        model: &mut ReadModelTx<'_>,
+    ) -> Result<(), HandlerError> {
+        match decode::<v2::Event>(event)? {
+            v2::Event::Withdrawn { .. } => {
+                let count: u64 = model.get_as(b"withdrawals")?.unwrap_or(0);
+                model.put_as(b"withdrawals", &(count + 1))
+            }
+            v2::Event::Sent { .. } if REFUSE_SENT.load(Ordering::SeqCst) => {
+                Err(HandlerError::new("not yet"))
+            }
+            v2::Event::Sent { to, amount } => model.put_as(to.as_bytes(), &amount),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn events_upcast_from_one_are_parked_and_retried_as_one_unit() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    write_v1(dir.path())?;
+    let settings = ConsumerSettings {
+        error_policy: ErrorPolicy {
+            attempts_max: 1,
+            ..ErrorPolicy::default()
+        },
+        ..ConsumerSettings::default()
+    };
+    let runtime = Runtime::builder()
+        .path(dir.path())
+        .aggregate::<v2::Account>()
+        .upcasters(v2::upcasters())
+        .projection(|| Picky, settings)
+        .start()?;
+    wait_until("MovedOut is parked", || {
+        Ok(!runtime.parked_events("picky")?.is_empty())
+    })?;
+    let parked = runtime.parked_events("picky")?;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(
+        parked[0].position, 4,
+        "the stored MovedOut, whose second part failed"
+    );
+    // Its first part (the withdrawal) was undone with the failed one.
+    runtime.wait_for_blocking("picky", 4, Duration::from_secs(20))?;
+    let view = runtime.query("picky")?;
+    assert_eq!(view.get_as::<u64>(b"withdrawals")?, None);
+    REFUSE_SENT.store(false, Ordering::SeqCst);
+    runtime.retry_parked("picky", 4)?;
+    assert!(runtime.parked_events("picky")?.is_empty());
+    assert_eq!(view.get_as::<u64>(b"withdrawals")?, Some(1));
+    assert_eq!(view.get_as::<u64>(b"acct-2")?, Some(30));
+    runtime.shutdown_blocking()?;
     Ok(())
 }

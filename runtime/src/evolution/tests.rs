@@ -233,3 +233,77 @@ fn a_type_filter_is_widened_to_the_types_steps_take() {
     assert_eq!(types, ["Credited", "Deposited", "Moved"]);
     assert!(chain().widen(&Filter::all()).is_all());
 }
+
+/// The rule the README's "Evolving events" states, pinned: what bincode 2
+/// (standard configuration) absorbs without an upcaster, and what not.
+mod what_bincode_absorbs {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Before {
+        A { n: u32, who: String },
+        B(u16),
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Renamed {
+        Alpha { count: u64, owner: String },
+        Beta(u64),
+        Gamma,
+    }
+
+    #[test]
+    fn renames_wider_integers_and_variants_added_at_the_end() -> TestResult {
+        let bytes = payload::encode(&Before::A {
+            n: 70_000,
+            who: "x".into(),
+        })?;
+        let after: Renamed = payload::decode(&bytes)?;
+        assert_eq!(
+            after,
+            Renamed::Alpha {
+                count: 70_000,
+                owner: "x".into()
+            }
+        );
+        let after: Renamed = payload::decode(&payload::encode(&Before::B(u16::MAX))?)?;
+        assert_eq!(after, Renamed::Beta(u64::from(u16::MAX)));
+        let wide: i64 = payload::decode(&payload::encode(&-5i16)?)?;
+        assert_eq!(wide, -5);
+        Ok(())
+    }
+
+    #[test]
+    fn added_fields_a_u8_widened_and_narrowed_values_do_not_decode() -> TestResult {
+        #[derive(Serialize, Deserialize)]
+        struct Old {
+            amount: u64,
+        }
+        #[derive(Serialize, Deserialize, Debug)]
+        struct New {
+            amount: u64,
+            note: String,
+        }
+        assert!(payload::decode::<New>(&payload::encode(&Old { amount: 1 })?).is_err());
+        assert!(payload::decode::<u16>(&payload::encode(&255u8)?).is_err());
+        assert!(payload::decode::<u16>(&payload::encode(&70_000u32)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn reordered_variants_of_one_shape_decode_silently_as_the_wrong_one() -> TestResult {
+        #[derive(Serialize, Deserialize)]
+        enum Old {
+            Deposited(u64),
+            Withdrawn(u64),
+        }
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        enum New {
+            Withdrawn(u64),
+            Deposited(u64),
+        }
+        let read: New = payload::decode(&payload::encode(&Old::Deposited(5))?)?;
+        assert_eq!(read, New::Withdrawn(5));
+        Ok(())
+    }
+}

@@ -30,6 +30,6 @@ pub use aggregate::{Aggregate, DomainEvent};
 pub use event::{Headers, Metadata, NewEvent, RecordedEvent};
 pub use fixture::{AggregateFixture, FixtureOutcome};
 pub use ids::{CausationId, CommandId, CorrelationId, EventId};
-pub use stream::{STREAM_ID_BYTES_MAX, StreamId, StreamIdError};
+pub use stream::{STREAM_ID_BYTES_MAX, StreamId, StreamIdError, category_of};
 pub use time::{Clock, SystemClock, Timestamp, VirtualClock};
 pub use version::{ExpectedVersion, VersionMismatch};

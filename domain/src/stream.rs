@@ -108,7 +108,7 @@ impl StreamId {
 }
 
 /// The category of a stream id string: the part before the first `-`.
-pub(crate) fn category_of(id: &str) -> &str {
+pub fn category_of(id: &str) -> &str {
     id.split_once('-').map_or(id, |(category, _)| category)
 }
 

@@ -374,6 +374,27 @@ pub trait EventStore: Send + Sync {
             .wait()
     }
 
+    /// Queues a deletion (see [`crate::lifecycle`]) for the writer, ordered
+    /// with appends, and returns at once; its outcome reads with
+    /// [`DeletionOutcome::of`](crate::DeletionOutcome::of).
+    fn submit_deletion(&self, request: crate::DeleteRequest) -> PendingAppend;
+
+    /// Deletes (truncates, soft-deletes or tombstones) and blocks until the
+    /// deletion is durable.
+    fn delete(&self, request: crate::DeleteRequest) -> Result<crate::DeletionOutcome, AppendError> {
+        let outcome = self.submit_deletion(request).wait()?;
+        crate::DeletionOutcome::of(&outcome).ok_or(AppendError::NoStreams)
+    }
+
+    /// Where a stream's lifecycle stands: its version, first readable
+    /// version, tombstone.
+    fn stream_info(&self, stream: &StreamId) -> Result<crate::StreamInfo, ReadError>;
+
+    /// Runs a pass of max-age retention now (it also runs on its own; see
+    /// [`Retention`](crate::Retention)), after the appends queued before it:
+    /// the number of events it erased.
+    fn enforce_retention(&self) -> Result<u64, AppendError>;
+
     /// The last durable position (0 for an empty store).
     fn head(&self) -> u64;
 

@@ -130,6 +130,19 @@ pub enum AppendError {
         /// What is wrong.
         reason: String,
     },
+    /// The stream is tombstoned: it can never be written again.
+    #[error("stream {stream} is deleted for good (tombstoned)")]
+    StreamDeleted {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The stream's name starts with `$`, which the store keeps for its own
+    /// streams (such as [`DELETIONS_STREAM`](crate::DELETIONS_STREAM)).
+    #[error("stream {stream} is reserved: names starting with '$' are the store's own")]
+    ReservedStream {
+        /// The stream.
+        stream: StreamId,
+    },
     /// The writer's queue (`queue_appends_max`) is full: retry later.
     #[error("the store's write queue is full ({limit} appends waiting); retry later")]
     Overloaded {

@@ -13,14 +13,18 @@ pub const CF_CHECKPOINTS: &str = "checkpoints";
 pub const CF_IDEMPOTENCY: &str = "idempotency";
 /// Keyspace of read models: model name, NUL, key → value.
 pub const CF_READ_MODELS: &str = "readmodels";
+/// Keyspace of stream lifecycle records: stream id → first readable
+/// version, version, tombstone; erasures under way; retention cursors.
+pub const CF_STREAM_META: &str = "streammeta";
 /// Every keyspace besides RocksDB's `default` (which holds the format marker).
-pub const KEYSPACES: [&str; 6] = [
+pub const KEYSPACES: [&str; 7] = [
     CF_GLOBAL,
     CF_STREAMS,
     CF_SNAPSHOTS,
     CF_CHECKPOINTS,
     CF_IDEMPOTENCY,
     CF_READ_MODELS,
+    CF_STREAM_META,
 ];
 
 /// Most events one `read_all` call examines; a filtered read that finds

@@ -52,6 +52,7 @@ mod api;
 mod codec;
 mod error;
 mod keyspaces;
+pub mod lifecycle;
 mod memory;
 mod options;
 #[cfg(feature = "rocksdb")]
@@ -69,8 +70,13 @@ pub use error::{
     WriteError,
 };
 pub use keyspaces::{
-    CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAMS, KEYSPACES,
-    READ_ALL_SCAN_EVENTS_MAX,
+    CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAM_META,
+    CF_STREAMS, KEYSPACES, READ_ALL_SCAN_EVENTS_MAX,
+};
+pub use lifecycle::{
+    DELETIONS_STREAM, DeleteRequest, Deletion, DeletionKind, DeletionOutcome, ERASE_BATCH_EVENTS,
+    RETENTION_SWEEP_EVENTS_MAX, RETENTION_SWEEP_INTERVAL, Retention, STREAM_DELETED_EVENT,
+    StreamDeletion, StreamInfo,
 };
 pub use memory::MemoryStore;
 pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};

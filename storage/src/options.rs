@@ -54,6 +54,8 @@ pub struct StoreOptions {
     pub version_cache_streams_max: usize,
     /// Fault injection for tests: writes fail while it says so.
     pub faults: Option<FaultInjector>,
+    /// How long events are kept, per stream category (none: for ever).
+    pub retention: std::collections::BTreeMap<String, crate::Retention>,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +74,7 @@ impl Default for StoreOptions {
             block_cache_bytes: 64 * 1024 * 1024,
             version_cache_streams_max: 1 << 20,
             faults: None,
+            retention: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -6,6 +6,17 @@ use crate::options::{NAME_BYTES_MAX, StoreOptions};
 use crate::{ReadModelBatch, ReadModelOp};
 use std::hash::Hash;
 
+/// Checks a deletion before it is queued: the store's own streams are not
+/// the user's to delete.
+pub(crate) fn delete_request(request: &crate::DeleteRequest) -> Result<(), AppendError> {
+    if request.stream.as_str().starts_with('$') {
+        return Err(AppendError::ReservedStream {
+            stream: request.stream.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a request against the store's limits; an error names what to fix.
 pub(crate) fn append_request(
     request: &AppendRequest,
@@ -24,6 +35,11 @@ pub(crate) fn append_request(
     let mut seen = Seen::new();
     let mut event_ids = Seen::new();
     for part in &request.streams {
+        if part.stream.as_str().starts_with('$') {
+            return Err(AppendError::ReservedStream {
+                stream: part.stream.clone(),
+            });
+        }
         if !seen.insert(part.stream.as_str()) {
             return Err(AppendError::DuplicateStream {
                 stream: part.stream.clone(),

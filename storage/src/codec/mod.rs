@@ -8,6 +8,7 @@
 
 mod frame;
 mod keys;
+mod lifecycle;
 mod record;
 mod values;
 
@@ -18,5 +19,6 @@ pub mod payload;
 mod tests;
 
 pub(crate) use keys::*;
+pub(crate) use lifecycle::*;
 pub(crate) use record::*;
 pub(crate) use values::*;

@@ -4,11 +4,13 @@
 //! values byte by byte. One [`writer`] thread assigns positions and commits
 //! appends in groups; reads run on the caller's thread.
 
+mod lifecycle;
 mod open;
 mod options;
 mod reads;
 mod recovery;
 mod store;
+pub(crate) mod syncer;
 mod upgrade;
 mod verify;
 pub(crate) mod writer;
@@ -42,6 +44,8 @@ pub(crate) struct Shared {
     pub stats_events: AtomicU64,
     /// Told of every durable batch; read once per batch by the writer.
     pub listener: std::sync::RwLock<Option<Arc<dyn CommitListener>>>,
+    /// Streams whose erasure is under way: readers skip what is removed.
+    pub erasing: lifecycle::Erasing,
 }
 
 impl Shared {

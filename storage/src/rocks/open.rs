@@ -2,6 +2,7 @@
 //! syncer threads; backup and restore.
 
 use super::options::*;
+use super::syncer::{self, Syncer};
 use super::{Inner, RocksStore, Shared, recovery, upgrade, writer};
 use crate::codec;
 use crate::error::{Corruption, CorruptionKind, OpenError};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use writer::{Syncer, Writer};
+use writer::Writer;
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, OpenError> {
     std::thread::Builder::new()
@@ -81,11 +82,12 @@ impl RocksStore {
             stats_appends: AtomicU64::new(0),
             stats_events: AtomicU64::new(0),
             listener: std::sync::RwLock::new(None),
+            erasing: Default::default(),
         });
         let (sender, receiver) = sync_channel(options.queue_appends_max.max(1));
         let mut threads = Vec::with_capacity(2);
         let syncer = if options.durability == Durability::Sync {
-            let (to_syncer, from_writer) = sync_channel(writer::SYNC_QUEUE_BATCHES_MAX);
+            let (to_syncer, from_writer) = sync_channel(syncer::SYNC_QUEUE_BATCHES_MAX);
             let syncer = Syncer {
                 db: Arc::clone(&db),
                 shared: Arc::clone(&shared),
@@ -161,6 +163,22 @@ impl RocksStore {
     /// ones with `Closed`. Reads keep working until the last handle drops.
     pub fn close(&self) {
         self.inner.close();
+    }
+
+    /// Flushes the memtables and compacts every keyspace: the space of
+    /// erased events (deletions, retention) is given back to the file
+    /// system, as EventStoreDB's scavenge does. Runs on the calling thread
+    /// for as long as RocksDB takes; appends go on meanwhile.
+    pub fn compact(&self) -> Result<(), OpenError> {
+        let db = &self.inner.db;
+        for name in KEYSPACES {
+            let cf = db
+                .cf_handle(name)
+                .ok_or_else(|| OpenError::Engine(format!("column family {name} is missing")))?;
+            db.flush_cf(cf)?;
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
     }
 
     /// Backs up the live store into `backup_dir` (RocksDB's backup engine:

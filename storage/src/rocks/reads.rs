@@ -83,6 +83,15 @@ impl RocksStore {
             return Ok(Cached::Ready(Vec::new()));
         }
         let head = self.head();
+        // Events removed but not yet erased are skipped.
+        let first = self.inner.shared.erasing.first_version(stream).unwrap_or(1);
+        if direction == Direction::Backward && from < first {
+            return Ok(Cached::Ready(Vec::new()));
+        }
+        let from = match direction {
+            Direction::Forward => from.max(first),
+            Direction::Backward => from,
+        };
         let read_options = stream_read_options(stream.as_str(), cache_only);
         let start = codec::stream_key(stream.as_str(), from.max(1));
         // A raw iterator: index entries are decoded from RocksDB's buffers.
@@ -96,6 +105,11 @@ impl RocksStore {
         }
         let mut entries = Vec::with_capacity(max_count.min(4096));
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if direction == Direction::Backward
+                && codec::parse_stream_key(key).is_some_and(|(_, v)| v < first)
+            {
+                break;
+            }
             let position = codec::decode_stream_index(key, value)?;
             // Past the head: written by a batch not yet acknowledged, not
             // visible (and nothing after it is, going forward).
@@ -180,7 +194,7 @@ impl RocksStore {
                 other => other.map_err(engine)?,
             };
             let value = value.ok_or_else(|| missing_position(&index_key, position))?;
-            events.push(indexed_event(
+            events.extend(indexed_event(
                 index_key,
                 position,
                 &codec::global_key(position),
@@ -225,7 +239,7 @@ impl RocksStore {
                 return Err(missing_position(&index_key, position).into());
             }
             if found == position {
-                events.push(indexed_event(index_key, position, key, value)?);
+                events.extend(indexed_event(index_key, position, key, value)?);
                 next = wanted.next();
             } else {
                 next = Some((index_key, position));
@@ -271,14 +285,17 @@ pub(crate) fn missing_position(index_key: &[u8], position: u64) -> Corruption {
 
 /// Decodes the record at `position` (its `global` key and value) that the
 /// `streams` index entry `index_key` points to, checking that it is the
-/// event the entry names.
+/// event the entry names. `None` when it was erased after the index entry
+/// was read (a deletion between the two reads).
 pub(crate) fn indexed_event(
     index_key: Vec<u8>,
     position: u64,
     global_key: &[u8],
     value: &[u8],
-) -> Result<RecordedEvent, ReadError> {
-    let event = codec::decode_event(CF_GLOBAL, global_key, value)?;
+) -> Result<Option<RecordedEvent>, ReadError> {
+    let Some(event) = codec::decode_global(global_key, value)? else {
+        return Ok(None);
+    };
     let expected = codec::parse_stream_key(&index_key);
     if expected != Some((event.stream_id.as_str(), event.version)) || event.position != position {
         return Err(Corruption {
@@ -291,5 +308,5 @@ pub(crate) fn indexed_event(
         }
         .into());
     }
-    Ok(event)
+    Ok(Some(event))
 }

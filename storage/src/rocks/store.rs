@@ -8,6 +8,7 @@ use crate::api::*;
 use crate::codec;
 use crate::error::{AppendError, Corruption, CorruptionKind, ReadError, WriteError};
 use crate::keyspaces::*;
+use crate::lifecycle::{DeleteRequest, StreamInfo};
 use crate::options::Durability;
 use crate::validate;
 use eventfold_domain::{CommandId, RecordedEvent, StreamId};
@@ -15,9 +16,52 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::TrySendError;
-use writer::{Job, Message};
+use writer::{Job, Message, Work};
 
 impl RocksStore {
+    /// Whether the writer takes requests (open, not poisoned).
+    fn writable(&self) -> Result<(), AppendError> {
+        if self.inner.shared.closed.load(Ordering::SeqCst) {
+            return Err(AppendError::Closed);
+        }
+        if self.inner.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(AppendError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Queues a job for the writer; `Overloaded` when its queue is full.
+    fn queue(
+        &self,
+        job: Job,
+        receiver: oneshot::Receiver<Result<AppendOutcome, AppendError>>,
+    ) -> PendingAppend {
+        match self.inner.sender.try_send(Message::Append(job)) {
+            Ok(()) => PendingAppend::waiting(receiver),
+            Err(TrySendError::Full(_)) => PendingAppend::ready(Err(AppendError::Overloaded {
+                limit: self.inner.options.queue_appends_max,
+            })),
+            Err(TrySendError::Disconnected(_)) => PendingAppend::ready(Err(AppendError::Closed)),
+        }
+    }
+
+    /// The lifecycle record of `stream`, if it had a deletion.
+    pub(super) fn stream_meta(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<codec::StreamMeta>, ReadError> {
+        let key = stream.as_str().as_bytes();
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_STREAM_META)?, key)
+            .map_err(engine)?
+        {
+            Some(value) => Ok(Some(codec::decode_stream_meta(key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
     pub(super) fn check_writable(&self) -> Result<(), WriteError> {
         if self.inner.shared.closed.load(Ordering::SeqCst) {
             return Err(WriteError::Closed);
@@ -82,11 +126,8 @@ impl EventStore for RocksStore {
         if let Err(error) = validate::append_request(&request, &self.inner.options) {
             return PendingAppend::ready(Err(error));
         }
-        if self.inner.shared.closed.load(Ordering::SeqCst) {
-            return PendingAppend::ready(Err(AppendError::Closed));
-        }
-        if self.inner.shared.poisoned.load(Ordering::SeqCst) {
-            return PendingAppend::ready(Err(AppendError::Poisoned));
+        if let Err(error) = self.writable() {
+            return PendingAppend::ready(Err(error));
         }
         let records: Vec<Vec<Vec<u8>>> = request
             .streams
@@ -101,18 +142,47 @@ impl EventStore for RocksStore {
         let bytes = records.iter().flatten().map(Vec::len).sum();
         let (reply, receiver) = oneshot::channel();
         let job = Job {
-            request,
-            records,
+            work: Work::Append { request, records },
             bytes,
             reply,
         };
-        match self.inner.sender.try_send(Message::Append(job)) {
-            Ok(()) => PendingAppend::waiting(receiver),
-            Err(TrySendError::Full(_)) => PendingAppend::ready(Err(AppendError::Overloaded {
-                limit: self.inner.options.queue_appends_max,
-            })),
-            Err(TrySendError::Disconnected(_)) => PendingAppend::ready(Err(AppendError::Closed)),
+        self.queue(job, receiver)
+    }
+
+    fn submit_deletion(&self, request: DeleteRequest) -> PendingAppend {
+        if let Err(error) = validate::delete_request(&request) {
+            return PendingAppend::ready(Err(error));
         }
+        if let Err(error) = self.writable() {
+            return PendingAppend::ready(Err(error));
+        }
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            work: Work::Delete(request),
+            bytes: 0,
+            reply,
+        };
+        self.queue(job, receiver)
+    }
+
+    fn stream_info(&self, stream: &StreamId) -> Result<StreamInfo, ReadError> {
+        let version = self.stream_version(stream)?;
+        let meta = self.stream_meta(stream)?;
+        Ok(StreamInfo {
+            version,
+            first_version: meta.map_or(1, |m| m.first_version),
+            tombstoned: meta.is_some_and(|m| m.tombstoned),
+        })
+    }
+
+    fn enforce_retention(&self) -> Result<u64, AppendError> {
+        self.writable()?;
+        let (reply, receiver) = oneshot::channel();
+        self.inner
+            .sender
+            .send(Message::Sweep(reply))
+            .map_err(|_| AppendError::Closed)?;
+        receiver.recv().unwrap_or(Err(AppendError::Closed))
     }
 
     fn head(&self) -> u64 {
@@ -134,7 +204,9 @@ impl EventStore for RocksStore {
                 return Ok(version);
             }
         }
-        Ok(0)
+        // No index entry: a new stream, or one whose events were all
+        // removed, whose version its lifecycle record keeps.
+        Ok(self.stream_meta(stream)?.map_or(0, |m| m.version))
     }
 
     fn read_stream(
@@ -205,7 +277,28 @@ impl EventStore for RocksStore {
         iter.seek(codec::global_key(from));
         let mut examined = 0usize;
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            let event = codec::decode_event(CF_GLOBAL, key, value)?;
+            let Some(event) = codec::decode_global(key, value)? else {
+                // Erased: its position reads as skipped.
+                let position = codec::parse_u64_key(key);
+                if position != Some(slice.next_position) {
+                    return Err(Corruption {
+                        keyspace: CF_GLOBAL,
+                        key: key.to_vec(),
+                        kind: CorruptionKind::Inconsistent(format!(
+                            "expected position {}",
+                            slice.next_position
+                        )),
+                    }
+                    .into());
+                }
+                slice.next_position += 1;
+                examined += 1;
+                if examined == READ_ALL_SCAN_EVENTS_MAX {
+                    break;
+                }
+                iter.next();
+                continue;
+            };
             if event.position != slice.next_position {
                 return Err(Corruption {
                     keyspace: CF_GLOBAL,
@@ -219,7 +312,7 @@ impl EventStore for RocksStore {
             }
             slice.next_position += 1;
             examined += 1;
-            if filter.matches(&event) {
+            if filter.matches(&event) && !self.inner.shared.erasing.hides(&event) {
                 slice.events.push(event);
                 if slice.events.len() == max_count {
                     break;

@@ -21,10 +21,12 @@
 use super::Shared;
 use super::options::write_options;
 use super::reads::stream_entries_backward;
+use super::syncer::{BatchFailure, complete, fail};
 use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
 use crate::keyspaces::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS};
+use crate::lifecycle::DeleteRequest;
 use crate::options::{Durability, StoreOptions};
 use eventfold_domain::{CommandId, EventId, RecordedEvent, StreamId, Timestamp};
 use foldhash::HashMap;
@@ -34,23 +36,39 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvError, SyncSender, TryRecvError};
 
-/// Most written batches waiting for the syncer; past it the writer waits.
-pub(crate) const SYNC_QUEUE_BATCHES_MAX: usize = 64;
-
-type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
 
 /// How many times the writer yields its thread on an empty queue before it
 /// sleeps until an append arrives (`Writer::next_message`).
 const WRITER_YIELDS_BEFORE_PARK: u32 = 1;
 
-/// One queued append.
+/// One queued request.
 pub(crate) struct Job {
-    pub request: AppendRequest,
-    /// Encoded records, per stream, per event, waiting to be sealed.
-    pub records: Vec<Vec<Vec<u8>>>,
+    pub work: Work,
     /// Encoded bytes of all records.
     pub bytes: usize,
     pub reply: Reply,
+}
+
+/// What a job asks for.
+pub(crate) enum Work {
+    Append {
+        request: AppendRequest,
+        /// Encoded records, per stream, per event, waiting to be sealed.
+        records: Vec<Vec<Vec<u8>>>,
+    },
+    /// A deletion: always in a batch of its own, so that every event it
+    /// erases is in the database when it is decided.
+    Delete(DeleteRequest),
+}
+
+impl Job {
+    fn event_count(&self) -> usize {
+        match &self.work {
+            Work::Append { request, .. } => request.event_count(),
+            Work::Delete(_) => 1,
+        }
+    }
 }
 
 /// A stream's version and the id of its last event, as the writer knows them
@@ -59,11 +77,15 @@ pub(crate) struct Job {
 pub(crate) struct Tip {
     pub version: u64,
     pub last_event: Option<EventId>,
+    /// Tombstoned: appends are refused.
+    pub tombstoned: bool,
 }
 
 /// What the writer's queue carries.
 pub(crate) enum Message {
     Append(Job),
+    /// Run a retention pass now and say how many events it erased.
+    Sweep(oneshot::Sender<Result<u64, AppendError>>),
     /// Finish what is queued before this, then stop.
     Stop,
 }
@@ -71,24 +93,24 @@ pub(crate) enum Message {
 /// A batch that is written and waits to be made durable and answered.
 pub(crate) struct Written {
     /// The last position the batch holds.
-    last_position: u64,
-    appends: u64,
-    event_count: u64,
-    answers: Vec<(Reply, Decision)>,
+    pub(crate) last_position: u64,
+    pub(crate) appends: u64,
+    pub(crate) event_count: u64,
+    pub(crate) answers: Vec<(Reply, Decision)>,
     /// The events written, for the commit listener (empty without one).
-    events: Vec<RecordedEvent>,
+    pub(crate) events: Vec<RecordedEvent>,
 }
 
 /// How one job of a batch was decided.
-enum Decision {
+pub(crate) enum Decision {
     Write(AppendOutcome),
     Done(Result<AppendOutcome, AppendError>),
 }
 
 pub(crate) struct Writer {
-    db: Arc<DB>,
-    shared: Arc<Shared>,
-    options: Arc<StoreOptions>,
+    pub(super) db: Arc<DB>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) options: Arc<StoreOptions>,
     receiver: Receiver<Message>,
     /// To the syncer, under `Durability::Sync`.
     syncer: Option<SyncSender<Written>>,
@@ -96,6 +118,9 @@ pub(crate) struct Writer {
     last_recorded_at: Timestamp,
     /// Stream tips including batches written but not yet synced.
     versions: HashMap<StreamId, Tip>,
+    /// Lifecycle work between batches: streams to trim to their
+    /// category's max count, erasures under way, the max-age sweep.
+    pub(super) upkeep: super::lifecycle::Upkeep,
 }
 
 impl Writer {
@@ -108,6 +133,10 @@ impl Writer {
         head: u64,
         last_recorded_at: Timestamp,
     ) -> Self {
+        // Before the store is handed out: readers must skip what an
+        // erasure under way has yet to erase from the first read on.
+        let mut upkeep = super::lifecycle::Upkeep::default();
+        upkeep.start(&db, &shared, &options);
         Self {
             db,
             shared,
@@ -117,28 +146,45 @@ impl Writer {
             next_position: head + 1,
             last_recorded_at,
             versions: HashMap::new(),
+            upkeep,
         }
     }
 
     pub(crate) fn run(mut self) {
         let mut stop = false;
+        // A message taken while collecting a batch that must not join it.
+        let mut carried: Option<Message> = None;
         while !stop {
-            let first = match self.next_message() {
+            let first = match carried
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| self.next_message())
+            {
                 Ok(Message::Append(job)) => job,
+                Ok(Message::Sweep(reply)) => {
+                    let _ = reply.send(self.sweep_now());
+                    continue;
+                }
                 Ok(Message::Stop) | Err(_) => break,
             };
-            let mut events = first.request.event_count();
+            let mut events = first.event_count();
             let mut bytes = first.bytes;
+            let alone = matches!(first.work, Work::Delete(_));
             let mut jobs = vec![first];
-            while jobs.len() < self.options.batch_appends_max
+            while !alone
+                && jobs.len() < self.options.batch_appends_max
                 && events < self.options.batch_events_max
                 && bytes < self.options.batch_bytes_max
             {
                 match self.receiver.try_recv() {
-                    Ok(Message::Append(job)) => {
-                        events += job.request.event_count();
+                    Ok(Message::Append(job)) if matches!(job.work, Work::Append { .. }) => {
+                        events += job.event_count();
                         bytes += job.bytes;
                         jobs.push(job);
+                    }
+                    Ok(message @ (Message::Append(_) | Message::Sweep(_))) => {
+                        carried = Some(message);
+                        break;
                     }
                     Ok(Message::Stop) => {
                         stop = true;
@@ -148,11 +194,21 @@ impl Writer {
                 }
             }
             self.commit(jobs);
+            self.after_batch();
+        }
+        if let Some(Message::Append(job)) = carried {
+            let _ = job.reply.send(Err(AppendError::Closed));
         }
         // Anything still queued after Stop is answered: the store is closed.
         while let Ok(message) = self.receiver.try_recv() {
-            if let Message::Append(job) = message {
-                let _ = job.reply.send(Err(AppendError::Closed));
+            match message {
+                Message::Append(job) => {
+                    let _ = job.reply.send(Err(AppendError::Closed));
+                }
+                Message::Sweep(reply) => {
+                    let _ = reply.send(Err(AppendError::Closed));
+                }
+                Message::Stop => {}
             }
         }
         // Dropping `self.syncer` lets the syncer finish what it holds and stop.
@@ -170,12 +226,20 @@ impl Writer {
     /// (buffered, 2 cores) it took 2-5% off the CPU time per command in four
     /// interleaved pairs of a million commands, and four yields did no
     /// better than one.
-    fn next_message(&self) -> Result<Message, RecvError> {
+    fn next_message(&mut self) -> Result<Message, RecvError> {
         for _ in 0..WRITER_YIELDS_BEFORE_PARK {
             match self.receiver.try_recv() {
                 Ok(message) => return Ok(message),
                 Err(TryRecvError::Disconnected) => return Err(RecvError),
                 Err(TryRecvError::Empty) => std::thread::yield_now(),
+            }
+        }
+        // Lifecycle upkeep waiting: do it while nothing else is asked.
+        while let Some(wait) = self.upkeep.idle_wait() {
+            match self.receiver.recv_timeout(wait) {
+                Ok(message) => return Ok(message),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(RecvError),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => self.idle_upkeep(),
             }
         }
         self.receiver.recv()
@@ -202,12 +266,7 @@ impl Writer {
             events: Vec::new(),
         };
         for job in jobs {
-            let Job {
-                request,
-                records,
-                reply,
-                ..
-            } = job;
+            let Job { work, reply, .. } = job;
             let mut pending = Pending {
                 batch: &mut batch,
                 versions: &mut pending_versions,
@@ -216,7 +275,11 @@ impl Writer {
                 recorded_at,
                 events: listening.then_some(&mut written.events),
             };
-            let decision = match self.decide(request, records, &mut pending) {
+            let decided = match work {
+                Work::Append { request, records } => self.decide(request, records, &mut pending),
+                Work::Delete(request) => self.decide_deletion(request, &mut pending),
+            };
+            let decision = match decided {
                 Ok(decision) => decision,
                 Err(error) => Decision::Done(Err(error)),
             };
@@ -280,7 +343,7 @@ impl Writer {
     }
 
     /// The stream's tip including batches written but not yet synced.
-    fn current_tip(
+    pub(super) fn current_tip(
         &mut self,
         stream: &StreamId,
         pending: &HashMap<StreamId, Tip>,
@@ -288,7 +351,16 @@ impl Writer {
         if let Some(tip) = pending.get(stream).or_else(|| self.versions.get(stream)) {
             return Ok(*tip);
         }
-        let tip = last_indexed_tip(&self.db, &self.shared, stream)?;
+        let mut tip = last_indexed_tip(&self.db, &self.shared, stream)?;
+        // A stream without index entries may have had them deleted, and a
+        // tombstone's erasure may still be under way: its lifecycle record
+        // says its version and whether it is tombstoned.
+        if (tip.version == 0 || self.shared.erasing.first_version(stream).is_some())
+            && let Some(meta) = super::lifecycle::read_meta(&self.db, &self.shared, stream)?
+        {
+            tip.version = tip.version.max(meta.version);
+            tip.tombstoned = meta.tombstoned;
+        }
         if tip.version > 0 {
             if self.versions.len() >= self.options.version_cache_streams_max {
                 self.versions.clear();
@@ -335,6 +407,11 @@ impl Writer {
         let mut current = Vec::with_capacity(request.streams.len());
         for part in &request.streams {
             let tip = self.current_tip(&part.stream, pending.versions)?;
+            if tip.tombstoned {
+                return Err(AppendError::StreamDeleted {
+                    stream: part.stream.clone(),
+                });
+            }
             let version = tip.version;
             if let Err(mismatch) = part.expected.check_with_last(version, tip.last_event) {
                 return Err(AppendError::WrongExpectedVersion {
@@ -383,8 +460,10 @@ impl Writer {
                 Tip {
                     version,
                     last_event,
+                    tombstoned: false,
                 },
             );
+            self.upkeep.appended(&self.options, &part.stream);
             written.push(StreamWritten {
                 stream: part.stream,
                 first_version: before + 1,
@@ -410,14 +489,14 @@ impl Writer {
 }
 
 /// What the jobs of one batch share while it is being built.
-struct Pending<'a> {
-    batch: &'a mut WriteBatch,
-    versions: &'a mut HashMap<StreamId, Tip>,
-    commands: &'a mut HashMap<CommandId, AppendOutcome>,
-    position: &'a mut u64,
-    recorded_at: Timestamp,
+pub(super) struct Pending<'a> {
+    pub(super) batch: &'a mut WriteBatch,
+    pub(super) versions: &'a mut HashMap<StreamId, Tip>,
+    pub(super) commands: &'a mut HashMap<CommandId, AppendOutcome>,
+    pub(super) position: &'a mut u64,
+    pub(super) recorded_at: Timestamp,
     /// Collects the events for the commit listener, when there is one.
-    events: Option<&'a mut Vec<RecordedEvent>>,
+    pub(super) events: Option<&'a mut Vec<RecordedEvent>>,
 }
 
 /// The version and event id of the last event in the `streams` index of
@@ -433,6 +512,7 @@ pub(crate) fn last_indexed_tip(
             return Ok(Tip {
                 version: 0,
                 last_event: None,
+                tombstoned: false,
             });
         }
         Some(Ok(entry)) => entry,
@@ -457,140 +537,6 @@ pub(crate) fn last_indexed_tip(
     Ok(Tip {
         version,
         last_event: Some(event.metadata.event_id),
+        tombstoned: false,
     })
-}
-
-/// Makes batches durable and answers them, under `Durability::Sync`.
-pub(crate) struct Syncer {
-    pub db: Arc<DB>,
-    pub shared: Arc<Shared>,
-    pub options: Arc<StoreOptions>,
-    pub receiver: Receiver<Written>,
-}
-
-impl Syncer {
-    pub(crate) fn run(self) {
-        while let Ok(first) = self.receiver.recv() {
-            let mut batches = vec![first];
-            while batches.len() < SYNC_QUEUE_BATCHES_MAX {
-                match self.receiver.try_recv() {
-                    Ok(written) => batches.push(written),
-                    Err(_) => break,
-                }
-            }
-            if self.shared.poisoned.load(Ordering::SeqCst) {
-                for written in batches {
-                    fail(&self.shared, written, &BatchFailure::EarlierFailed);
-                }
-                continue;
-            }
-            let writes = batches.iter().any(|w| w.appends > 0);
-            // One sync covers every batch written before it started.
-            let synced = if !writes {
-                Ok(())
-            } else if self
-                .options
-                .faults
-                .as_ref()
-                .is_some_and(|f| f.should_fail_sync())
-            {
-                Err(BatchFailure::InjectedSync)
-            } else {
-                self.db.flush_wal(true).map_err(BatchFailure::Engine)
-            };
-            match synced {
-                Ok(()) => {
-                    if writes {
-                        self.shared.stats_syncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    complete(&self.shared, batches)
-                }
-                Err(failure) => {
-                    for written in batches {
-                        fail(&self.shared, written, &failure);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Advances the head past durable batches (in order), then answers them.
-fn complete(shared: &Shared, batches: Vec<Written>) {
-    let mut head = None;
-    for written in &batches {
-        if written.appends > 0 {
-            head = Some(written.last_position);
-        }
-        shared
-            .stats_appends
-            .fetch_add(written.appends, Ordering::Relaxed);
-        shared
-            .stats_events
-            .fetch_add(written.event_count, Ordering::Relaxed);
-        if written.appends > 0 {
-            shared.stats_batches.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    if let Some(head) = head {
-        // Invariant 1: the head moves only after the batch is durable.
-        shared.head.store(head, Ordering::Release);
-    }
-    let listener = shared.listener();
-    let mut answers = Vec::with_capacity(batches.len());
-    for written in batches {
-        if let Some(listener) = &listener
-            && !written.events.is_empty()
-        {
-            listener.committed(Arc::from(written.events));
-        }
-        answers.push(written.answers);
-    }
-    for answers in answers {
-        for (reply, decision) in answers {
-            let answer = match decision {
-                Decision::Write(outcome) => Ok(outcome),
-                Decision::Done(result) => result,
-            };
-            let _ = reply.send(answer);
-        }
-    }
-}
-
-/// Why a batch did not become durable.
-#[derive(Debug, thiserror::Error)]
-enum BatchFailure {
-    /// RocksDB failed the write or the WAL sync.
-    #[error("{}", .0.as_ref())]
-    Engine(rocksdb::Error),
-    /// A write failure injected by a test's `FaultInjector`.
-    #[error("injected write failure")]
-    InjectedWrite,
-    /// A sync failure injected by a test's `FaultInjector`.
-    #[error("injected sync failure")]
-    InjectedSync,
-    /// The syncer thread is gone.
-    #[error("the syncer stopped")]
-    SyncerStopped,
-    /// The store was poisoned by an earlier batch.
-    #[error("an earlier write or sync failed")]
-    EarlierFailed,
-}
-
-/// Poisons the store and answers a batch whose write or sync failed.
-fn fail(shared: &Shared, written: Written, failure: &BatchFailure) {
-    if !shared.poisoned.swap(true, Ordering::SeqCst) {
-        tracing::error!(error = %failure, "event store write failed; the store is poisoned");
-    }
-    let message = failure.to_string();
-    for (reply, decision) in written.answers {
-        let answer = match decision {
-            // Whether it reached the disk is unknown.
-            Decision::Write(_) => Err(AppendError::Io(message.clone())),
-            // Refusals decided against batches that did not land may be
-            // stale; the store cannot write anyway.
-            Decision::Done(_) => Err(AppendError::Poisoned),
-        };
-        let _ = reply.send(answer);
-    }
 }

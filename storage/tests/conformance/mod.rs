@@ -10,6 +10,10 @@ use eventfold_domain::*;
 use eventfold_storage::*;
 use std::sync::{Arc, Barrier};
 
+mod lifecycle;
+#[allow(unused_imports)]
+pub use lifecycle::*;
+
 /// How the suite opens and reopens a store of one backend.
 pub trait Backend {
     /// The store type.
@@ -1060,7 +1064,10 @@ macro_rules! conformance_suite {
             checkpoints, read_models_commit_with_checkpoint, limits_are_typed_errors_and_write_nothing,
             failed_write_poisons_until_reopen, concurrent_exact_appends_one_wins,
             concurrent_appends_stay_gapless, reopen_keeps_everything, command_outcomes_are_durable,
-            commit_listener_sees_every_durable_event_in_order);
+            commit_listener_sees_every_durable_event_in_order,
+            tck_delete_messages_to, truncation_is_idempotent_and_the_log_stays_gapless,
+            soft_delete_reads_empty_and_writing_continues_versions, tombstone_refuses_every_later_append,
+            retention_max_count, retention_max_age, a_large_deletion_is_erased_in_batches);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         mod conformance_cases {

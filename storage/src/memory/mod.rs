@@ -6,10 +6,13 @@
 
 use crate::api::*;
 use crate::error::{AppendError, Corruption, CorruptionKind, ReadError, WriteError};
+use crate::lifecycle::{DeleteRequest, StreamInfo};
 use crate::options::StoreOptions;
 use crate::validate;
 use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+mod lifecycle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,6 +28,12 @@ struct State {
     read_models: BTreeMap<(String, Vec<u8>), Vec<u8>>,
     last_recorded_at: Timestamp,
     stats: WriterStats,
+    /// Streams that had a deletion.
+    meta: HashMap<StreamId, lifecycle::Meta>,
+    /// Positions of erased events: readers skip them.
+    erased: HashSet<u64>,
+    /// Per category with a max age: how far into `log` its sweep has gone.
+    age_cursors: HashMap<String, usize>,
 }
 
 /// An event store held in memory.
@@ -186,6 +195,11 @@ impl MemoryStore {
             return Ok(outcome);
         }
         for part in &request.streams {
+            if state.meta.get(&part.stream).is_some_and(|m| m.tombstoned) {
+                return Err(AppendError::StreamDeleted {
+                    stream: part.stream.clone(),
+                });
+            }
             let positions = state.streams.get(&part.stream);
             let actual = positions.map_or(0, |v| v.len() as u64);
             let last_event = positions
@@ -232,12 +246,14 @@ impl MemoryStore {
                     .push(position);
                 version += 1;
             }
+            state.keep_max_count(&self.options, &part.stream);
             written.push(StreamWritten {
                 stream: part.stream,
                 first_version,
                 last_version: version - 1,
             });
         }
+        state.sweep_max_age(&self.options, recorded_at);
         let outcome = AppendOutcome {
             streams: written,
             first_position,
@@ -250,7 +266,13 @@ impl MemoryStore {
         state.stats.batches += 1;
         state.stats.appends += 1;
         state.stats.events += outcome.last_position - outcome.first_position + 1;
-        // Under the lock, so that listeners see batches in position order.
+        self.notify(&state, outcome.first_position);
+        Ok(outcome)
+    }
+
+    /// Tells the listener of the events from `first_position` on; under the
+    /// lock, so that listeners see batches in position order.
+    fn notify(&self, state: &State, first_position: u64) {
         if let Some(listener) = self
             .listener
             .read()
@@ -258,10 +280,14 @@ impl MemoryStore {
             .as_ref()
             && listener.interested()
         {
-            let first = (outcome.first_position - 1) as usize;
-            listener.committed(Arc::from(&state.log[first..]));
+            let first = first_position.saturating_sub(1) as usize;
+            let events: Vec<RecordedEvent> = state.log[first..]
+                .iter()
+                .filter(|e| !state.erased.contains(&e.position))
+                .cloned()
+                .collect();
+            listener.committed(Arc::from(events));
         }
-        Ok(outcome)
     }
 
     fn check_writable(&self) -> Result<(), WriteError> {
@@ -295,6 +321,23 @@ impl EventStore for MemoryStore {
         PendingAppend::waiting(receiver)
     }
 
+    fn submit_deletion(&self, request: DeleteRequest) -> PendingAppend {
+        PendingAppend::ready(self.delete_now(request))
+    }
+
+    fn stream_info(&self, stream: &StreamId) -> Result<StreamInfo, ReadError> {
+        Ok(self.lock().info(stream))
+    }
+
+    fn enforce_retention(&self) -> Result<u64, AppendError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(AppendError::Poisoned);
+        }
+        let mut state = self.lock();
+        let now = Timestamp::now();
+        Ok(state.sweep_max_age(&self.options, now))
+    }
+
     fn head(&self) -> u64 {
         self.lock().log.len() as u64
     }
@@ -318,10 +361,11 @@ impl EventStore for MemoryStore {
         let Some(positions) = state.streams.get(stream) else {
             return Ok(Vec::new());
         };
+        let first = state.info(stream).first_version;
         let len = positions.len() as u64;
         let selected: Vec<u64> = match direction {
             Direction::Forward => {
-                let start = from.max(1);
+                let start = from.max(first);
                 if start > len {
                     return Ok(Vec::new());
                 }
@@ -336,7 +380,10 @@ impl EventStore for MemoryStore {
                     return Ok(Vec::new());
                 }
                 let start = from.min(len);
-                positions[..start as usize]
+                if start < first {
+                    return Ok(Vec::new());
+                }
+                positions[(first - 1) as usize..start as usize]
                     .iter()
                     .rev()
                     .take(max_count)
@@ -367,7 +414,7 @@ impl EventStore for MemoryStore {
         {
             examined += 1;
             let event = &state.log[(next_position - 1) as usize];
-            if filter.matches(event) {
+            if !state.erased.contains(&next_position) && filter.matches(event) {
                 events.push(event.clone());
             }
             next_position += 1;

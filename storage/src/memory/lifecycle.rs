@@ -177,6 +177,10 @@ impl MemoryStore {
                 .or_default()
                 .tombstoned = true;
         }
+        if kind != DeletionKind::Truncated {
+            // A snapshot holds the removed events.
+            state.snapshots.remove(&request.stream);
+        }
         let deletions =
             StreamId::new(DELETIONS_STREAM).map_err(|e| AppendError::Io(e.to_string()))?;
         let event = NewEvent::new(STREAM_DELETED_EVENT, 1, payload, Metadata::new());

@@ -329,6 +329,17 @@ impl EventStore for MemoryStore {
         Ok(self.lock().info(stream))
     }
 
+    /// Always answered: everything is in memory.
+    fn deleted_version(&self, stream: &StreamId, _: bool) -> Result<Cached<u64>, ReadError> {
+        let state = self.lock();
+        let deleted = state.meta.contains_key(stream);
+        Ok(Cached::Ready(if deleted {
+            state.info(stream).version
+        } else {
+            0
+        }))
+    }
+
     fn enforce_retention(&self) -> Result<u64, AppendError> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(AppendError::Poisoned);

@@ -231,6 +231,13 @@ impl Writer {
         let payload =
             crate::payload::encode(&deletion).map_err(|e| AppendError::Io(e.to_string()))?;
         self.remove_events(pending.batch, &stream, old, new)?;
+        if kind != DeletionKind::Truncated {
+            // A snapshot holds the removed events.
+            let snapshots = self.shared.cf(&self.db, crate::keyspaces::CF_SNAPSHOTS)?;
+            pending
+                .batch
+                .delete_cf(snapshots, stream.as_str().as_bytes());
+        }
         let position = self.append_deletion_event(payload, pending)?;
         let last_event = (new.first_version <= tip.version)
             .then_some(tip.last_event)

@@ -175,6 +175,26 @@ impl EventStore for RocksStore {
         })
     }
 
+    fn deleted_version(
+        &self,
+        stream: &StreamId,
+        cache_only: bool,
+    ) -> Result<Cached<u64>, ReadError> {
+        let key = stream.as_str().as_bytes();
+        match self.inner.db.get_pinned_cf_opt(
+            self.cf(CF_STREAM_META)?,
+            key,
+            &read_options(cache_only),
+        ) {
+            Ok(Some(value)) => Ok(Cached::Ready(
+                codec::decode_stream_meta(key, &value)?.version,
+            )),
+            Ok(None) => Ok(Cached::Ready(0)),
+            Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => Ok(Cached::NeedsIo),
+            Err(error) => Err(engine(error)),
+        }
+    }
+
     fn enforce_retention(&self) -> Result<u64, AppendError> {
         self.writable()?;
         let (reply, receiver) = oneshot::channel();

@@ -33,9 +33,20 @@ fn deletions(store: &impl EventStore) -> Vec<StreamDeletion> {
 pub fn tck_delete_messages_to<B: Backend>(b: &mut B) {
     let store = b.open(StoreOptions::default());
     let s = five(&store, "p-1");
+    let snapshot = Snapshot {
+        snapshot_version: 1,
+        stream_version: 3,
+        state: b"state".to_vec(),
+    };
+    store.save_snapshot(&s, &snapshot).unwrap();
     let done = store
         .delete(DeleteRequest::truncate_before(s.clone(), 4))
         .unwrap();
+    assert_eq!(
+        store.load_snapshot(&s).unwrap(),
+        Some(snapshot),
+        "truncation keeps the snapshot"
+    );
     assert_eq!(
         (done.first_version, done.version, done.changed),
         (4, 5, true)
@@ -110,6 +121,13 @@ pub fn truncation_is_idempotent_and_the_log_stays_gapless<B: Backend>(b: &mut B)
 pub fn soft_delete_reads_empty_and_writing_continues_versions<B: Backend>(b: &mut B) {
     let store = b.open(StoreOptions::default());
     let s = five(&store, "p-1");
+    let snapshot = Snapshot {
+        snapshot_version: 1,
+        stream_version: 5,
+        state: b"state".to_vec(),
+    };
+    store.save_snapshot(&s, &snapshot).unwrap();
+    assert_eq!(store.deleted_version(&s, false).unwrap(), Cached::Ready(0));
     let wrong = store.delete(DeleteRequest::delete(s.clone()).expecting(ExpectedVersion::Exact(4)));
     assert!(matches!(
         wrong,
@@ -120,6 +138,12 @@ pub fn soft_delete_reads_empty_and_writing_continues_versions<B: Backend>(b: &mu
         .unwrap();
     assert_eq!((done.first_version, done.version), (6, 5));
     assert_eq!(read(&store, &s), Vec::<u64>::new());
+    assert_eq!(
+        store.load_snapshot(&s).unwrap(),
+        None,
+        "a snapshot holds what was deleted"
+    );
+    assert_eq!(store.deleted_version(&s, false).unwrap(), Cached::Ready(5));
     assert!(is_conflict(
         &store.append(&s, ExpectedVersion::NoStream, vec![ev("E", b"x")]),
         5

@@ -390,15 +390,14 @@ pub trait EventStore: Send + Sync {
     /// version, tombstone.
     fn stream_info(&self, stream: &StreamId) -> Result<crate::StreamInfo, ReadError>;
 
-    /// The version a stream had when a deletion last removed events from it
-    /// (0: never): what a stream whose events were all removed still
-    /// counts. With `cache_only`, answered from memory or
+    /// What the store keeps of a stream that had a deletion (`None`: it
+    /// never had one). With `cache_only`, answered from memory or
     /// [`Cached::NeedsIo`], for threads that must not block.
-    fn deleted_version(
+    fn deletion_record(
         &self,
         stream: &StreamId,
         cache_only: bool,
-    ) -> Result<Cached<u64>, ReadError>;
+    ) -> Result<Cached<Option<crate::DeletionRecord>>, ReadError>;
 
     /// Runs a pass of max-age retention now (it also runs on its own; see
     /// [`Retention`](crate::Retention)), after the appends queued before it:

@@ -74,9 +74,9 @@ pub use keyspaces::{
     CF_STREAMS, KEYSPACES, READ_ALL_SCAN_EVENTS_MAX,
 };
 pub use lifecycle::{
-    DELETIONS_STREAM, DeleteRequest, Deletion, DeletionKind, DeletionOutcome, ERASE_BATCH_EVENTS,
-    RETENTION_SWEEP_EVENTS_MAX, RETENTION_SWEEP_INTERVAL, Retention, STREAM_DELETED_EVENT,
-    StreamDeletion, StreamInfo,
+    DELETIONS_STREAM, DeleteRequest, Deletion, DeletionKind, DeletionOutcome, DeletionRecord,
+    ERASE_BATCH_EVENTS, RETENTION_SWEEP_EVENTS_MAX, RETENTION_SWEEP_INTERVAL, Retention,
+    STREAM_DELETED_EVENT, StreamDeletion, StreamInfo,
 };
 pub use memory::MemoryStore;
 pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};

@@ -147,6 +147,22 @@ impl DeletionOutcome {
     }
 }
 
+/// What the store keeps of a stream that had a deletion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeletionRecord {
+    /// The first version readers see (`version + 1`: none).
+    pub first_version: u64,
+    /// The stream's version when the record was last written (its index
+    /// may no longer hold it).
+    pub version: u64,
+    /// Its version when it was last soft-deleted or tombstoned (0: never):
+    /// what came before is gone, and an aggregate's state starts afresh
+    /// after it. A truncation leaves it as it was.
+    pub deleted_version: u64,
+    /// No event may be appended again.
+    pub tombstoned: bool,
+}
+
 /// Where a stream's lifecycle stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamInfo {

@@ -57,25 +57,17 @@ pub(crate) fn decode_global(key: &[u8], value: &[u8]) -> Result<Option<RecordedE
 
 /// What `streammeta` keeps of a stream that was truncated, deleted or
 /// tombstoned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct StreamMeta {
-    /// The first version readers see (`version + 1`: none).
-    pub first_version: u64,
-    /// The stream's version when the record was written (its index may no
-    /// longer hold it).
-    pub version: u64,
-    /// No event may be appended again.
-    pub tombstoned: bool,
-}
+pub(crate) use crate::lifecycle::DeletionRecord as StreamMeta;
 
 const META_TOMBSTONED: u8 = 1;
 
 pub(crate) fn encode_stream_meta(meta: &StreamMeta) -> Vec<u8> {
-    let mut out = Vec::with_capacity(22);
+    let mut out = Vec::with_capacity(30);
     out.push(FORMAT_V1);
     out.push(if meta.tombstoned { META_TOMBSTONED } else { 0 });
     out.extend_from_slice(&meta.first_version.to_be_bytes());
     out.extend_from_slice(&meta.version.to_be_bytes());
+    out.extend_from_slice(&meta.deleted_version.to_be_bytes());
     with_crc(out)
 }
 
@@ -93,9 +85,13 @@ pub(crate) fn decode_stream_meta(key: &[u8], value: &[u8]) -> Result<StreamMeta,
             tombstoned: flags & META_TOMBSTONED != 0,
             first_version: c.u64("first version")?,
             version: c.u64("version")?,
+            deleted_version: c.u64("deleted version")?,
         };
         c.end()?;
-        if meta.first_version == 0 || meta.first_version > meta.version.saturating_add(1) {
+        if meta.first_version == 0
+            || meta.first_version > meta.version.saturating_add(1)
+            || meta.deleted_version > meta.version
+        {
             return Err(CorruptionKind::InvalidField(format!(
                 "first version {} of a stream at version {}",
                 meta.first_version, meta.version
@@ -166,6 +162,7 @@ mod tests {
         let meta = StreamMeta {
             first_version: 4,
             version: 7,
+            deleted_version: 3,
             tombstoned: true,
         };
         assert_eq!(

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Meta {
     pub first_version: u64,
+    pub deleted_version: u64,
     pub tombstoned: bool,
 }
 
@@ -143,7 +144,13 @@ impl MemoryStore {
         };
         let first_version = first_version.max(info.first_version);
         let tombstone = kind == DeletionKind::Tombstoned;
-        let unchanged = first_version == info.first_version && (info.tombstoned || !tombstone);
+        let deleted_before = state
+            .meta
+            .get(&request.stream)
+            .map_or(0, |m| m.deleted_version);
+        let unchanged = first_version == info.first_version
+            && (info.tombstoned || !tombstone)
+            && (kind == DeletionKind::Truncated || deleted_before == info.version);
         let written = StreamWritten {
             stream: request.stream.clone(),
             first_version,
@@ -180,6 +187,11 @@ impl MemoryStore {
         if kind != DeletionKind::Truncated {
             // A snapshot holds the removed events.
             state.snapshots.remove(&request.stream);
+            state
+                .meta
+                .entry(request.stream.clone())
+                .or_default()
+                .deleted_version = info.version;
         }
         let deletions =
             StreamId::new(DELETIONS_STREAM).map_err(|e| AppendError::Io(e.to_string()))?;

@@ -6,7 +6,7 @@
 
 use crate::api::*;
 use crate::error::{AppendError, Corruption, CorruptionKind, ReadError, WriteError};
-use crate::lifecycle::{DeleteRequest, StreamInfo};
+use crate::lifecycle::{DeleteRequest, DeletionRecord, StreamInfo};
 use crate::options::StoreOptions;
 use crate::validate;
 use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
@@ -330,14 +330,22 @@ impl EventStore for MemoryStore {
     }
 
     /// Always answered: everything is in memory.
-    fn deleted_version(&self, stream: &StreamId, _: bool) -> Result<Cached<u64>, ReadError> {
+    /// Always answered: everything is in memory.
+    fn deletion_record(
+        &self,
+        stream: &StreamId,
+        _: bool,
+    ) -> Result<Cached<Option<DeletionRecord>>, ReadError> {
         let state = self.lock();
-        let deleted = state.meta.contains_key(stream);
-        Ok(Cached::Ready(if deleted {
-            state.info(stream).version
-        } else {
-            0
-        }))
+        let info = state.info(stream);
+        Ok(Cached::Ready(state.meta.get(stream).map(|meta| {
+            DeletionRecord {
+                first_version: info.first_version,
+                version: info.version,
+                deleted_version: meta.deleted_version,
+                tombstoned: meta.tombstoned,
+            }
+        })))
     }
 
     fn enforce_retention(&self) -> Result<u64, AppendError> {

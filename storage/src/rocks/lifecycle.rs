@@ -196,6 +196,7 @@ impl Writer {
         let old = read_meta(&self.db, &self.shared, &stream)?.unwrap_or(StreamMeta {
             first_version: 1,
             version: tip.version,
+            deleted_version: 0,
             tombstoned: false,
         });
         let end = tip.version.saturating_add(1);
@@ -207,6 +208,11 @@ impl Writer {
         let new = StreamMeta {
             first_version: first_version.max(old.first_version),
             version: tip.version,
+            deleted_version: if kind == DeletionKind::Truncated {
+                old.deleted_version
+            } else {
+                tip.version
+            },
             tombstoned: old.tombstoned || kind == DeletionKind::Tombstoned,
         };
         let written = StreamWritten {
@@ -214,7 +220,10 @@ impl Writer {
             first_version: new.first_version,
             last_version: tip.version,
         };
-        if new.first_version == old.first_version && new.tombstoned == old.tombstoned {
+        if new.first_version == old.first_version
+            && new.tombstoned == old.tombstoned
+            && new.deleted_version == old.deleted_version
+        {
             return Ok(Decision::Done(Ok(AppendOutcome {
                 streams: vec![written],
                 first_position: 0,
@@ -453,12 +462,13 @@ impl Writer {
         let old = read_meta(&self.db, &self.shared, stream)?.unwrap_or(StreamMeta {
             first_version: 1,
             version: tip.version,
+            deleted_version: 0,
             tombstoned: tip.tombstoned,
         });
         let new = StreamMeta {
             first_version: first.min(tip.version.saturating_add(1)),
             version: tip.version,
-            tombstoned: old.tombstoned,
+            ..old
         };
         if new.first_version <= old.first_version {
             return Ok(0);

@@ -8,7 +8,7 @@ use crate::api::*;
 use crate::codec;
 use crate::error::{AppendError, Corruption, CorruptionKind, ReadError, WriteError};
 use crate::keyspaces::*;
-use crate::lifecycle::{DeleteRequest, StreamInfo};
+use crate::lifecycle::{DeleteRequest, DeletionRecord, StreamInfo};
 use crate::options::Durability;
 use crate::validate;
 use eventfold_domain::{CommandId, RecordedEvent, StreamId};
@@ -175,21 +175,19 @@ impl EventStore for RocksStore {
         })
     }
 
-    fn deleted_version(
+    fn deletion_record(
         &self,
         stream: &StreamId,
         cache_only: bool,
-    ) -> Result<Cached<u64>, ReadError> {
+    ) -> Result<Cached<Option<DeletionRecord>>, ReadError> {
         let key = stream.as_str().as_bytes();
         match self.inner.db.get_pinned_cf_opt(
             self.cf(CF_STREAM_META)?,
             key,
             &read_options(cache_only),
         ) {
-            Ok(Some(value)) => Ok(Cached::Ready(
-                codec::decode_stream_meta(key, &value)?.version,
-            )),
-            Ok(None) => Ok(Cached::Ready(0)),
+            Ok(Some(value)) => Ok(Cached::Ready(Some(codec::decode_stream_meta(key, &value)?))),
+            Ok(None) => Ok(Cached::Ready(None)),
             Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => Ok(Cached::NeedsIo),
             Err(error) => Err(engine(error)),
         }

@@ -127,7 +127,10 @@ pub fn soft_delete_reads_empty_and_writing_continues_versions<B: Backend>(b: &mu
         state: b"state".to_vec(),
     };
     store.save_snapshot(&s, &snapshot).unwrap();
-    assert_eq!(store.deleted_version(&s, false).unwrap(), Cached::Ready(0));
+    assert_eq!(
+        store.deletion_record(&s, false).unwrap(),
+        Cached::Ready(None)
+    );
     let wrong = store.delete(DeleteRequest::delete(s.clone()).expecting(ExpectedVersion::Exact(4)));
     assert!(matches!(
         wrong,
@@ -143,7 +146,16 @@ pub fn soft_delete_reads_empty_and_writing_continues_versions<B: Backend>(b: &mu
         None,
         "a snapshot holds what was deleted"
     );
-    assert_eq!(store.deleted_version(&s, false).unwrap(), Cached::Ready(5));
+    let record = DeletionRecord {
+        first_version: 6,
+        version: 5,
+        deleted_version: 5,
+        tombstoned: false,
+    };
+    assert_eq!(
+        store.deletion_record(&s, false).unwrap(),
+        Cached::Ready(Some(record))
+    );
     assert!(is_conflict(
         &store.append(&s, ExpectedVersion::NoStream, vec![ev("E", b"x")]),
         5

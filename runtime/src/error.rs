@@ -75,6 +75,20 @@ pub enum LoadError {
     /// a schema newer than the code); it names the event.
     #[error(transparent)]
     Event(#[from] EventError),
+    /// Events the state needs were removed by a truncation, and no snapshot
+    /// covers them (its snapshot was lost, or is of another
+    /// `SNAPSHOT_VERSION`): folding what is left would give a wrong state.
+    #[error(
+        "events of {stream} from version {needed} were truncated away (it starts at {first_version}) and no snapshot covers them"
+    )]
+    EventsRemoved {
+        /// The stream.
+        stream: String,
+        /// The first version the state needed.
+        needed: u64,
+        /// The stream's first readable version.
+        first_version: u64,
+    },
     /// The recorded outcome of a command names versions that cannot be
     /// (its last before its first).
     #[error(
@@ -94,6 +108,38 @@ pub enum LoadError {
     /// The blocking task that loads was lost.
     #[error("the load task failed: {0}")]
     Task(String),
+}
+
+/// Why an aggregate's stream was not truncated, deleted or tombstoned.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeleteError {
+    /// The aggregate's type is not registered with this runtime.
+    #[error("aggregate kind {0} is not registered with this runtime")]
+    NotRegistered(&'static str),
+    /// The aggregate id does not make a valid stream id.
+    #[error("invalid aggregate id: {0}")]
+    InvalidId(#[source] StreamIdError),
+    /// The store refused or failed the deletion (`StreamDeleted` is not
+    /// among its answers: deleting again is a no-op).
+    #[error(transparent)]
+    Store(#[from] AppendError),
+    /// Before a truncation, the state at the truncation point could not be
+    /// replayed for the snapshot that keeps the aggregate loadable.
+    #[error("the state to snapshot before the truncation could not be read: {0}")]
+    Replay(#[source] LoadError),
+    /// That snapshot's state did not encode.
+    #[error("the state to snapshot before the truncation does not encode: {0}")]
+    Encode(#[source] std::sync::Arc<eventfold_storage::payload::PayloadError>),
+    /// That snapshot could not be written.
+    #[error("the snapshot before the truncation could not be written: {0}")]
+    Snapshot(#[source] WriteError),
+    /// The shard's mailbox is full: retry later.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    /// The runtime is shutting down or has stopped.
+    #[error("the runtime is shut down")]
+    ShutDown,
 }
 
 /// Why a past state of an aggregate could not be read.

@@ -8,7 +8,8 @@ use crate::command::outcome::{CommandOutcome, ExecuteOptions};
 use crate::command::router::{Router, answer};
 use crate::command::system::SystemThread;
 use crate::error::{
-    CommandError, LoadError, ProcessError, ProjectionError, ShutdownError, SpawnError, StateAtError,
+    CommandError, DeleteError, LoadError, ProcessError, ProjectionError, ShutdownError, SpawnError,
+    StateAtError,
 };
 use crate::process::control::{ControlReply, ProcessControl};
 use crate::process::supervisor::Processes;
@@ -17,7 +18,9 @@ use crate::read::bus::{EventBatch, EventBus};
 use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
 use crate::read::registry::Registry;
 use eventfold_domain::{Aggregate, StreamId, Timestamp};
-use eventfold_storage::{EventStore, RocksStore};
+use eventfold_storage::{
+    AppendError, DeleteRequest, Deletion, DeletionOutcome, EventStore, RocksStore,
+};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -370,6 +373,67 @@ impl RuntimeHandle {
             &stream,
             until,
         )?)
+    }
+
+    /// Truncates, soft-deletes or tombstones aggregate `id`'s stream (see
+    /// [`eventfold_storage::lifecycle`]).
+    ///
+    /// - `TruncateBefore(n)`: events before `n` are removed; the aggregate
+    ///   keeps its state (a snapshot at `n - 1` or later is written first
+    ///   when the stored one is older, so it still loads), its version
+    ///   is unchanged.
+    /// - `Delete`: every event is removed and the aggregate starts afresh
+    ///   from its default state; its version goes on from where it was.
+    /// - `Tombstone`: as `Delete`, and every later command fails with
+    ///   `CommandError::Store(AppendError::StreamDeleted)`.
+    ///
+    /// A delete or tombstone stops the aggregate's actor first (what it has
+    /// in flight lands) and holds the aggregate's commands until the
+    /// deletion is durable. Deleting again is a no-op (`changed` false).
+    /// Projections learn of each through [`Projection::deleted`](crate::Projection::deleted).
+    pub async fn delete_aggregate<A: Aggregate>(
+        &self,
+        id: &str,
+        deletion: Deletion,
+    ) -> Result<DeletionOutcome, DeleteError> {
+        let outcome = match deletion {
+            Deletion::TruncateBefore(before) => {
+                let stream = self.inner.router.deletion_stream::<A>(id)?;
+                let shared = Arc::clone(self.inner.router.shared_arc());
+                let prepare = move || {
+                    history::snapshot_before_truncation::<A>(
+                        &*shared.store,
+                        &shared.upcasters,
+                        &stream,
+                        before,
+                    )
+                    .map(|()| (shared, stream))
+                };
+                let (shared, stream) = match tokio::runtime::Handle::try_current() {
+                    Ok(tokio) => tokio
+                        .spawn_blocking(prepare)
+                        .await
+                        .map_err(|e| DeleteError::Replay(LoadError::Task(e.to_string())))??,
+                    Err(_) => prepare()?,
+                };
+                let request = DeleteRequest::truncate_before(stream, before);
+                shared.store.submit_deletion(request).await?
+            }
+            Deletion::Delete | Deletion::Tombstone => {
+                let receiver = self.inner.router.delete::<A>(id, deletion)?;
+                receiver.await.map_err(|_| DeleteError::ShutDown)??
+            }
+        };
+        DeletionOutcome::of(&outcome).ok_or(DeleteError::Store(AppendError::NoStreams))
+    }
+
+    /// [`RuntimeHandle::delete_aggregate`] for plain threads (it blocks).
+    pub fn delete_aggregate_blocking<A: Aggregate>(
+        &self,
+        id: &str,
+        deletion: Deletion,
+    ) -> Result<DeletionOutcome, DeleteError> {
+        futures::executor::block_on(self.delete_aggregate::<A>(id, deletion))
     }
 
     /// The upcasters the runtime reads events through, for a reader of the

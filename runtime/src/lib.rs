@@ -105,8 +105,9 @@ pub use builder::{Runtime, RuntimeBuilder};
 pub use command::history::StateAt;
 pub use command::outcome::{CommandOutcome, ExecuteOptions};
 pub use error::{
-    CommandError, ControlRefusal, InvalidSetting, LoadError, ParkedError, ProcessError,
-    ProcessFailure, ProjectionError, ShutdownError, SpawnError, StartError, StateAtError,
+    CommandError, ControlRefusal, DeleteError, InvalidSetting, LoadError, ParkedError,
+    ProcessError, ProcessFailure, ProjectionError, ShutdownError, SpawnError, StartError,
+    StateAtError,
 };
 pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;

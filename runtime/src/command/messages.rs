@@ -76,6 +76,22 @@ impl Message for Spawn {
     type Result = ();
 }
 
+/// Soft-deletes or tombstones an aggregate's stream: the shard stops its
+/// actor first (what is in flight lands, nothing stale is cached), holds
+/// the stream's commands until the deletion is durable, then lets them
+/// activate a fresh actor.
+pub(crate) struct DeleteStream {
+    pub stream: StreamId,
+    pub kind: &'static str,
+    pub deletion: eventfold_storage::Deletion,
+    pub reply:
+        oneshot::Sender<Result<eventfold_storage::AppendOutcome, eventfold_storage::AppendError>>,
+}
+
+impl Message for DeleteStream {
+    type Result = ();
+}
+
 /// Tells an aggregate actor to stop once nothing is in flight.
 pub(crate) struct Passivate;
 

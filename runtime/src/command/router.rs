@@ -8,6 +8,7 @@ use super::messages::{CommandResult, Drain, Execute, Spawn};
 use super::outcome::ExecuteOptions;
 use super::shard::Shard;
 use super::shared::Shared;
+use crate::error::DeleteError;
 use crate::error::{CommandError, SpawnError};
 use crate::metric_names::REJECTIONS_TOTAL;
 use crate::placement::bucket_of;
@@ -44,6 +45,10 @@ pub(crate) async fn answer<A: Aggregate>(
         None => Err(CommandError::Timeout(timeout)),
     }
 }
+
+/// Where the store's answer to a deletion comes.
+pub(crate) type DeletionReceiver =
+    oneshot::Receiver<Result<eventfold_storage::AppendOutcome, eventfold_storage::AppendError>>;
 
 impl Router {
     pub(crate) fn new(
@@ -111,6 +116,41 @@ impl Router {
                 Err(CommandError::Overloaded("shard mailbox is full"))
             }
             Err(SendError::Closed(_)) => Err(CommandError::ShutDown),
+        }
+    }
+
+    /// The stream of aggregate `id`, checked for a deletion as a command is.
+    pub(crate) fn deletion_stream<A: Aggregate>(&self, id: &str) -> Result<StreamId, DeleteError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(DeleteError::ShutDown);
+        }
+        if !self.kinds.contains(A::KIND) {
+            return Err(DeleteError::NotRegistered(A::KIND));
+        }
+        StreamId::for_aggregate(A::KIND, id).map_err(DeleteError::InvalidId)
+    }
+
+    /// Sends a soft delete or tombstone of aggregate `id`'s stream to its
+    /// shard (see [`DeleteStream`](super::messages::DeleteStream)); the
+    /// store's answer comes on the receiver.
+    pub(crate) fn delete<A: Aggregate>(
+        &self,
+        id: &str,
+        deletion: eventfold_storage::Deletion,
+    ) -> Result<DeletionReceiver, DeleteError> {
+        let stream = self.deletion_stream::<A>(id)?;
+        let (reply, receiver) = oneshot::channel();
+        let shard = &self.shards[bucket_of(stream.as_str(), self.shards.len())];
+        let message = super::messages::DeleteStream {
+            stream,
+            kind: A::KIND,
+            deletion,
+            reply,
+        };
+        match shard.try_send(message) {
+            Ok(()) => Ok(receiver),
+            Err(SendError::Full(_)) => Err(DeleteError::Overloaded("shard mailbox is full")),
+            Err(SendError::Closed(_)) => Err(DeleteError::ShutDown),
         }
     }
 

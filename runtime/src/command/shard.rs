@@ -9,7 +9,7 @@
 //! actor loads a stream no earlier actor is still writing to.
 
 use super::actor::AggregateActor;
-use super::messages::{Drain, Execute, Passivate, Spawn, Stopped, refuse};
+use super::messages::{DeleteStream, Drain, Execute, Passivate, Spawn, Stopped, refuse};
 use super::shared::{ShardLink, Shared};
 use super::state_cache::StateCache;
 use crate::error::CommandError;
@@ -343,6 +343,55 @@ impl<A: Aggregate> Handler<Execute<A>> for Shard {
 
     fn handle(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
         self.dispatch(msg, ctx);
+    }
+}
+
+/// The generation under which a stream's commands wait for its deletion.
+const DELETING: u32 = u32::MAX;
+
+impl Shard {
+    /// Deletes once the stream's actor is stopped (see [`DeleteStream`]).
+    fn delete_stream(&mut self, msg: DeleteStream, ctx: &mut Context<Self>) {
+        if let Some((_, held)) = self.stopping.get_mut(&msg.stream) {
+            held.push(Box::new(move |shard, ctx| shard.delete_stream(msg, ctx)));
+            return;
+        }
+        if let Some(resident) = self.resident.pop(&msg.stream) {
+            let stream = msg.stream.clone();
+            self.begin_passivation(stream.clone(), resident);
+            if let Some((_, held)) = self.stopping.get_mut(&stream) {
+                held.push(Box::new(move |shard, ctx| shard.delete_stream(msg, ctx)));
+            }
+            return;
+        }
+        // Its stopped actor's state is of the events about to go.
+        self.cache.take(&msg.stream, msg.kind);
+        self.stopping
+            .insert(msg.stream.clone(), (DELETING, Vec::new()));
+        let request = eventfold_storage::DeleteRequest {
+            stream: msg.stream.clone(),
+            expected: eventfold_domain::ExpectedVersion::Any,
+            deletion: msg.deletion,
+        };
+        let pending = self.shared.store.submit_deletion(request);
+        let (stream, reply) = (msg.stream, msg.reply);
+        ctx.spawn(pending.into_actor(self).map(move |result, shard, ctx| {
+            let _ = reply.send(result);
+            if let Some((_, held)) = shard.stopping.remove(&stream) {
+                for command in held {
+                    command(shard, ctx);
+                }
+            }
+            shard.check_drained();
+        }));
+    }
+}
+
+impl Handler<DeleteStream> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeleteStream, ctx: &mut Context<Self>) {
+        self.delete_stream(msg, ctx);
     }
 }
 

@@ -12,10 +12,13 @@ use crate::evolution::Upcasters;
 use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
 use crate::placement::bucket_of;
 use crate::read::bus::EventBus;
+use crate::read::interest::{Interest, is_deletion};
 use crate::read::projection::*;
 use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke, read_at};
 use eventfold_domain::RecordedEvent;
-use eventfold_storage::{Corruption, EventStore, Filter, ReadModelBatch, WriteError, payload};
+use eventfold_storage::{
+    Corruption, EventStore, Filter, ReadModelBatch, StreamDeletion, WriteError, payload,
+};
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,7 +136,7 @@ impl Consumer {
         let sub = Subscription::new(
             Arc::clone(&self.store),
             &self.bus,
-            self.filter.clone(),
+            Interest::with_deletions(self.filter.clone()),
             start,
             Arc::clone(&self.upcasters),
         );
@@ -315,9 +318,17 @@ impl Consumer {
         Flow::Stop
     }
 
+    /// Whether this partition handles `event`: the partition of its
+    /// stream (for a deletion, of the stream it deleted).
     fn mine(&self, event: &RecordedEvent) -> bool {
         let (index, count) = self.partition;
-        count <= 1 || bucket_of(event.stream_id.as_str(), count) == index
+        if count <= 1 {
+            return true;
+        }
+        match deletion(event) {
+            Some(deletion) => bucket_of(&deletion.stream, count) == index,
+            None => bucket_of(event.stream_id.as_str(), count) == index,
+        }
     }
 
     /// Handles the events of one position under the error policy.
@@ -391,11 +402,17 @@ impl Consumer {
                     undo: &mut run.undo,
                 };
                 catch_unwind(AssertUnwindSafe(|| {
-                    events.iter().try_for_each(|e| projection.apply(e, &mut tx))
+                    events.iter().try_for_each(|e| match deletion(e) {
+                        Some(deletion) => projection.deleted(&deletion, &mut tx),
+                        None => projection.apply(e, &mut tx),
+                    })
                 }))
             }
             Kind::Handler(handler) => catch_unwind(AssertUnwindSafe(|| {
-                events.iter().try_for_each(|e| handler.handle(e))
+                events.iter().try_for_each(|e| match deletion(e) {
+                    Some(deletion) => handler.deleted(&deletion, e.position),
+                    None => handler.handle(e),
+                })
             })),
         };
         let outcome = match result {
@@ -503,7 +520,8 @@ impl Consumer {
         for (i, entry) in queue.into_iter().enumerate() {
             let skipping = skip && i == 0;
             if !skipping {
-                let events = read_at(&*self.store, &self.upcasters, entry.position, &self.filter)?
+                let interest = Interest::with_deletions(self.filter.clone());
+                let events = read_at(&*self.store, &self.upcasters, entry.position, &interest)?
                     .ok_or(ParkedError::Missing(entry.position))?;
                 let events: Vec<&RecordedEvent> = events.iter().collect();
                 if let Err(error) = self.attempt(run, &events) {
@@ -535,6 +553,15 @@ impl Consumer {
         }
         self.commit(run, through, true)?;
         result
+    }
+}
+
+/// The deletion `event` records, if it is one.
+fn deletion(event: &RecordedEvent) -> Option<StreamDeletion> {
+    if is_deletion(event) {
+        StreamDeletion::of(event)
+    } else {
+        None
     }
 }
 

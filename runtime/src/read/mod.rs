@@ -5,6 +5,8 @@
 //!   uses (projections, handlers, process-manager hosts): catch-up from the
 //!   store, live from the bus, back to catch-up on a gap, a lag or an idle
 //!   head.
+//! - [`interest`]: what a subscriber wants of the log: its filter, and the
+//!   deletions of the streams it reads.
 //! - [`consumer`]: one projection partition, rebuild or event handler on a
 //!   thread of its own, driving a subscription.
 //! - [`projection`]: the public traits and settings, read-model views.
@@ -15,6 +17,7 @@
 
 pub mod bus;
 pub(crate) mod consumer;
+pub(crate) mod interest;
 pub mod projection;
 pub(crate) mod registry;
 pub(crate) mod subscription;

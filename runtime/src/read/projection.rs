@@ -21,7 +21,7 @@
 //! nothing more to read.
 
 use eventfold_domain::{DomainEvent, RecordedEvent};
-use eventfold_storage::{EventStore, Filter, ReadError, ReadModelBatch, payload};
+use eventfold_storage::{EventStore, Filter, ReadError, ReadModelBatch, StreamDeletion, payload};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -110,6 +110,20 @@ pub trait Projection: Send + 'static {
         event: &RecordedEvent,
         model: &mut ReadModelTx<'_>,
     ) -> Result<(), HandlerError>;
+
+    /// A stream whose category this projection reads (any stream, when its
+    /// filter names no category) was truncated, soft-deleted or tombstoned
+    /// (see [`StreamDeletion`]): drop what the read model keeps of the
+    /// removed events. Called in order with the events, under the same
+    /// error policy, with the same exactly-once commit. Default: nothing.
+    fn deleted(
+        &mut self,
+        deletion: &StreamDeletion,
+        model: &mut ReadModelTx<'_>,
+    ) -> Result<(), HandlerError> {
+        let _ = (deletion, model);
+        Ok(())
+    }
 }
 
 /// A consumer with side effects outside eventfold: at-least-once delivery.
@@ -126,6 +140,14 @@ pub trait EventHandler: Send + 'static {
 
     /// Handles one event.
     fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError>;
+
+    /// A stream it reads was truncated, soft-deleted or tombstoned, as for
+    /// [`Projection::deleted`]; `position` is the deletion's position in
+    /// the log, to deduplicate by. Default: nothing.
+    fn deleted(&mut self, deletion: &StreamDeletion, position: u64) -> Result<(), HandlerError> {
+        let _ = (deletion, position);
+        Ok(())
+    }
 }
 
 /// What a consumer does when its handler fails on an event.

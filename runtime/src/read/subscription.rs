@@ -30,6 +30,7 @@
 
 use crate::evolution::{EventError, Upcasters};
 use crate::read::bus::{EventBatch, EventBus};
+use crate::read::interest::Interest;
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{EventStore, Filter, ReadError};
 use std::future::Future;
@@ -81,7 +82,7 @@ enum Events {
     /// filtered.
     Stored(Vec<RecordedEvent>),
     /// A batch of the bus (every event; filtered as it is handed out).
-    Live(EventBatch, Arc<Filter>),
+    Live(EventBatch, Arc<Interest>),
 }
 
 /// Events to handle, in position order.
@@ -101,14 +102,14 @@ impl Chunk {
     /// The chunk's events that match the subscription's filter and were not
     /// handed out before, in order.
     pub(crate) fn events(&self) -> impl Iterator<Item = &RecordedEvent> + '_ {
-        let (events, filter): (&[RecordedEvent], Option<&Filter>) = match &self.events {
+        let (events, filter): (&[RecordedEvent], Option<&Interest>) = match &self.events {
             Events::Stored(events) => (events, None),
             Events::Live(batch, filter) => (batch, Some(filter)),
         };
         let from = self.from;
         events
             .iter()
-            .filter(move |e| e.position >= from && filter.is_none_or(|f| f.matches(e)))
+            .filter(move |e| e.position >= from && filter.is_none_or(|f| f.wants(e)))
     }
 
     /// How many events of the log it covers (matching or not).
@@ -141,9 +142,9 @@ pub(crate) enum Woke {
 pub(crate) struct Subscription {
     store: Arc<dyn EventStore>,
     bus: broadcast::Receiver<EventBatch>,
-    filter: Arc<Filter>,
-    /// What the store is asked for: `filter` widened to the stored types
-    /// the upcasters take.
+    interest: Arc<Interest>,
+    /// What the store is asked for: the interest's filter widened to the
+    /// stored types the upcasters take (and to deletions).
     store_filter: Filter,
     upcasters: Arc<Upcasters>,
     next: u64,
@@ -158,15 +159,15 @@ impl Subscription {
     pub(crate) fn new(
         store: Arc<dyn EventStore>,
         bus: &EventBus,
-        filter: Filter,
+        interest: Interest,
         checkpoint: u64,
         upcasters: Arc<Upcasters>,
     ) -> Self {
         Self {
             store,
             bus: bus.subscribe(),
-            store_filter: upcasters.widen(&filter),
-            filter: Arc::new(filter),
+            store_filter: interest.store_filter(&upcasters),
+            interest: Arc::new(interest),
             upcasters,
             next: checkpoint.saturating_add(1),
             live: false,
@@ -226,10 +227,10 @@ impl Subscription {
                 for event in batch.iter().filter(|e| e.position >= self.next) {
                     self.upcasters.upcast_into(event.clone(), &mut upcast)?;
                 }
-                upcast.retain(|e| self.filter.matches(e));
+                upcast.retain(|e| self.interest.wants(e));
                 Events::Stored(upcast)
             } else {
-                Events::Live(batch, Arc::clone(&self.filter))
+                Events::Live(batch, Arc::clone(&self.interest))
             };
             return Ok(Some(Chunk {
                 events,
@@ -244,9 +245,7 @@ impl Subscription {
             .read_all(self.next, max.max(1), &self.store_filter)?;
         let reached_head = slice.next_position > slice.head;
         let mut events = self.upcasters.upcast_all(slice.events)?;
-        if self.store_filter != *self.filter {
-            events.retain(|e| self.filter.matches(e));
-        }
+        events.retain(|e| self.interest.wants(e));
         Ok(Some(Chunk {
             events: Events::Stored(events),
             from: self.next,
@@ -335,7 +334,7 @@ pub(crate) fn read_at(
     store: &dyn EventStore,
     upcasters: &Upcasters,
     position: u64,
-    filter: &Filter,
+    interest: &Interest,
 ) -> Result<Option<Vec<RecordedEvent>>, SubscriptionError> {
     let Some(event) = store
         .read_all(position, 1, &Filter::all())?
@@ -347,7 +346,7 @@ pub(crate) fn read_at(
     };
     let mut events = Vec::new();
     upcasters.upcast_into(event, &mut events)?;
-    events.retain(|e| filter.matches(e));
+    events.retain(|e| interest.wants(e));
     Ok(Some(events))
 }
 
@@ -395,7 +394,7 @@ mod tests {
         let mut sub = Subscription::new(
             Arc::new(store.clone()),
             &bus,
-            Filter::all(),
+            Interest::events(Filter::all()),
             2,
             Arc::default(),
         );
@@ -415,7 +414,7 @@ mod tests {
         let mut sub = Subscription::new(
             Arc::new(store.clone()),
             &bus,
-            Filter::all(),
+            Interest::events(Filter::all()),
             0,
             Arc::default(),
         );
@@ -435,7 +434,7 @@ mod tests {
         let mut sub = Subscription::new(
             Arc::new(store.clone()),
             &bus,
-            Filter::all(),
+            Interest::events(Filter::all()),
             0,
             Arc::default(),
         );

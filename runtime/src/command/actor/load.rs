@@ -106,6 +106,65 @@ pub(crate) fn decode_events<A: Aggregate>(
     Ok(decoded.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Where a replay stands before the first events it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Start {
+    /// The version the state is at before them.
+    pub base: u64,
+    /// The stream was soft-deleted after the state's version: start from
+    /// the default state.
+    pub fresh: bool,
+}
+
+/// Where a replay from a state at version `base` stands, given the version
+/// of the first event it read after it. Read events that follow on need
+/// nothing more; otherwise the stream's deletion record says whether the
+/// stream was soft-deleted since (the state starts afresh after it), and
+/// refuses to fold a stream whose events the state needs were truncated
+/// away (no snapshot covers them).
+pub(crate) fn start_of(
+    store: &dyn EventStore,
+    stream: &StreamId,
+    base: u64,
+    first_read: Option<u64>,
+    cache_only: bool,
+) -> Result<Cached<Start>, LoadError> {
+    let follows = Start { base, fresh: false };
+    if first_read == Some(base.saturating_add(1)) {
+        return Ok(Cached::Ready(follows));
+    }
+    let Cached::Ready(record) = store.deletion_record(stream, cache_only)? else {
+        return Ok(Cached::NeedsIo);
+    };
+    let Some(record) = record else {
+        return match first_read {
+            None => Ok(Cached::Ready(follows)),
+            Some(found) => Err(LoadError::EventsRemoved {
+                stream: stream.to_string(),
+                needed: base.saturating_add(1),
+                first_version: found,
+            }),
+        };
+    };
+    let start = if record.deleted_version > base {
+        Start {
+            base: record.deleted_version,
+            fresh: true,
+        }
+    } else {
+        follows
+    };
+    let first = first_read.unwrap_or(record.first_version);
+    if first > start.base.saturating_add(1) && record.first_version > start.base.saturating_add(1) {
+        return Err(LoadError::EventsRemoved {
+            stream: stream.to_string(),
+            needed: start.base.saturating_add(1),
+            first_version: record.first_version,
+        });
+    }
+    Ok(Cached::Ready(start))
+}
+
 /// The aggregate's state: its latest snapshot of the current snapshot
 /// version (if any) plus every event after it. Blocking.
 fn load<A: Aggregate>(
@@ -116,9 +175,19 @@ fn load<A: Aggregate>(
     let (mut state, mut version) = from_snapshot::<A>(stream, store.load_snapshot(stream)?);
     let snapshot_version = version;
     let mut last_event = None;
+    let mut first_chunk = true;
     loop {
         let events =
             store.read_stream(stream, version + 1, Direction::Forward, LOAD_CHUNK_EVENTS)?;
+        if std::mem::take(&mut first_chunk) {
+            let first = events.first().map(|e| e.version);
+            if let Cached::Ready(start) = start_of(store, stream, version, first, false)? {
+                if start.fresh {
+                    state = A::default();
+                }
+                version = start.base;
+            }
+        }
         let Some(last) = events.last() else { break };
         let last_version = last.version;
         last_event = Some(last.metadata.event_id);
@@ -158,6 +227,14 @@ fn load_cached<A: Aggregate>(
     if events.len() > LOAD_INLINE_EVENTS_MAX {
         return Ok(Cached::NeedsIo);
     }
+    let first = events.first().map(|e| e.version);
+    let Cached::Ready(start) = start_of(store, stream, version, first, true)? else {
+        return Ok(Cached::NeedsIo);
+    };
+    if start.fresh {
+        state = A::default();
+    }
+    let version = start.base;
     let last = events.last().map(|e| (e.version, e.metadata.event_id));
     apply_loaded(&mut state, upcasters, events)?;
     Ok(Cached::Ready(Loaded {

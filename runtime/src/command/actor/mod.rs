@@ -31,7 +31,7 @@ mod load;
 mod queues;
 mod snapshots;
 
-pub(crate) use load::{applied, apply_loaded};
+pub(crate) use load::{applied, apply_loaded, start_of};
 
 use super::messages::{Execute, Passivate, Stopped, refuse};
 use super::shared::ShardLink;

@@ -37,6 +37,7 @@ use super::control::{HostConfig, HostRun, ProcessControl};
 use super::dispatch::Delivery;
 use super::records::*;
 use crate::error::{ControlRefusal, ProcessFailure};
+use crate::read::interest::Interest;
 use crate::read::projection::ConsumerState;
 use crate::read::subscription::{self, Subscription, SubscriptionError};
 use eventfold_storage::{Filter, ReadModelBatch};
@@ -132,7 +133,7 @@ impl<P: ProcessManager> HostRun for Host<P> {
         let mut sub = Subscription::new(
             Arc::clone(&self.config.store),
             &self.config.bus,
-            self.filter.clone(),
+            Interest::events(self.filter.clone()),
             self.committed,
             Arc::clone(&self.config.upcasters),
         );

@@ -7,6 +7,7 @@ use crate::metric_names::PROCESS_STUCK;
 use crate::process::api::Association;
 use crate::process::api::{Input, ProcessManager};
 use crate::process::records::*;
+use crate::read::interest::Interest;
 use crate::read::subscription::read_at;
 use eventfold_domain::RecordedEvent;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -56,7 +57,7 @@ impl<P: ProcessManager> Host<P> {
                 &*self.config.store,
                 &self.config.upcasters,
                 position,
-                &self.filter,
+                &Interest::events(self.filter.clone()),
             )
             .map_err(ProcessFailure::from)?
             .ok_or(ProcessFailure::MissingEvent(position))?;

@@ -399,6 +399,28 @@ pub trait EventStore: Send + Sync {
         cache_only: bool,
     ) -> Result<Cached<Option<crate::DeletionRecord>>, ReadError>;
 
+    /// The key of data subject `subject` (see [`SubjectKey`](crate::SubjectKey)),
+    /// `None` when it has none yet.
+    fn subject_key(&self, subject: &str) -> Result<Option<crate::SubjectKey>, ReadError>;
+
+    /// Stores `key` as the key of `subject` unless it has one or was
+    /// forgotten, and returns the key it has now (one caller wins a race).
+    /// The write is in the write-ahead log before anything appended after
+    /// this returns, so an event sealed with the key is never durable
+    /// without it.
+    fn create_subject_key(
+        &self,
+        subject: &str,
+        key: [u8; crate::SUBJECT_KEY_BYTES],
+    ) -> Result<crate::SubjectKey, WriteError>;
+
+    /// Destroys the key of `subject` for good: durably marks it forgotten
+    /// (no key can be created for it again), and makes the store's files
+    /// drop the key's bytes (RocksDB: every memtable flushed, so no live
+    /// write-ahead log holds it, and its keyspace compacted). True when it
+    /// had a key or mark before.
+    fn forget_subject(&self, subject: &str) -> Result<bool, WriteError>;
+
     /// Runs a pass of max-age retention now (it also runs on its own; see
     /// [`Retention`](crate::Retention)), after the appends queued before it:
     /// the number of events it erased.

@@ -234,6 +234,10 @@ pub enum WriteError {
     /// The write failed; the store is now poisoned.
     #[error("the write failed: {0}")]
     Io(String),
+    /// A read the write depends on failed (a subject's key before it is
+    /// created or forgotten).
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 /// Why a name of a checkpoint, read model or snapshot owner was refused.

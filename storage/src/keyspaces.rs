@@ -16,8 +16,11 @@ pub const CF_READ_MODELS: &str = "readmodels";
 /// Keyspace of stream lifecycle records: stream id → first readable
 /// version, version, tombstone; erasures under way; retention cursors.
 pub const CF_STREAM_META: &str = "streammeta";
+/// Keyspace of data subjects' keys: subject id → key, or the mark that it
+/// was forgotten.
+pub const CF_SUBJECT_KEYS: &str = "subjectkeys";
 /// Every keyspace besides RocksDB's `default` (which holds the format marker).
-pub const KEYSPACES: [&str; 7] = [
+pub const KEYSPACES: [&str; 8] = [
     CF_GLOBAL,
     CF_STREAMS,
     CF_SNAPSHOTS,
@@ -25,6 +28,7 @@ pub const KEYSPACES: [&str; 7] = [
     CF_IDEMPOTENCY,
     CF_READ_MODELS,
     CF_STREAM_META,
+    CF_SUBJECT_KEYS,
 ];
 
 /// Most events one `read_all` call examines; a filtered read that finds

@@ -57,6 +57,7 @@ mod memory;
 mod options;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod subjects;
 mod validate;
 
 pub use api::{
@@ -71,7 +72,7 @@ pub use error::{
 };
 pub use keyspaces::{
     CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAM_META,
-    CF_STREAMS, KEYSPACES, READ_ALL_SCAN_EVENTS_MAX,
+    CF_STREAMS, CF_SUBJECT_KEYS, KEYSPACES, READ_ALL_SCAN_EVENTS_MAX,
 };
 pub use lifecycle::{
     DELETIONS_STREAM, DeleteRequest, Deletion, DeletionKind, DeletionOutcome, DeletionRecord,
@@ -84,3 +85,4 @@ pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};
 /// builds without RocksDB, for the fuzz targets of its decoders).
 #[cfg(feature = "rocksdb")]
 pub use rocks::{REINDEX_BATCH_EVENTS, RocksStore, SalvageReport, UpgradeReport};
+pub use subjects::{SUBJECT_BYTES_MAX, SUBJECT_KEY_BYTES, SubjectKey};

@@ -6,7 +6,7 @@
 //! CRC32C of all the bytes before it. Integers are big-endian so that keys
 //! sort numerically.
 
-mod frame;
+pub(crate) mod frame;
 mod keys;
 mod lifecycle;
 mod record;

@@ -34,6 +34,8 @@ struct State {
     erased: HashSet<u64>,
     /// Per category with a max age: how far into `log` its sweep has gone.
     age_cursors: HashMap<String, usize>,
+    /// Data subjects' keys.
+    subjects: HashMap<String, crate::SubjectKey>,
 }
 
 /// An event store held in memory.
@@ -346,6 +348,35 @@ impl EventStore for MemoryStore {
                 tombstoned: meta.tombstoned,
             }
         })))
+    }
+
+    fn subject_key(&self, subject: &str) -> Result<Option<crate::SubjectKey>, ReadError> {
+        crate::subjects::check(subject)?;
+        Ok(self.lock().subjects.get(subject).copied())
+    }
+
+    fn create_subject_key(
+        &self,
+        subject: &str,
+        key: [u8; crate::SUBJECT_KEY_BYTES],
+    ) -> Result<crate::SubjectKey, WriteError> {
+        crate::subjects::check(subject)?;
+        self.check_writable()?;
+        let mut state = self.lock();
+        Ok(*state
+            .subjects
+            .entry(subject.to_owned())
+            .or_insert(crate::SubjectKey::Active(key)))
+    }
+
+    fn forget_subject(&self, subject: &str) -> Result<bool, WriteError> {
+        crate::subjects::check(subject)?;
+        self.check_writable()?;
+        let mut state = self.lock();
+        Ok(state
+            .subjects
+            .insert(subject.to_owned(), crate::SubjectKey::Forgotten)
+            .is_some())
     }
 
     fn enforce_retention(&self) -> Result<u64, AppendError> {

@@ -71,6 +71,8 @@ impl Shared {
 }
 
 struct Inner {
+    /// Held while a subject's key is created or forgotten.
+    subject_keys: std::sync::Mutex<()>,
     db: Arc<DB>,
     shared: Arc<Shared>,
     options: Arc<StoreOptions>,

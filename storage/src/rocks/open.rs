@@ -112,6 +112,7 @@ impl RocksStore {
         threads.insert(0, spawn("eventfold-writer", move || writer.run())?);
         Ok(Self {
             inner: Arc::new(Inner {
+                subject_keys: std::sync::Mutex::new(()),
                 db,
                 shared,
                 options,

@@ -224,6 +224,12 @@ impl Walk<'_> {
                 self.corrupt(c);
             }
         }
+        for item in db.iterator_cf(self.store.cf(CF_SUBJECT_KEYS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(engine)?;
+            if let Err(c) = crate::subjects::decode(&key, &value) {
+                self.corrupt(c);
+            }
+        }
         for item in db.iterator_cf(self.store.cf(CF_CHECKPOINTS)?, IteratorMode::Start) {
             let (key, value) = item.map_err(engine)?;
             if let Err(c) = codec::decode_checkpoint(&key, &value) {

@@ -333,3 +333,52 @@ pub fn a_large_deletion_is_erased_in_batches<B: Backend>(b: &mut B) {
     assert_eq!(read(&store, &keep), [1, 2, 3, 4, 5]);
     assert!(store.verify().unwrap().is_clean());
 }
+
+/// Data subjects' keys: created once (a second creation gets the first
+/// key), forgotten for good (no key again), across a reopen.
+pub fn subject_keys_are_created_once_and_forgotten_for_good<B: Backend>(b: &mut B) {
+    let store = b.open(StoreOptions::default());
+    assert_eq!(store.subject_key("ann").unwrap(), None);
+    let first = store
+        .create_subject_key("ann", [1; SUBJECT_KEY_BYTES])
+        .unwrap();
+    assert_eq!(first, SubjectKey::Active([1; SUBJECT_KEY_BYTES]));
+    let second = store
+        .create_subject_key("ann", [2; SUBJECT_KEY_BYTES])
+        .unwrap();
+    assert_eq!(second, first, "one key per subject");
+    store
+        .create_subject_key("bob", [3; SUBJECT_KEY_BYTES])
+        .unwrap();
+    let store = b.reopen(store);
+    assert_eq!(store.subject_key("ann").unwrap(), Some(first));
+    assert!(store.forget_subject("ann").unwrap());
+    assert_eq!(
+        store.subject_key("ann").unwrap(),
+        Some(SubjectKey::Forgotten)
+    );
+    let again = store
+        .create_subject_key("ann", [4; SUBJECT_KEY_BYTES])
+        .unwrap();
+    assert_eq!(
+        again,
+        SubjectKey::Forgotten,
+        "a forgotten subject gets no key again"
+    );
+    let store = b.reopen(store);
+    assert_eq!(
+        store.subject_key("ann").unwrap(),
+        Some(SubjectKey::Forgotten)
+    );
+    assert_eq!(
+        store.subject_key("bob").unwrap(),
+        Some(SubjectKey::Active([3; SUBJECT_KEY_BYTES]))
+    );
+    assert!(store.subject_key("").is_err());
+    assert!(
+        store
+            .create_subject_key(&"x".repeat(SUBJECT_BYTES_MAX + 1), [0; SUBJECT_KEY_BYTES])
+            .is_err()
+    );
+    assert!(store.verify().unwrap().is_clean());
+}

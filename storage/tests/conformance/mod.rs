@@ -1067,7 +1067,8 @@ macro_rules! conformance_suite {
             commit_listener_sees_every_durable_event_in_order,
             tck_delete_messages_to, truncation_is_idempotent_and_the_log_stays_gapless,
             soft_delete_reads_empty_and_writing_continues_versions, tombstone_refuses_every_later_append,
-            retention_max_count, retention_max_age, a_large_deletion_is_erased_in_batches);
+            retention_max_count, retention_max_age, a_large_deletion_is_erased_in_batches,
+            subject_keys_are_created_once_and_forgotten_for_good);
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         mod conformance_cases {

@@ -10,6 +10,7 @@ use crate::command::system::{SystemThread, start_system};
 use crate::error::{InvalidSetting, StartError};
 use crate::evolution::Upcasters;
 use crate::handle::{Inner, RuntimeHandle};
+use crate::personal::SubjectKeys;
 use crate::process;
 use crate::process::dispatch::{DispatchTable, TypedDispatch};
 use crate::process::supervisor::{HostEnvironment, ProcessRegistration, Processes};
@@ -313,9 +314,11 @@ impl RuntimeBuilder {
         let bus = EventBus::new(self.settings.bus_capacity_batches);
         store.set_commit_listener(Arc::new(bus.clone()));
         let upcasters = Arc::new(self.upcasters);
+        let keys = Arc::new(SubjectKeys::new(Arc::clone(&store)));
         let shared = Arc::new(Shared {
             store: Arc::clone(&store),
             upcasters: Arc::clone(&upcasters),
+            keys: Arc::clone(&keys),
             settings: self.settings,
             resident: AtomicI64::new(0),
             activations: std::sync::atomic::AtomicU64::new(0),
@@ -325,6 +328,7 @@ impl RuntimeBuilder {
             Arc::clone(&store),
             bus.clone(),
             Arc::clone(&upcasters),
+            Arc::clone(&keys),
             self.consumers,
         ));
         registry.start_all().map_err(StartError::Projection)?;
@@ -343,6 +347,7 @@ impl RuntimeBuilder {
             dispatch: Arc::new(self.dispatch),
             router: Arc::clone(&router),
             upcasters,
+            keys,
         };
         let processes = match Processes::start(self.processes, &environment) {
             Ok(processes) => processes,

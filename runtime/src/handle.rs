@@ -135,7 +135,25 @@ impl RuntimeHandle {
         name: &str,
         id: &str,
     ) -> Result<Option<InstanceView<S>>, ProcessError> {
-        self.inner.processes.instance(name, id, self.store())
+        let keys = &self.inner.router.shared_arc().keys;
+        keys.scope(|| self.inner.processes.instance(name, id, self.store()))
+    }
+
+    /// Forgets data subject `subject`: its key is destroyed for good, and
+    /// every [`Personal`](crate::personal::Personal) value of it (in
+    /// events, snapshots, read models, process managers) reads as shredded
+    /// from now on; nothing personal can be stored for it again. True when
+    /// it had a key (or had been forgotten) before. Blocking: a synced
+    /// write, a flush of every keyspace and a compaction of the keys'.
+    pub fn forget(&self, subject: &str) -> Result<bool, eventfold_storage::WriteError> {
+        self.inner.router.shared().keys.forget(subject)
+    }
+
+    /// The runtime's subjects' keys: decode events of your own reads of
+    /// the store inside [`SubjectKeys::scope`](crate::personal::SubjectKeys::scope)
+    /// for their personal values to open.
+    pub fn subject_keys(&self) -> &Arc<crate::personal::SubjectKeys> {
+        &self.inner.router.shared_arc().keys
     }
 
     /// Resumes a stuck instance: the input it failed on is handled again,
@@ -352,7 +370,8 @@ impl RuntimeHandle {
         let stream = StreamId::for_aggregate(A::KIND, id).map_err(StateAtError::InvalidId)?;
         let shared = Arc::clone(self.inner.router.shared_arc());
         let task = tokio.spawn_blocking(move || {
-            history::state_at::<A>(&*shared.store, &shared.upcasters, &stream, until)
+            let read = || history::state_at::<A>(&*shared.store, &shared.upcasters, &stream, until);
+            shared.keys.scope(read)
         });
         match task.await {
             Ok(result) => Ok(result?),
@@ -366,13 +385,9 @@ impl RuntimeHandle {
         until: Until,
     ) -> Result<StateAt<A>, StateAtError> {
         let stream = StreamId::for_aggregate(A::KIND, id).map_err(StateAtError::InvalidId)?;
-        let shared = self.inner.router.shared();
-        Ok(history::state_at::<A>(
-            &*shared.store,
-            &shared.upcasters,
-            &stream,
-            until,
-        )?)
+        let shared = self.inner.router.shared_arc();
+        let read = || history::state_at::<A>(&*shared.store, &shared.upcasters, &stream, until);
+        Ok(shared.keys.scope(read)?)
     }
 
     /// Truncates, soft-deletes or tombstones aggregate `id`'s stream (see
@@ -401,13 +416,15 @@ impl RuntimeHandle {
                 let stream = self.inner.router.deletion_stream::<A>(id)?;
                 let shared = Arc::clone(self.inner.router.shared_arc());
                 let prepare = move || {
-                    history::snapshot_before_truncation::<A>(
-                        &*shared.store,
-                        &shared.upcasters,
-                        &stream,
-                        before,
-                    )
-                    .map(|()| (shared, stream))
+                    let snapshot = || {
+                        history::snapshot_before_truncation::<A>(
+                            &*shared.store,
+                            &shared.upcasters,
+                            &stream,
+                            before,
+                        )
+                    };
+                    shared.keys.scope(snapshot).map(|()| (shared, stream))
                 };
                 let (shared, stream) = match tokio::runtime::Handle::try_current() {
                     Ok(tokio) => tokio
@@ -458,6 +475,7 @@ impl RuntimeHandle {
         let model = self.inner.registry.active_model(projection)?;
         Ok(ReadModelView {
             store: Arc::clone(&self.inner.router.shared().store),
+            keys: Arc::clone(&self.inner.router.shared().keys),
             model,
         })
     }

@@ -95,6 +95,7 @@ mod error;
 pub mod evolution;
 mod handle;
 pub mod metric_names;
+pub mod personal;
 mod placement;
 pub mod process;
 mod read;

@@ -332,6 +332,9 @@ impl Actor for Shard {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // The shard's own thread: its actors' personal values open with
+        // the runtime's keys.
+        crate::personal::install(&self.shared.keys);
         let every = (self.shared.settings.passivation.idle_after / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(10));
         ctx.run_interval(every, |shard, _| shard.passivate_idle());

@@ -14,6 +14,8 @@ pub(crate) struct Shared {
     pub store: Arc<dyn EventStore>,
     /// Every event an aggregate loads passes through these.
     pub upcasters: Arc<Upcasters>,
+    /// Personal values are sealed and opened with these.
+    pub keys: Arc<crate::personal::SubjectKeys>,
     pub settings: Settings,
     pub resident: AtomicI64,
     /// Aggregate actors started (activated) since the runtime started.

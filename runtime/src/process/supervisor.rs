@@ -46,6 +46,7 @@ pub(crate) struct HostEnvironment {
     pub dispatch: Arc<DispatchTable>,
     pub router: Arc<Router>,
     pub upcasters: Arc<crate::evolution::Upcasters>,
+    pub keys: Arc<crate::personal::SubjectKeys>,
 }
 
 impl Processes {
@@ -70,9 +71,14 @@ impl Processes {
             };
             let host = (registration.make)(config);
             let name = format!("eventfold-pm-{}", registration.name);
+            let keys = Arc::clone(&environment.keys);
             let thread = std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || host.run());
+                .spawn(move || {
+                    // Its own thread: personal values open with the runtime's keys.
+                    crate::personal::install(&keys);
+                    host.run()
+                });
             let thread = match thread {
                 Ok(thread) => thread,
                 Err(source) => {

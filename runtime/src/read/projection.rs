@@ -381,6 +381,8 @@ pub struct ParkedEvent {
 /// reading the old version (whose keys are removed after the switch).
 pub struct ReadModelView {
     pub(crate) store: std::sync::Arc<dyn EventStore>,
+    /// Personal values in the model open with these.
+    pub(crate) keys: std::sync::Arc<crate::personal::SubjectKeys>,
     pub(crate) model: String,
 }
 
@@ -398,7 +400,7 @@ impl ReadModelView {
     /// The value of `key`, decoded (bincode 2) as `T`.
     pub fn get_as<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, HandlerError> {
         self.get(key)?
-            .map(|bytes| Ok(payload::decode(&bytes)?))
+            .map(|bytes| Ok(self.keys.scope(|| payload::decode(&bytes))?))
             .transpose()
     }
 
@@ -419,7 +421,7 @@ impl ReadModelView {
     ) -> Result<Vec<(Vec<u8>, T)>, HandlerError> {
         self.scan(prefix, max_count)?
             .into_iter()
-            .map(|(k, v)| Ok((k, payload::decode(&v)?)))
+            .map(|(k, v)| Ok((k, self.keys.scope(|| payload::decode(&v))?)))
             .collect()
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::error::{ParkedError, ProjectionError};
 use crate::evolution::Upcasters;
+use crate::personal::SubjectKeys;
 use crate::read::bus::EventBus;
 use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
 use crate::read::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};
@@ -51,6 +52,7 @@ pub(crate) struct Registry {
     store: Arc<dyn EventStore>,
     bus: EventBus,
     upcasters: Arc<Upcasters>,
+    keys: Arc<SubjectKeys>,
     registrations: HashMap<String, Registration>,
     running: Mutex<HashMap<String, Running>>,
     rebuilding: Mutex<HashMap<String, Running>>,
@@ -66,12 +68,14 @@ impl Registry {
         store: Arc<dyn EventStore>,
         bus: EventBus,
         upcasters: Arc<Upcasters>,
+        keys: Arc<SubjectKeys>,
         registrations: Vec<Registration>,
     ) -> Self {
         Self {
             store,
             bus,
             upcasters,
+            keys,
             registrations: registrations
                 .into_iter()
                 .map(|r| (r.name.clone(), r))
@@ -155,9 +159,14 @@ impl Registry {
                 caught_up: caught_up.clone(),
             };
             let name = format!("eventfold-consumer-{id}");
+            let keys = Arc::clone(&self.keys);
             let thread = std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || consumer.run())
+                .spawn(move || {
+                    // Its own thread: personal values open with the runtime's keys.
+                    crate::personal::install(&keys);
+                    consumer.run()
+                })
                 .map_err(|e| ProjectionError::Thread {
                     name,
                     kind: e.kind(),

@@ -172,7 +172,7 @@ impl RocksStore {
     /// for as long as RocksDB takes; appends go on meanwhile.
     pub fn compact(&self) -> Result<(), OpenError> {
         let db = &self.inner.db;
-        for name in KEYSPACES {
+        for name in std::iter::once("default").chain(KEYSPACES) {
             let cf = db
                 .cf_handle(name)
                 .ok_or_else(|| OpenError::Engine(format!("column family {name} is missing")))?;

@@ -256,8 +256,11 @@ impl EventStore for RocksStore {
         // in table files: flush every keyspace (so no live WAL holds them)
         // and compact this one (so no table file does).
         let db = &self.inner.db;
-        for name in KEYSPACES {
-            let family = self.cf(name)?;
+        // `default` too: its memtable (the format marker) keeps a WAL alive.
+        for name in std::iter::once("default").chain(KEYSPACES) {
+            let family = db
+                .cf_handle(name)
+                .ok_or_else(|| WriteError::Io(format!("column family {name} is missing")))?;
             db.flush_cf(family)
                 .map_err(|e| WriteError::Io(e.into_string()))?;
         }

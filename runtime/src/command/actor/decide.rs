@@ -54,7 +54,10 @@ impl<A: Aggregate> AggregateActor<A> {
         self.book.ready = false;
         let store = Arc::clone(&self.link.shared.store);
         let upcasters = Arc::clone(&self.link.shared.upcasters);
-        let task = tokio::task::spawn_blocking(move || applied::<A>(&*store, &upcasters, id));
+        let keys = Arc::clone(&self.link.shared.keys);
+        let task = tokio::task::spawn_blocking(move || {
+            keys.scope(|| applied::<A>(&*store, &upcasters, id))
+        });
         ctx.wait(task.into_actor(self).map(move |joined, actor, ctx| {
             actor.book.ready = true;
             match joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string()))) {

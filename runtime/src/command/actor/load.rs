@@ -37,7 +37,10 @@ impl<A: Aggregate> AggregateActor<A> {
         }
         let stream = self.stream.clone();
         let upcasters = Arc::clone(upcasters);
-        let task = tokio::task::spawn_blocking(move || load::<A>(&*store, &upcasters, &stream));
+        let keys = Arc::clone(&self.link.shared.keys);
+        let task = tokio::task::spawn_blocking(move || {
+            keys.scope(|| load::<A>(&*store, &upcasters, &stream))
+        });
         ctx.wait(task.into_actor(self).map(|joined, actor, ctx| {
             actor.loaded(
                 joined.unwrap_or_else(|e| Err(LoadError::Task(e.to_string()))),

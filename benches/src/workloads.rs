@@ -10,6 +10,7 @@ use eventfold_examples::balances::{self, Balances};
 use eventfold_examples::transfers::TransferProcess;
 use eventfold_examples::{Account, AccountCommand, AccountEvent};
 use eventfold_runtime::domain::{DomainEvent, ExpectedVersion, Metadata, NewEvent, StreamId};
+use eventfold_runtime::evolution::Upcasters;
 use eventfold_runtime::process::ProcessSettings;
 use eventfold_runtime::storage::{
     Durability, EventStore, Filter, KEYSPACES, RocksStore, StoreOptions, payload,
@@ -159,6 +160,9 @@ pub struct Config {
     pub clients_on: Placement,
     /// Skip the raw-RocksDB baseline.
     pub no_baseline: bool,
+    /// W5: the log is written at schema version 0 and every event goes
+    /// through an upcasting step to version 1 (decoded, mapped, encoded).
+    pub upcast: bool,
     /// Hide progress bars.
     pub quiet: bool,
 }
@@ -201,6 +205,7 @@ impl Config {
             shards: None,
             clients_on: Placement::Shards,
             no_baseline: false,
+            upcast: false,
             quiet: false,
         }
     }
@@ -518,8 +523,14 @@ fn catch_up(config: &Config) -> Result<Report, String> {
             let stream = StreamId::new(format!("acc-{}", i % accounts)).map_err(err)?;
             let count = (FILL_EVENTS_PER_APPEND as u64).min(events - written);
             let batch = (0..count)
-                .map(|j| new_event(&AccountEvent::Deposited { amount: j + 1 }))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|j| {
+                    let mut event = new_event(&AccountEvent::Deposited { amount: j + 1 })?;
+                    if config.upcast {
+                        event.schema_version = 0;
+                    }
+                    Ok(event)
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             store
                 .append(&stream, ExpectedVersion::Any, batch)
                 .map_err(err)?;
@@ -536,8 +547,16 @@ fn catch_up(config: &Config) -> Result<Report, String> {
     } else {
         Some(raw_iteration(&path)?)
     };
+    // Every stored event through a step that decodes it, maps it and
+    // encodes the result: what a real upcaster costs.
+    let upcasters = if config.upcast {
+        Upcasters::new().step("Deposited", 0, |old: AccountEvent| vec![old])
+    } else {
+        Upcasters::new()
+    };
     let runtime = Runtime::builder()
         .path(&path)
+        .upcasters(upcasters)
         .projection(|| Balances, ConsumerSettings::default())
         .start()
         .map_err(err)?;
@@ -594,7 +613,10 @@ fn catch_up(config: &Config) -> Result<Report, String> {
         baseline_per_s: raw,
         baseline: "raw RocksDB iteration of the global log keyspace, no decoding".into(),
         timeline,
-        extra: vec![("fill_seconds", json!(fill_seconds))],
+        extra: vec![
+            ("fill_seconds", json!(fill_seconds)),
+            ("upcast_every_event", json!(config.upcast)),
+        ],
     })
 }
 

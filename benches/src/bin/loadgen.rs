@@ -70,6 +70,10 @@ struct Args {
     /// Skip the raw-RocksDB baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// W5: write the log at schema version 0 and upcast every event to
+    /// version 1 as the projection catches up.
+    #[arg(long)]
+    upcast: bool,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -109,6 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         shards: args.shards,
         clients_on: args.clients_on,
         no_baseline: args.no_baseline,
+        upcast: args.upcast,
         quiet: args.quiet,
         ..Config::new(args.workload)
     };

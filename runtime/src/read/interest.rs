@@ -71,6 +71,18 @@ impl Interest {
         filter
     }
 
+    /// Whether the subscriber gets every event: no event need be checked.
+    pub(crate) fn takes_all(&self) -> bool {
+        self.filter.is_all() && self.deletions
+    }
+
+    /// Whether the subscriber gets `event` read from the store with
+    /// [`Interest::store_filter`] when no upcasting step widened it: only a
+    /// deletion needs a look (the store matched the rest).
+    pub(crate) fn wants_stored(&self, event: &RecordedEvent) -> bool {
+        !is_deletion(event) || self.wants(event)
+    }
+
     /// Whether the subscriber gets `event` (upcast already).
     pub(crate) fn wants(&self, event: &RecordedEvent) -> bool {
         if !is_deletion(event) {

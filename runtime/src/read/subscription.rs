@@ -104,7 +104,8 @@ impl Chunk {
     pub(crate) fn events(&self) -> impl Iterator<Item = &RecordedEvent> + '_ {
         let (events, filter): (&[RecordedEvent], Option<&Interest>) = match &self.events {
             Events::Stored(events) => (events, None),
-            Events::Live(batch, filter) => (batch, Some(filter)),
+            Events::Live(batch, interest) if interest.takes_all() => (batch, None),
+            Events::Live(batch, interest) => (batch, Some(interest)),
         };
         let from = self.from;
         events
@@ -146,6 +147,9 @@ pub(crate) struct Subscription {
     /// What the store is asked for: the interest's filter widened to the
     /// stored types the upcasters take (and to deletions).
     store_filter: Filter,
+    /// No upcasting step widened the store's filter: events read from the
+    /// store need no second look, but for deletions.
+    store_matched: bool,
     upcasters: Arc<Upcasters>,
     next: u64,
     live: bool,
@@ -167,6 +171,7 @@ impl Subscription {
             store,
             bus: bus.subscribe(),
             store_filter: interest.store_filter(&upcasters),
+            store_matched: upcasters.is_empty(),
             interest: Arc::new(interest),
             upcasters,
             next: checkpoint.saturating_add(1),
@@ -245,7 +250,13 @@ impl Subscription {
             .read_all(self.next, max.max(1), &self.store_filter)?;
         let reached_head = slice.next_position > slice.head;
         let mut events = self.upcasters.upcast_all(slice.events)?;
-        events.retain(|e| self.interest.wants(e));
+        if self.store_matched {
+            if !self.interest.takes_all() {
+                events.retain(|e| self.interest.wants_stored(e));
+            }
+        } else {
+            events.retain(|e| self.interest.wants(e));
+        }
         Ok(Some(Chunk {
             events: Events::Stored(events),
             from: self.next,

@@ -24,6 +24,12 @@ pub(crate) fn encode_erased(position: u64) -> Vec<u8> {
     with_crc(out)
 }
 
+/// Whether a `global` value is an erased record (by its format byte; an
+/// erased record is checked by [`decode_global`]).
+pub(crate) fn is_erased(value: &[u8]) -> bool {
+    value.first() == Some(&FORMAT_ERASED)
+}
+
 /// A `global` record: the event, or `None` for an erased one.
 pub(crate) fn decode_global(key: &[u8], value: &[u8]) -> Result<Option<RecordedEvent>, Corruption> {
     if value.first() != Some(&FORMAT_ERASED) {

@@ -25,6 +25,7 @@ pub enum PayloadError {
 /// assert_eq!(back, (7, "x".to_string()));
 /// # Ok::<(), eventfold_storage::payload::PayloadError>(())
 /// ```
+#[inline]
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PayloadError> {
     Ok(bincode::serde::encode_to_vec(
         value,
@@ -33,6 +34,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PayloadError> {
 }
 
 /// Decodes a value encoded by [`encode`]; every byte must be used.
+#[inline]
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
     if read != bytes.len() {

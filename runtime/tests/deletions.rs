@@ -230,3 +230,67 @@ fn deleting_an_unregistered_kind_or_an_invalid_id_is_refused() -> TestResult {
     ));
     Ok(())
 }
+
+/// Counts the deletions it is told of, per deleted stream.
+struct Janitor;
+
+impl eventfold_runtime::process::ProcessManager for Janitor {
+    type State = Vec<String>;
+    type Error = HandlerError;
+    fn name(&self) -> &str {
+        "janitor"
+    }
+    fn filter(&self) -> Filter {
+        // A process manager hears of deletions when its filter names them.
+        Filter::categories([DELETIONS_STREAM, "tally"])
+    }
+    fn associate(&self, event: &RecordedEvent) -> eventfold_runtime::process::Association {
+        use eventfold_runtime::process::Association;
+        match StreamDeletion::of(event) {
+            Some(deletion) => Association::Start(deletion.stream),
+            None => Association::Ignore,
+        }
+    }
+    fn handle(
+        &mut self,
+        state: &mut Vec<String>,
+        input: eventfold_runtime::process::Input<'_>,
+        _: &mut eventfold_runtime::process::Effects,
+    ) -> Result<(), HandlerError> {
+        if let eventfold_runtime::process::Input::Event(event) = input
+            && let Some(deletion) = StreamDeletion::of(event)
+        {
+            state.push(format!("{:?} before {}", deletion.kind, deletion.first_version));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_process_manager_whose_filter_names_deletions_hears_of_them_in_order() -> TestResult {
+    let runtime = Runtime::builder()
+        .in_memory()
+        .aggregate::<Tally>()
+        .process_manager(|| Janitor, eventfold_runtime::process::ProcessSettings::default())
+        .start()?;
+    add(&runtime, "j", &[1, 2, 3])?;
+    runtime.delete_aggregate_blocking::<Tally>("j", Deletion::TruncateBefore(2))?;
+    runtime.delete_aggregate_blocking::<Tally>("j", Deletion::Tombstone)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = runtime
+            .process_instance::<Vec<String>>("janitor", "tally-j")?
+            .map(|i| i.state)
+            .unwrap_or_default();
+        if seen.len() == 2 {
+            assert_eq!(seen, ["Truncated before 2", "Tombstoned before 4"]);
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the janitor saw {seen:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runtime.shutdown_blocking()?;
+    Ok(())
+}

@@ -432,7 +432,7 @@ impl Upcasters {
                 Err(panic) => {
                     return Err(EventError::StepPanicked {
                         at: EventAt::of(&event),
-                        message: crate::error::panic_message(panic),
+                        message: crate::panics::panic_message(panic),
                     });
                 }
             };

@@ -95,6 +95,7 @@ mod error;
 pub mod evolution;
 mod handle;
 pub mod metric_names;
+mod panics;
 pub mod personal;
 mod placement;
 pub mod process;

@@ -260,7 +260,10 @@ impl eventfold_runtime::process::ProcessManager for Janitor {
         if let eventfold_runtime::process::Input::Event(event) = input
             && let Some(deletion) = StreamDeletion::of(event)
         {
-            state.push(format!("{:?} before {}", deletion.kind, deletion.first_version));
+            state.push(format!(
+                "{:?} before {}",
+                deletion.kind, deletion.first_version
+            ));
         }
         Ok(())
     }
@@ -271,7 +274,10 @@ fn a_process_manager_whose_filter_names_deletions_hears_of_them_in_order() -> Te
     let runtime = Runtime::builder()
         .in_memory()
         .aggregate::<Tally>()
-        .process_manager(|| Janitor, eventfold_runtime::process::ProcessSettings::default())
+        .process_manager(
+            || Janitor,
+            eventfold_runtime::process::ProcessSettings::default(),
+        )
         .start()?;
     add(&runtime, "j", &[1, 2, 3])?;
     runtime.delete_aggregate_blocking::<Tally>("j", Deletion::TruncateBefore(2))?;

@@ -114,3 +114,31 @@ fn verify_understands_deletions_and_still_finds_real_faults()
     );
     Ok(())
 }
+
+#[test]
+fn the_max_age_sweep_runs_on_its_own_while_the_writer_is_idle()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let mut options = StoreOptions::default();
+    let age = std::time::Duration::from_millis(200);
+    options.retention.insert(
+        "tmp".into(),
+        Retention {
+            max_count: None,
+            max_age: Some(age),
+        },
+    );
+    let store = RocksStore::open(dir.path(), options)?;
+    let s = sid("tmp-1");
+    store.append(&s, ExpectedVersion::Any, vec![ev("E", b"1"), ev("E", b"2")])?;
+    // Nothing asks for it: the writer's idle sweep (every
+    // RETENTION_SWEEP_INTERVAL) removes them once they are older than 200 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !store.read_stream(&s, 1, Direction::Forward, 10)?.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the sweep never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(store.stream_version(&s)?, 2);
+    assert!(store.verify()?.is_clean());
+    Ok(())
+}

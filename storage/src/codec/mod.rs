@@ -19,6 +19,8 @@ pub mod payload;
 mod tests;
 
 pub(crate) use keys::*;
+// Without the RocksDB backend nothing reads the lifecycle's bytes.
+#[cfg_attr(not(feature = "rocksdb"), allow(unused_imports))]
 pub(crate) use lifecycle::*;
 pub(crate) use record::*;
 pub(crate) use values::*;

@@ -5,14 +5,18 @@
 //! new handle on the same data, the way reopening a RocksDB directory would.
 
 use crate::api::*;
-use crate::error::{AppendError, Corruption, CorruptionKind, ReadError, WriteError};
+use crate::error::{AppendError, ReadError, WriteError};
 use crate::lifecycle::{DeleteRequest, DeletionRecord, StreamInfo};
 use crate::options::StoreOptions;
 use crate::validate;
 use eventfold_domain::{CommandId, RecordedEvent, StreamId, Timestamp};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod hold;
 mod lifecycle;
+mod verify;
+
+use hold::Hold;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -60,17 +64,6 @@ pub struct MemoryStore {
     hold: Arc<Mutex<Hold>>,
 }
 
-/// Appends submitted while [`MemoryStore::hold_appends`] is on, in order,
-/// each with the sender of its outcome.
-#[derive(Default)]
-struct Hold {
-    on: bool,
-    queue: VecDeque<(
-        AppendRequest,
-        oneshot::Sender<Result<AppendOutcome, AppendError>>,
-    )>,
-}
-
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -104,63 +97,6 @@ impl MemoryStore {
             options: Arc::clone(&self.options),
             hold: Arc::default(),
         }
-    }
-
-    /// Holds every append submitted from now on (queued in order, each
-    /// still waiting for its outcome) until [`MemoryStore::release_appends`]
-    /// or [`MemoryStore::resume_appends`]: for tests of what happens while
-    /// appends are in flight. Past `queue_appends_max` held appends, an
-    /// append fails with `Overloaded`, as a full writer queue does.
-    ///
-    /// ```
-    /// use eventfold_domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
-    /// use eventfold_storage::{AppendRequest, EventStore, MemoryStore};
-    ///
-    /// let store = MemoryStore::new();
-    /// let stream = StreamId::new("account-1")?;
-    /// let event = NewEvent::new("Opened", 1, vec![], Metadata::new());
-    /// store.hold_appends();
-    /// let pending =
-    ///     store.submit(AppendRequest::single(stream.clone(), ExpectedVersion::NoStream, vec![event]));
-    /// assert_eq!((store.held_appends(), store.stream_version(&stream)?), (1, 0));
-    /// assert_eq!(store.release_appends(1), 1);
-    /// assert_eq!(pending.wait()?.last_version(), 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn hold_appends(&self) {
-        self.lock_hold().on = true;
-    }
-
-    /// Applies the first `count` held appends, in order, and answers them;
-    /// returns how many there were. Appends stay held.
-    pub fn release_appends(&self, count: usize) -> usize {
-        let mut hold = self.lock_hold();
-        let count = count.min(hold.queue.len());
-        for (request, reply) in hold.queue.drain(..count) {
-            // A receiver that is gone no longer wants the outcome.
-            let _ = reply.send(self.append_now(request));
-        }
-        count
-    }
-
-    /// Applies every held append, in order, and stops holding.
-    pub fn resume_appends(&self) {
-        let mut hold = self.lock_hold();
-        hold.on = false;
-        for (request, reply) in hold.queue.drain(..) {
-            let _ = reply.send(self.append_now(request));
-        }
-    }
-
-    /// How many appends are held.
-    pub fn held_appends(&self) -> usize {
-        self.lock_hold().queue.len()
-    }
-
-    fn lock_hold(&self) -> MutexGuard<'_, Hold> {
-        // Every change under this lock is a single push or drain: a panic
-        // elsewhere cannot leave it half-done.
-        self.hold.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -565,59 +501,7 @@ impl EventStore for MemoryStore {
     }
 
     fn verify(&self) -> Result<VerifyReport, ReadError> {
-        let state = self.lock();
-        let mut report = VerifyReport {
-            events: state.log.len() as u64,
-            streams: state.streams.len() as u64,
-            faults: Vec::new(),
-        };
-        let mut fault = |keyspace, key: Vec<u8>, what: String| {
-            report.faults.push(Fault {
-                corruption: Corruption {
-                    keyspace,
-                    key,
-                    kind: CorruptionKind::Inconsistent(what),
-                },
-            })
-        };
-        for (i, event) in state.log.iter().enumerate() {
-            let position = i as u64 + 1;
-            if event.position != position {
-                fault(
-                    "global",
-                    position.to_be_bytes().to_vec(),
-                    format!("holds position {}", event.position),
-                );
-            }
-            let indexed = state
-                .streams
-                .get(&event.stream_id)
-                .and_then(|v| v.get((event.version as usize).wrapping_sub(1)));
-            if indexed != Some(&position) {
-                fault(
-                    "global",
-                    position.to_be_bytes().to_vec(),
-                    "stream index disagrees".into(),
-                );
-            }
-        }
-        for (stream, positions) in &state.streams {
-            for (i, position) in positions.iter().enumerate() {
-                let version = i as u64 + 1;
-                let ok = state
-                    .log
-                    .get((*position as usize).wrapping_sub(1))
-                    .is_some_and(|e| e.stream_id == *stream && e.version == version);
-                if !ok {
-                    fault(
-                        "streams",
-                        crate::codec::stream_key(stream.as_str(), version),
-                        "points at the wrong event".into(),
-                    );
-                }
-            }
-        }
-        Ok(report)
+        Ok(self.lock().verify())
     }
 
     fn writer_stats(&self) -> WriterStats {

@@ -15,163 +15,19 @@
 //! from a cursor per category, while the writer is idle, at most every
 //! [`RETENTION_SWEEP_INTERVAL`].
 
-use super::Shared;
-use super::writer::{Decision, Pending, Tip, Writer};
+use super::erasing::{Upkeep, engine, read_meta};
+use super::syncer::Decision;
+use super::writer::{Pending, Tip, Writer};
 use crate::api::{AppendOutcome, StreamWritten};
 use crate::codec::{self, StreamMeta};
 use crate::error::AppendError;
 use crate::keyspaces::{CF_GLOBAL, CF_STREAM_META, CF_STREAMS};
 use crate::lifecycle::*;
-use crate::options::StoreOptions;
 use eventfold_domain::{Metadata, NewEvent, RecordedEvent, StreamId, Timestamp};
 use foldhash::HashMap;
-use rocksdb::{DB, WriteBatch};
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use rocksdb::WriteBatch;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// Streams whose erasure is under way, with the first version readers may
-/// see: the events below it that are still on disk are skipped.
-#[derive(Default)]
-pub(crate) struct Erasing {
-    streams: RwLock<HashMap<StreamId, u64>>,
-    /// Some stream is in `streams`: readers look only when set.
-    any: AtomicBool,
-}
-
-impl Erasing {
-    /// The first version readers see of `stream`, if its erasure is under way.
-    pub(crate) fn first_version(&self, stream: &StreamId) -> Option<u64> {
-        if !self.any.load(Ordering::Acquire) {
-            return None;
-        }
-        self.read().get(stream).copied()
-    }
-
-    /// Whether `event` is removed but not yet erased.
-    pub(crate) fn hides(&self, event: &RecordedEvent) -> bool {
-        self.first_version(&event.stream_id)
-            .is_some_and(|first| event.version < first)
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<StreamId, u64>> {
-        // Each change is one insert or remove: a poisoned lock is consistent.
-        self.streams.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set(&self, stream: &StreamId, first_version: u64) {
-        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        streams.insert(stream.clone(), first_version);
-        self.any.store(true, Ordering::Release);
-    }
-
-    fn remove(&self, stream: &StreamId) {
-        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        streams.remove(stream);
-        self.any.store(!streams.is_empty(), Ordering::Release);
-    }
-}
-
-fn engine(error: rocksdb::Error) -> AppendError {
-    AppendError::Io(error.into_string())
-}
-
-/// The lifecycle record of `stream`, if it had a deletion.
-pub(crate) fn read_meta(
-    db: &DB,
-    shared: &Shared,
-    stream: &StreamId,
-) -> Result<Option<StreamMeta>, AppendError> {
-    let cf = shared.cf(db, CF_STREAM_META)?;
-    let key = stream.as_str().as_bytes();
-    match db.get_pinned_cf(cf, key).map_err(engine)? {
-        Some(value) => Ok(Some(codec::decode_stream_meta(key, &value)?)),
-        None => Ok(None),
-    }
-}
-
-/// The writer's lifecycle work between batches.
-#[derive(Default)]
-pub(crate) struct Upkeep {
-    /// Streams appended to in the last batch whose category has a max count.
-    trim: Vec<StreamId>,
-    /// Erasures under way: stream → versions below this are erased.
-    erasures: HashMap<StreamId, u64>,
-    /// When the max-age sweep runs next (none: no category has a max age).
-    next_sweep: Option<Instant>,
-    /// Per category with a max age: the last position its sweep passed.
-    cursors: HashMap<String, u64>,
-}
-
-impl Upkeep {
-    /// Loads the erasures under way and the retention cursors; a failure
-    /// is logged and leaves them to the next open.
-    pub(super) fn start(&mut self, db: &DB, shared: &Shared, options: &StoreOptions) {
-        if let Err(error) = self.load(db, shared, options) {
-            tracing::error!(%error, "the store's erasures under way could not be read");
-        }
-        if options.retention.values().any(|r| r.max_age.is_some()) {
-            self.next_sweep = Some(Instant::now());
-        }
-    }
-
-    fn load(
-        &mut self,
-        db: &DB,
-        shared: &Shared,
-        options: &StoreOptions,
-    ) -> Result<(), AppendError> {
-        let cf = shared.cf(db, CF_STREAM_META)?;
-        let iter = db.prefix_iterator_cf(cf, codec::ERASURE_PREFIX);
-        for item in iter {
-            let (key, value) = item.map_err(engine)?;
-            let Some(name) = key.strip_prefix(&codec::ERASURE_PREFIX) else {
-                break;
-            };
-            let erased_before = codec::decode_meta_u64(&key, &value)?;
-            let Ok(stream) = std::str::from_utf8(name).map(StreamId::new) else {
-                continue;
-            };
-            let Ok(stream) = stream else { continue };
-            if let Some(meta) = read_meta(db, shared, &stream)? {
-                shared.erasing.set(&stream, meta.first_version);
-                self.erasures.insert(stream, erased_before);
-            }
-        }
-        for category in options.retention.keys() {
-            let key = codec::retention_cursor_key(category);
-            if let Some(value) = db.get_pinned_cf(cf, &key).map_err(engine)? {
-                self.cursors
-                    .insert(category.clone(), codec::decode_meta_u64(&key, &value)?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Notes an append to `stream` for max-count retention.
-    pub(super) fn appended(&mut self, options: &StoreOptions, stream: &StreamId) {
-        if options.retention.is_empty() {
-            return;
-        }
-        let counted = options
-            .retention
-            .get(stream.category())
-            .is_some_and(|r| r.max_count.is_some());
-        if counted && !self.trim.contains(stream) {
-            self.trim.push(stream.clone());
-        }
-    }
-
-    /// How long the writer may wait for a message before upkeep is due;
-    /// `None` when there is none to do.
-    pub(super) fn idle_wait(&self) -> Option<Duration> {
-        if !self.erasures.is_empty() {
-            return Some(Duration::ZERO);
-        }
-        self.next_sweep
-            .map(|due| due.saturating_duration_since(Instant::now()))
-    }
-}
 
 impl Writer {
     /// Decides a deletion (alone in its batch).

@@ -4,6 +4,7 @@
 //! values byte by byte. One [`writer`] thread assigns positions and commits
 //! appends in groups; reads run on the caller's thread.
 
+mod erasing;
 mod lifecycle;
 mod open;
 mod options;
@@ -45,7 +46,7 @@ pub(crate) struct Shared {
     /// Told of every durable batch; read once per batch by the writer.
     pub listener: std::sync::RwLock<Option<Arc<dyn CommitListener>>>,
     /// Streams whose erasure is under way: readers skip what is removed.
-    pub erasing: lifecycle::Erasing,
+    pub erasing: erasing::Erasing,
 }
 
 impl Shared {

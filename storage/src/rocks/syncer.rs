@@ -3,13 +3,34 @@
 //! and answers their callers; and what happens when a write or sync fails.
 
 use super::Shared;
-use super::writer::{Decision, Written};
+use crate::api::AppendOutcome;
 use crate::error::AppendError;
 use crate::options::StoreOptions;
+use eventfold_domain::RecordedEvent;
 use rocksdb::DB;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
+
+/// Where an append's (or a deletion's) outcome goes.
+pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+
+/// A batch that is written and waits to be made durable and answered.
+pub(crate) struct Written {
+    /// The last position the batch holds.
+    pub(crate) last_position: u64,
+    pub(crate) appends: u64,
+    pub(crate) event_count: u64,
+    pub(crate) answers: Vec<(Reply, Decision)>,
+    /// The events written, for the commit listener (empty without one).
+    pub(crate) events: Vec<RecordedEvent>,
+}
+
+/// How one job of a batch was decided.
+pub(crate) enum Decision {
+    Write(AppendOutcome),
+    Done(Result<AppendOutcome, AppendError>),
+}
 
 /// Most written batches waiting for the syncer; past it the writer waits.
 pub(crate) const SYNC_QUEUE_BATCHES_MAX: usize = 64;

@@ -21,7 +21,7 @@
 use super::Shared;
 use super::options::write_options;
 use super::reads::stream_entries_backward;
-use super::syncer::{BatchFailure, complete, fail};
+use super::syncer::{BatchFailure, Decision, Reply, Written, complete, fail};
 use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
@@ -35,8 +35,6 @@ use rocksdb::{DB, WriteBatch};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvError, SyncSender, TryRecvError};
-
-pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
 
 /// How many times the writer yields its thread on an empty queue before it
 /// sleeps until an append arrives (`Writer::next_message`).
@@ -90,23 +88,6 @@ pub(crate) enum Message {
     Stop,
 }
 
-/// A batch that is written and waits to be made durable and answered.
-pub(crate) struct Written {
-    /// The last position the batch holds.
-    pub(crate) last_position: u64,
-    pub(crate) appends: u64,
-    pub(crate) event_count: u64,
-    pub(crate) answers: Vec<(Reply, Decision)>,
-    /// The events written, for the commit listener (empty without one).
-    pub(crate) events: Vec<RecordedEvent>,
-}
-
-/// How one job of a batch was decided.
-pub(crate) enum Decision {
-    Write(AppendOutcome),
-    Done(Result<AppendOutcome, AppendError>),
-}
-
 pub(crate) struct Writer {
     pub(super) db: Arc<DB>,
     pub(super) shared: Arc<Shared>,
@@ -120,7 +101,7 @@ pub(crate) struct Writer {
     versions: HashMap<StreamId, Tip>,
     /// Lifecycle work between batches: streams to trim to their
     /// category's max count, erasures under way, the max-age sweep.
-    pub(super) upkeep: super::lifecycle::Upkeep,
+    pub(super) upkeep: super::erasing::Upkeep,
 }
 
 impl Writer {
@@ -135,7 +116,7 @@ impl Writer {
     ) -> Self {
         // Before the store is handed out: readers must skip what an
         // erasure under way has yet to erase from the first read on.
-        let mut upkeep = super::lifecycle::Upkeep::default();
+        let mut upkeep = super::erasing::Upkeep::default();
         upkeep.start(&db, &shared, &options);
         Self {
             db,
@@ -356,7 +337,7 @@ impl Writer {
         // tombstone's erasure may still be under way: its lifecycle record
         // says its version and whether it is tombstoned.
         if (tip.version == 0 || self.shared.erasing.first_version(stream).is_some())
-            && let Some(meta) = super::lifecycle::read_meta(&self.db, &self.shared, stream)?
+            && let Some(meta) = super::erasing::read_meta(&self.db, &self.shared, stream)?
         {
             tip.version = tip.version.max(meta.version);
             tip.tombstoned = meta.tombstoned;

@@ -282,21 +282,12 @@ fn a_process_manager_whose_filter_names_deletions_hears_of_them_in_order() -> Te
     add(&runtime, "j", &[1, 2, 3])?;
     runtime.delete_aggregate_blocking::<Tally>("j", Deletion::TruncateBefore(2))?;
     runtime.delete_aggregate_blocking::<Tally>("j", Deletion::Tombstone)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let seen = runtime
-            .process_instance::<Vec<String>>("janitor", "tally-j")?
-            .map(|i| i.state)
-            .unwrap_or_default();
-        if seen.len() == 2 {
-            assert_eq!(seen, ["Truncated before 2", "Tombstoned before 4"]);
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(format!("the janitor saw {seen:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let seen = || -> TestResult<Vec<String>> {
+        let instance = runtime.process_instance::<Vec<String>>("janitor", "tally-j")?;
+        Ok(instance.map(|i| i.state).unwrap_or_default())
+    };
+    common::wait_until("the janitor heard of both", || Ok(seen()?.len() == 2))?;
+    assert_eq!(seen()?, ["Truncated before 2", "Tombstoned before 4"]);
     runtime.shutdown_blocking()?;
     Ok(())
 }

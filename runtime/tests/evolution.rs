@@ -4,6 +4,9 @@
 //! of a newer schema than the code, or one that no step decodes, is a typed
 //! error and changes nothing.
 
+mod common;
+
+use common::wait_until;
 use eventfold_runtime::domain::*;
 use eventfold_runtime::evolution::{EventError, Upcasters};
 use eventfold_runtime::process::*;
@@ -12,7 +15,7 @@ use eventfold_runtime::storage::*;
 use eventfold_runtime::*;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -239,17 +242,6 @@ mod v2 {
             Ok(())
         }
     }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> TestResult<bool>) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done()? {
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting until {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }
 
 /// Writes acct-1's history with the v1 code (a snapshot every 2 events, of

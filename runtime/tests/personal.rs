@@ -4,6 +4,9 @@
 //! and temporal reads while everything else works; and neither the
 //! plaintext nor the forgotten key can be found in the store's files.
 
+mod common;
+
+use common::wait_until;
 use eventfold_runtime::domain::*;
 use eventfold_runtime::personal::Personal;
 use eventfold_runtime::process::*;
@@ -11,7 +14,7 @@ use eventfold_runtime::projection::{HandlerError, Projection, ReadModelTx, decod
 use eventfold_runtime::storage::*;
 use eventfold_runtime::*;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -135,17 +138,6 @@ fn start(path: &std::path::Path) -> Result<RuntimeHandle, StartError> {
         .projection(|| Directory, ConsumerSettings::default())
         .process_manager(|| Greeter, ProcessSettings::default())
         .start()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> TestResult<bool>) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done()? {
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting until {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }
 
 fn name_of(runtime: &RuntimeHandle, id: &str) -> TestResult<Option<String>> {

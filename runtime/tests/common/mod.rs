@@ -5,7 +5,22 @@
 
 pub mod tally;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Waits (polling every 10 ms, at most 20 s) until `done` says so.
+pub fn wait_until(
+    what: &str,
+    mut done: impl FnMut() -> Result<bool, Box<dyn std::error::Error>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done()? {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
 
 /// Runs the ignored test `child` of this test binary in a child process with
 /// `env` set to `dir`, lets it work for `after`, then kills it with SIGKILL.

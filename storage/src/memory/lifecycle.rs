@@ -46,7 +46,7 @@ impl State {
         first_version - info.first_version
     }
 
-    /// Appends one event the store writes itself; its position.
+    /// Appends one event at the stream's next version; its position.
     pub(super) fn push(
         &mut self,
         stream: &StreamId,

@@ -164,31 +164,15 @@ impl MemoryStore {
                 .get(&part.stream)
                 .map_or(0, |v| v.len() as u64)
                 + 1;
-            let mut version = first_version;
+            let count = part.events.len() as u64;
             for event in part.events {
-                let position = state.log.len() as u64 + 1;
-                state.log.push(RecordedEvent {
-                    stream_id: part.stream.clone(),
-                    version,
-                    position,
-                    recorded_at,
-                    event_type: event.event_type,
-                    schema_version: event.schema_version,
-                    payload: event.payload,
-                    metadata: event.metadata,
-                });
-                state
-                    .streams
-                    .entry(part.stream.clone())
-                    .or_default()
-                    .push(position);
-                version += 1;
+                state.push(&part.stream, event, recorded_at);
             }
             state.keep_max_count(&self.options, &part.stream);
             written.push(StreamWritten {
                 stream: part.stream,
                 first_version,
-                last_version: version - 1,
+                last_version: first_version + count - 1,
             });
         }
         state.sweep_max_age(&self.options, recorded_at);

@@ -50,14 +50,27 @@ impl RocksStore {
         &self,
         stream: &StreamId,
     ) -> Result<Option<codec::StreamMeta>, ReadError> {
-        let key = stream.as_str().as_bytes();
+        self.get_decoded(
+            CF_STREAM_META,
+            stream.as_str().as_bytes(),
+            codec::decode_stream_meta,
+        )
+    }
+
+    /// The value of `key` in `keyspace`, decoded.
+    fn get_decoded<T>(
+        &self,
+        keyspace: &'static str,
+        key: &[u8],
+        decode: impl FnOnce(&[u8], &[u8]) -> Result<T, Corruption>,
+    ) -> Result<Option<T>, ReadError> {
         match self
             .inner
             .db
-            .get_pinned_cf(self.cf(CF_STREAM_META)?, key)
+            .get_pinned_cf(self.cf(keyspace)?, key)
             .map_err(engine)?
         {
-            Some(value) => Ok(Some(codec::decode_stream_meta(key, &value)?)),
+            Some(value) => Ok(Some(decode(key, &value)?)),
             None => Ok(None),
         }
     }
@@ -195,16 +208,7 @@ impl EventStore for RocksStore {
 
     fn subject_key(&self, subject: &str) -> Result<Option<crate::SubjectKey>, ReadError> {
         crate::subjects::check(subject)?;
-        let key = subject.as_bytes();
-        match self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(CF_SUBJECT_KEYS)?, key)
-            .map_err(engine)?
-        {
-            Some(value) => Ok(Some(crate::subjects::decode(key, &value)?)),
-            None => Ok(None),
-        }
+        self.get_decoded(CF_SUBJECT_KEYS, subject.as_bytes(), crate::subjects::decode)
     }
 
     fn create_subject_key(
@@ -456,16 +460,11 @@ impl EventStore for RocksStore {
     }
 
     fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, ReadError> {
-        let key = stream.as_str().as_bytes();
-        match self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(CF_SNAPSHOTS)?, key)
-            .map_err(engine)?
-        {
-            Some(bytes) => Ok(Some(codec::decode_snapshot(key, &bytes)?)),
-            None => Ok(None),
-        }
+        self.get_decoded(
+            CF_SNAPSHOTS,
+            stream.as_str().as_bytes(),
+            codec::decode_snapshot,
+        )
     }
 
     fn checkpoint(&self, name: &str) -> Result<Option<u64>, ReadError> {

@@ -5,6 +5,7 @@ use crate::clients::{Clients, run_clients};
 use crate::measure::{Sampler, Timeline, histogram, progress};
 use eventfold_examples::transfers;
 use eventfold_examples::{Account, AccountCommand, AccountError, AccountEvent};
+use eventfold_runtime::BusError;
 use eventfold_runtime::domain::RecordedEvent;
 use eventfold_runtime::domain::Timestamp;
 use eventfold_runtime::storage::{Filter, payload};
@@ -17,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast::error::RecvError;
 
 /// Longest a client waits for its transfer to finish after the debit.
 pub const TRANSFER_WAIT_MAX: Duration = Duration::from_secs(120);
@@ -307,7 +307,7 @@ impl Watcher {
                                 seen(&mut next, event)?;
                             }
                         }
-                        Either::Left((Err(RecvError::Lagged(_)), _)) => {
+                        Either::Left((Err(BusError::Lagged(_)), _)) => {
                             // Fell behind the bus: read what it dropped.
                             let filter = Filter::event_types(FINISHED_TYPES);
                             let head = runtime.store().head();
@@ -323,7 +323,8 @@ impl Watcher {
                                 from = slice.next_position;
                             }
                         }
-                        Either::Left((Err(RecvError::Closed), _)) => break,
+                        Either::Left((Err(BusError::Closed), _)) => break,
+                        Either::Left((Err(error), _)) => return Err(error.to_string()),
                         Either::Right(_) => tick.reset(WATCH_TICK),
                     }
                 }

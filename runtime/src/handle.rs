@@ -14,7 +14,7 @@ use crate::error::{
 use crate::process::control::{ControlReply, ProcessControl};
 use crate::process::supervisor::Processes;
 use crate::process::{InstanceView, ProcessStatus, StuckInstance};
-use crate::read::bus::{EventBatch, EventBus};
+use crate::read::bus::{BusReceiver, EventBus};
 use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
 use crate::read::registry::Registry;
 use eventfold_domain::{Aggregate, StreamId, Timestamp};
@@ -464,10 +464,12 @@ impl RuntimeHandle {
         &*self.inner.router.shared().store
     }
 
-    /// Receives every batch of durable events from now on, in position order.
-    /// See [`crate::bus`] for what happens to a subscriber that falls behind.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EventBatch> {
-        self.inner.bus.subscribe()
+    /// Receives every batch of durable events from now on, in position
+    /// order, upcast to their current shapes. See [`crate::bus`] for what
+    /// happens to a subscriber that falls behind.
+    pub fn subscribe(&self) -> BusReceiver {
+        let upcasters = Arc::clone(&self.inner.router.shared().upcasters);
+        BusReceiver::new(self.inner.bus.subscribe(), upcasters)
     }
 
     /// The read model of a projection, at its active version.

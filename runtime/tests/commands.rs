@@ -206,7 +206,10 @@ fn events_reach_the_bus_only_once_durable_and_in_order() {
     }
     let mut positions = Vec::new();
     while positions.len() < 20 {
-        let batch = bus.try_recv().expect("every durable batch is published");
+        let batch = bus
+            .try_recv()
+            .expect("the bus is open and did not lag")
+            .expect("every durable batch is published");
         for event in batch.iter() {
             assert!(event.position <= rt.store().head());
             positions.push(event.position);

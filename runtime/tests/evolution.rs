@@ -496,3 +496,29 @@ fn events_upcast_from_one_are_parked_and_retried_as_one_unit() -> TestResult {
     runtime.shutdown_blocking()?;
     Ok(())
 }
+
+#[test]
+fn a_subscription_the_runtime_hands_out_is_upcast_too() -> TestResult {
+    let runtime = Runtime::builder()
+        .in_memory()
+        .aggregate::<v2::Account>()
+        .upcasters(v2::upcasters())
+        .start()?;
+    let mut bus = runtime.subscribe();
+    let old = v1::Event::MovedOut {
+        amount: 3,
+        to: "acct-9".into(),
+    };
+    let stored = NewEvent::new("MovedOut", 1, payload::encode(&old)?, Metadata::new());
+    runtime.store().append(
+        &StreamId::new("acct-8")?,
+        ExpectedVersion::Any,
+        vec![stored],
+    )?;
+    let batch = bus.try_recv()?.ok_or("no batch")?;
+    let types: Vec<&str> = batch.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Withdrawn", "Sent"]);
+    assert!(batch.iter().all(|e| e.position == 1));
+    runtime.shutdown_blocking()?;
+    Ok(())
+}

@@ -522,3 +522,74 @@ fn a_subscription_the_runtime_hands_out_is_upcast_too() -> TestResult {
     runtime.shutdown_blocking()?;
     Ok(())
 }
+
+/// Refuses `Sent` events while set.
+static REFUSE_SENT_IN_PM: AtomicBool = AtomicBool::new(true);
+
+/// v2::Ledger, but stuck on `Sent` while `REFUSE_SENT_IN_PM` is set.
+struct PickyLedger;
+
+impl ProcessManager for PickyLedger {
+    type State = Vec<String>;
+    type Error = HandlerError;
+    fn name(&self) -> &str {
+        "picky-ledger"
+    }
+    fn associate(&self, event: &RecordedEvent) -> Association {
+        Association::Start(event.stream_id.to_string())
+    }
+    fn handle(
+        &mut self,
+        state: &mut Vec<String>,
+        input: Input<'_>,
+        _: &mut Effects,
+    ) -> Result<(), HandlerError> {
+        if let Input::Event(event) = input {
+            let event = decode::<v2::Event>(event)?;
+            if matches!(event, v2::Event::Sent { .. }) && REFUSE_SENT_IN_PM.load(Ordering::SeqCst) {
+                return Err(HandlerError::new("not yet"));
+            }
+            state.push(format!("{event:?}"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_process_manager_stuck_on_the_second_event_made_of_one_resumes_from_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    write_v1(dir.path())?;
+    let settings = ProcessSettings {
+        handler_retry: RetryPolicy {
+            attempts_max: 1,
+            ..ProcessSettings::default().handler_retry
+        },
+        ..ProcessSettings::default()
+    };
+    let runtime = Runtime::builder()
+        .path(dir.path())
+        .aggregate::<v2::Account>()
+        .upcasters(v2::upcasters())
+        .process_manager(|| PickyLedger, settings)
+        .start()?;
+    wait_until("the instance is stuck", || {
+        Ok(!runtime.stuck_instances("picky-ledger")?.is_empty())
+    })?;
+    let state = || -> TestResult<Vec<String>> {
+        let instance = runtime.process_instance::<Vec<String>>("picky-ledger", "acct-1")?;
+        Ok(instance.ok_or("no instance")?.state)
+    };
+    // The withdrawal made of MovedOut was handled; the send after it is stuck.
+    assert_eq!(state()?.len(), 4);
+    assert!(state()?[3].starts_with("Withdrawn"));
+    // A command's event after it is held behind it.
+    runtime.execute_blocking::<v2::Account>("1", v2::Command::Withdraw(20))?;
+    REFUSE_SENT_IN_PM.store(false, Ordering::SeqCst);
+    runtime.resume_instance("picky-ledger", "acct-1")?;
+    wait_until("everything is handled", || Ok(state()?.len() == 6))?;
+    let seen = state()?;
+    assert!(seen[4].starts_with("Sent"), "{seen:?}");
+    assert!(seen[5].starts_with("Withdrawn { amount: 20"), "{seen:?}");
+    runtime.shutdown_blocking()?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The read side and process managers, through the handle: queries and
+//! read-your-writes waits, the bus, projection and process-manager status
+//! and administration.
+
+use super::{PROCESS_CONTROL_TIMEOUT, RuntimeHandle};
+use crate::error::{ProcessError, ProjectionError};
+use crate::process::control::{ControlReply, ProcessControl};
+use crate::process::{InstanceView, ProcessStatus, StuckInstance};
+use crate::read::bus::BusReceiver;
+use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl RuntimeHandle {
+    /// A process manager's status: checkpoint, head, instances in memory,
+    /// outbox, timers, stuck instances.
+    pub fn process_status(&self, name: &str) -> Result<ProcessStatus, ProcessError> {
+        self.inner.processes.status(name, self.store())
+    }
+
+    /// The instances of a process manager parked as stuck, with their last
+    /// error (at most [`STUCK_LIST_MAX`](crate::process) of them).
+    pub fn stuck_instances(&self, name: &str) -> Result<Vec<StuckInstance>, ProcessError> {
+        self.inner.processes.stuck_instances(name, self.store())
+    }
+
+    /// An instance of process manager `name` as last committed, with its
+    /// state decoded as `S` (the process manager's `State`).
+    pub fn process_instance<S: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<Option<InstanceView<S>>, ProcessError> {
+        let keys = &self.inner.router.shared_arc().keys;
+        keys.scope(|| self.inner.processes.instance(name, id, self.store()))
+    }
+
+    /// Resumes a stuck instance: the input it failed on is handled again,
+    /// then the events held for it, in order; its unanswered commands are
+    /// sent again (same command ids). Blocks until the process manager has
+    /// tried; do not call it from an async task.
+    pub fn resume_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+        self.ask_process(name, |reply| ProcessControl::Resume(id.to_owned(), reply))
+    }
+
+    /// Cancels an instance (stuck or not): it is finished without further
+    /// steps, its timers and unanswered commands are dropped. Commands
+    /// already delivered are not undone. Blocks like
+    /// [`RuntimeHandle::resume_instance`].
+    pub fn cancel_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+        self.ask_process(name, |reply| ProcessControl::Cancel(id.to_owned(), reply))
+    }
+
+    fn ask_process(
+        &self,
+        name: &str,
+        message: impl FnOnce(ControlReply) -> ProcessControl,
+    ) -> Result<(), ProcessError> {
+        if !self.inner.router.accepting() {
+            return Err(ProcessError::ShutDown);
+        }
+        self.inner
+            .processes
+            .ask(name, message, PROCESS_CONTROL_TIMEOUT)
+    }
+
+    /// Receives every batch of durable events from now on, in position
+    /// order, upcast to their current shapes. See [`crate::bus`] for what
+    /// happens to a subscriber that falls behind.
+    pub fn subscribe(&self) -> BusReceiver {
+        let upcasters = Arc::clone(&self.inner.router.shared().upcasters);
+        BusReceiver::new(self.inner.bus.subscribe(), upcasters)
+    }
+
+    /// The read model of a projection, at its active version.
+    pub fn query(&self, projection: &str) -> Result<ReadModelView, ProjectionError> {
+        let model = self.inner.registry.active_model(projection)?;
+        Ok(ReadModelView {
+            store: Arc::clone(&self.inner.router.shared().store),
+            keys: Arc::clone(&self.inner.router.shared().keys),
+            model,
+        })
+    }
+
+    /// Waits until `projection` has committed every event up to `position`
+    /// (such as [`CommandOutcome::position`]): read-your-writes.
+    pub async fn wait_for(
+        &self,
+        projection: &str,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        self.inner
+            .registry
+            .wait_for(projection, position, timeout)
+            .await
+    }
+
+    /// [`RuntimeHandle::wait_for`] for plain threads.
+    pub fn wait_for_blocking(
+        &self,
+        projection: &str,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        futures::executor::block_on(self.wait_for(projection, position, timeout))
+    }
+
+    /// The status of each consumer of a projection or handler: every
+    /// partition, and a rebuild while it runs.
+    pub fn projection_status(&self, name: &str) -> Result<Vec<ConsumerStatus>, ProjectionError> {
+        self.inner.registry.status(name)
+    }
+
+    /// The events parked by a projection or handler, in position order.
+    pub fn parked_events(&self, name: &str) -> Result<Vec<ParkedEvent>, ProjectionError> {
+        self.inner.registry.parked(name)
+    }
+
+    /// Retries a parked event (then the events of its stream held behind
+    /// it); blocks until the consumer has tried. Do not call it from an
+    /// async task.
+    pub fn retry_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+        self.inner.registry.resolve_parked(name, position, false)
+    }
+
+    /// Drops a parked event without handling it, then retries the events of
+    /// its stream held behind it. Blocks like [`RuntimeHandle::retry_parked`].
+    pub fn skip_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+        self.inner.registry.resolve_parked(name, position, true)
+    }
+
+    /// Rebuilds a projection: a new version of its read model is built from
+    /// position 0 while queries keep reading the current one, and becomes the
+    /// active version atomically once it has caught up. Returns the new
+    /// version; [`RuntimeHandle::projection_status`] shows its progress.
+    pub fn rebuild(&self, name: &str) -> Result<u32, ProjectionError> {
+        self.inner.registry.rebuild(name)
+    }
+}

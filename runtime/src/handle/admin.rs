@@ -7,7 +7,9 @@ use crate::error::{ProcessError, ProjectionError};
 use crate::process::control::{ControlReply, ProcessControl};
 use crate::process::{InstanceView, ProcessStatus, StuckInstance};
 use crate::read::bus::BusReceiver;
+use crate::read::external::EventStream;
 use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
+use eventfold_storage::Filter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,9 +66,42 @@ impl RuntimeHandle {
             .ask(name, message, PROCESS_CONTROL_TIMEOUT)
     }
 
+    /// The events after position `after` (0: from the start) that match
+    /// `filter`, in position order, upcast: caught up from the store, then
+    /// live, each exactly once however slowly the stream is read (see
+    /// [`crate::read::external`]).
+    ///
+    /// ```
+    /// # use eventfold_runtime::Runtime;
+    /// # use eventfold_runtime::domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
+    /// # use eventfold_runtime::storage::{EventStore, Filter};
+    /// use futures::StreamExt;
+    ///
+    /// let runtime = Runtime::builder().in_memory().start()?;
+    /// let stream = StreamId::new("note-1")?;
+    /// let note = || NewEvent::new("Noted", 1, vec![], Metadata::new());
+    /// runtime.store().append(&stream, ExpectedVersion::Any, vec![note(), note()])?;
+    /// let mut events = runtime.subscribe_from(1, Filter::categories(["note"]));
+    /// let second = futures::executor::block_on(events.next()).ok_or("ended")??;
+    /// assert_eq!(second.position, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe_from(&self, after: u64, filter: Filter) -> EventStream {
+        let shared = self.inner.router.shared();
+        EventStream::new(
+            Arc::clone(&shared.store),
+            &self.inner.bus,
+            after,
+            filter,
+            Arc::clone(&shared.upcasters),
+        )
+    }
+
     /// Receives every batch of durable events from now on, in position
-    /// order, upcast to their current shapes. See [`crate::bus`] for what
-    /// happens to a subscriber that falls behind.
+    /// order, upcast to their current shapes. Live only: a receiver that
+    /// falls more than the bus's buffer behind is told
+    /// [`BusError::Lagged`](crate::BusError::Lagged) and those batches are
+    /// gone for it; [`RuntimeHandle::subscribe_from`] never loses one.
     pub fn subscribe(&self) -> BusReceiver {
         let upcasters = Arc::clone(&self.inner.router.shared().upcasters);
         BusReceiver::new(self.inner.bus.subscribe(), upcasters)

@@ -5,6 +5,8 @@
 //!   uses (projections, handlers, process-manager hosts): catch-up from the
 //!   store, live from the bus, back to catch-up on a gap, a lag or an idle
 //!   head.
+//! - [`external`]: `EventStream`, the subscriptions handed to code outside
+//!   the runtime, on the same engine.
 //! - [`interest`]: what a subscriber wants of the log: its filter, and the
 //!   deletions of the streams it reads.
 //! - [`consumer`]: one projection partition, rebuild or event handler on a
@@ -17,6 +19,7 @@
 
 pub mod bus;
 pub(crate) mod consumer;
+pub mod external;
 pub(crate) mod interest;
 pub mod projection;
 pub(crate) mod registry;

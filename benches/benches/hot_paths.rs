@@ -197,7 +197,7 @@ fn projection_batch_apply(c: &mut Criterion) {
     group.throughput(Throughput::Elements(PROJECTION_EVENTS));
     group.bench_function(format!("rebuild_{PROJECTION_EVENTS}_events"), |b| {
         b.iter(|| {
-            runtime.rebuild(balances::NAME).expect("rebuild");
+            runtime.rebuild_blocking(balances::NAME).expect("rebuild");
             // Done when the rebuilt version is the only one and caught up.
             loop {
                 let status = runtime

@@ -113,7 +113,7 @@ pub use error::{
 };
 pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;
-pub use handle::RuntimeHandle;
+pub use handle::{BackupError, RuntimeHandle};
 pub use read::bus::{self, BusError, BusReceiver, EventBatch, EventBus};
 pub use read::external::{EventStream, SubscribeError};
 pub use read::projection::{

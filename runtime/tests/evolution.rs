@@ -489,7 +489,7 @@ fn events_upcast_from_one_are_parked_and_retried_as_one_unit() -> TestResult {
     let view = runtime.query("picky")?;
     assert_eq!(view.get_as::<u64>(b"withdrawals")?, None);
     REFUSE_SENT.store(false, Ordering::SeqCst);
-    runtime.retry_parked("picky", 4)?;
+    runtime.retry_parked_blocking("picky", 4)?;
     assert!(runtime.parked_events("picky")?.is_empty());
     assert_eq!(view.get_as::<u64>(b"withdrawals")?, Some(1));
     assert_eq!(view.get_as::<u64>(b"acct-2")?, Some(30));
@@ -585,7 +585,7 @@ fn a_process_manager_stuck_on_the_second_event_made_of_one_resumes_from_it() -> 
     // A command's event after it is held behind it.
     runtime.execute_blocking::<v2::Account>("1", v2::Command::Withdraw(20))?;
     REFUSE_SENT_IN_PM.store(false, Ordering::SeqCst);
-    runtime.resume_instance("picky-ledger", "acct-1")?;
+    runtime.resume_instance_blocking("picky-ledger", "acct-1")?;
     wait_until("everything is handled", || Ok(state()?.len() == 6))?;
     let seen = state()?;
     assert!(seen[4].starts_with("Sent"), "{seen:?}");

@@ -352,30 +352,30 @@ fn stuck_instances_are_listed_hold_their_events_and_resume_or_cancel() -> TestRe
     assert!(p.input.starts_with("event at position"), "{}", p.input);
     assert_eq!(runtime.process_status(NAME)?.stuck, 2);
     assert_eq!(
-        runtime.resume_instance(NAME, "fine"),
+        runtime.resume_instance_blocking(NAME, "fine"),
         Err(ProcessError::Refused(ControlRefusal::NotStuck(
             "fine".into()
         )))
     );
     assert!(matches!(
-        runtime.resume_instance("nope", "p"),
+        runtime.resume_instance_blocking("nope", "p"),
         Err(ProcessError::Unknown(_))
     ));
 
     // Still failing: resuming parks it again.
-    runtime.resume_instance(NAME, "p")?;
+    runtime.resume_instance_blocking(NAME, "p")?;
     assert_eq!(runtime.stuck_instances(NAME)?.len(), 2);
     assert_eq!(order_events(&runtime, "p")?.len(), 2);
 
     // Fixed: p handles its event, then the held one, in order.
     fail.store(false, Ordering::SeqCst);
-    runtime.resume_instance(NAME, "p")?;
+    runtime.resume_instance_blocking(NAME, "p")?;
     wait_until("p is paid and its timer cancelled", || {
         Ok(instance(&runtime, "p")?
             .is_some_and(|i| i.state.paid && i.state.cancelled && i.timers.is_empty()))
     })?;
     // q is cancelled instead: finished, nothing sent.
-    runtime.cancel_instance(NAME, "q")?;
+    runtime.cancel_instance_blocking(NAME, "q")?;
     assert_eq!(
         instance(&runtime, "q")?.map(|i| i.status),
         Some(InstanceStatus::Finished)
@@ -389,7 +389,7 @@ fn stuck_instances_are_listed_hold_their_events_and_resume_or_cancel() -> TestRe
             poison: true
         }]
     );
-    assert!(runtime.cancel_instance(NAME, "q").is_err());
+    assert!(runtime.cancel_instance_blocking(NAME, "q").is_err());
     Ok(())
 }
 

@@ -382,9 +382,9 @@ fn rebuild_equals_incremental_and_queries_never_see_a_half_built_model() {
         .unwrap();
     let incremental = model_of(&rt.query("totals").unwrap());
     assert_eq!(rt.query("totals").unwrap().model(), "totals@v1");
-    assert_eq!(rt.rebuild("totals").unwrap(), 2);
+    assert_eq!(rt.rebuild_blocking("totals").unwrap(), 2);
     assert!(matches!(
-        rt.rebuild("totals"),
+        rt.rebuild_blocking("totals"),
         Err(ProjectionError::RebuildRunning(_)) | Ok(3)
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -464,15 +464,15 @@ fn dead_letters_retry_park_hold_retry_and_skip() {
     assert_eq!(rt.projection_status("totals").unwrap()[0].parked, 2);
     // Still failing: it stays parked; the held event cannot jump the queue.
     assert!(matches!(
-        rt.retry_parked("totals", bad),
+        rt.retry_parked_blocking("totals", bad),
         Err(ProjectionError::Parked(_))
     ));
     assert!(
-        matches!(rt.retry_parked("totals", held), Err(ProjectionError::Parked(ParkedError::HeldBehind { position, .. })) if position == held)
+        matches!(rt.retry_parked_blocking("totals", held), Err(ProjectionError::Parked(ParkedError::HeldBehind { position, .. })) if position == held)
     );
     assert_eq!(rt.parked_events("totals").unwrap()[0].attempts, 4);
     failing.store(false, Ordering::SeqCst);
-    rt.retry_parked("totals", bad).unwrap();
+    rt.retry_parked_blocking("totals", bad).unwrap();
     assert!(rt.parked_events("totals").unwrap().is_empty());
     assert_eq!(
         rt.query("totals")
@@ -489,7 +489,7 @@ fn dead_letters_retry_park_hold_retry_and_skip() {
     rt.wait_for_blocking("totals", rt.store().head(), Duration::from_secs(30))
         .unwrap();
     assert_eq!(rt.parked_events("totals").unwrap().len(), 2);
-    rt.skip_parked("totals", bad).unwrap();
+    rt.skip_parked_blocking("totals", bad).unwrap();
     assert!(rt.parked_events("totals").unwrap().is_empty());
     assert_eq!(
         rt.query("totals")
@@ -499,7 +499,7 @@ fn dead_letters_retry_park_hold_retry_and_skip() {
         Some((3, 1))
     );
     assert!(matches!(
-        rt.skip_parked("totals", bad),
+        rt.skip_parked_blocking("totals", bad),
         Err(ProjectionError::Parked(_))
     ));
     let total: u64 = rt

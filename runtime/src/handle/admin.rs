@@ -9,7 +9,8 @@ use crate::process::{InstanceView, ProcessStatus, StuckInstance};
 use crate::read::bus::BusReceiver;
 use crate::read::external::EventStream;
 use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
-use eventfold_storage::Filter;
+use eventfold_storage::{Filter, ReadError, VerifyReport};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,17 +40,37 @@ impl RuntimeHandle {
 
     /// Resumes a stuck instance: the input it failed on is handled again,
     /// then the events held for it, in order; its unanswered commands are
-    /// sent again (same command ids). Blocks until the process manager has
-    /// tried; do not call it from an async task.
-    pub fn resume_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+    /// sent again (same command ids). Answers once the process manager has
+    /// tried; waits on the blocking pool, not on an executor thread.
+    pub async fn resume_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+        let (name, id) = (name.to_owned(), id.to_owned());
+        self.off_executor(
+            move |h| h.resume_instance_blocking(&name, &id),
+            ProcessError::ShutDown,
+        )
+        .await
+    }
+
+    /// [`RuntimeHandle::resume_instance`] for plain threads (it blocks).
+    pub fn resume_instance_blocking(&self, name: &str, id: &str) -> Result<(), ProcessError> {
         self.ask_process(name, |reply| ProcessControl::Resume(id.to_owned(), reply))
     }
 
     /// Cancels an instance (stuck or not): it is finished without further
     /// steps, its timers and unanswered commands are dropped. Commands
-    /// already delivered are not undone. Blocks like
+    /// already delivered are not undone. Waits like
     /// [`RuntimeHandle::resume_instance`].
-    pub fn cancel_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+    pub async fn cancel_instance(&self, name: &str, id: &str) -> Result<(), ProcessError> {
+        let (name, id) = (name.to_owned(), id.to_owned());
+        self.off_executor(
+            move |h| h.cancel_instance_blocking(&name, &id),
+            ProcessError::ShutDown,
+        )
+        .await
+    }
+
+    /// [`RuntimeHandle::cancel_instance`] for plain threads (it blocks).
+    pub fn cancel_instance_blocking(&self, name: &str, id: &str) -> Result<(), ProcessError> {
         self.ask_process(name, |reply| ProcessControl::Cancel(id.to_owned(), reply))
     }
 
@@ -153,15 +174,35 @@ impl RuntimeHandle {
     }
 
     /// Retries a parked event (then the events of its stream held behind
-    /// it); blocks until the consumer has tried. Do not call it from an
-    /// async task.
-    pub fn retry_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+    /// it); answers once the consumer has tried, waiting on the blocking
+    /// pool.
+    pub async fn retry_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+        let name = name.to_owned();
+        self.off_executor(
+            move |h| h.retry_parked_blocking(&name, position),
+            ProjectionError::ShutDown,
+        )
+        .await
+    }
+
+    /// [`RuntimeHandle::retry_parked`] for plain threads (it blocks).
+    pub fn retry_parked_blocking(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
         self.inner.registry.resolve_parked(name, position, false)
     }
 
     /// Drops a parked event without handling it, then retries the events of
-    /// its stream held behind it. Blocks like [`RuntimeHandle::retry_parked`].
-    pub fn skip_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+    /// its stream held behind it. Waits like [`RuntimeHandle::retry_parked`].
+    pub async fn skip_parked(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
+        let name = name.to_owned();
+        self.off_executor(
+            move |h| h.skip_parked_blocking(&name, position),
+            ProjectionError::ShutDown,
+        )
+        .await
+    }
+
+    /// [`RuntimeHandle::skip_parked`] for plain threads (it blocks).
+    pub fn skip_parked_blocking(&self, name: &str, position: u64) -> Result<(), ProjectionError> {
         self.inner.registry.resolve_parked(name, position, true)
     }
 
@@ -169,7 +210,83 @@ impl RuntimeHandle {
     /// position 0 while queries keep reading the current one, and becomes the
     /// active version atomically once it has caught up. Returns the new
     /// version; [`RuntimeHandle::projection_status`] shows its progress.
-    pub fn rebuild(&self, name: &str) -> Result<u32, ProjectionError> {
+    /// Starting it reads the store, on the blocking pool.
+    pub async fn rebuild(&self, name: &str) -> Result<u32, ProjectionError> {
+        let name = name.to_owned();
+        self.off_executor(
+            move |h| h.rebuild_blocking(&name),
+            ProjectionError::ShutDown,
+        )
+        .await
+    }
+
+    /// [`RuntimeHandle::rebuild`] for plain threads.
+    pub fn rebuild_blocking(&self, name: &str) -> Result<u32, ProjectionError> {
         self.inner.registry.rebuild(name)
     }
+
+    /// Walks the store (checksums, versions, positions, indexes; see
+    /// [`EventStore::verify`](eventfold_storage::EventStore::verify)) while
+    /// the runtime runs, on the blocking pool.
+    pub async fn verify(&self) -> Result<VerifyReport, ReadError> {
+        self.off_executor(|h| h.verify_blocking(), ReadError::Closed)
+            .await
+    }
+
+    /// [`RuntimeHandle::verify`] for plain threads (it blocks).
+    pub fn verify_blocking(&self) -> Result<VerifyReport, ReadError> {
+        self.store().verify()
+    }
+
+    /// Backs the running store up into `dir` (RocksDB's backup engine:
+    /// incremental, checksummed, verified), on the blocking pool; the new
+    /// backup's id. Restore it with `RocksStore::restore`.
+    pub async fn backup(&self, dir: impl Into<PathBuf>) -> Result<u32, BackupError> {
+        let dir = dir.into();
+        self.off_executor(move |h| h.backup_blocking(&dir), BackupError::ShutDown)
+            .await
+    }
+
+    /// [`RuntimeHandle::backup`] for plain threads (it blocks).
+    pub fn backup_blocking(&self, dir: impl AsRef<Path>) -> Result<u32, BackupError> {
+        let store = self.inner.rocks.as_ref().ok_or(BackupError::InMemory)?;
+        Ok(store.backup(dir)?)
+    }
+
+    /// Runs `call` (an administrative call that waits) on the tokio blocking
+    /// pool of the calling runtime, so that no executor thread waits; on
+    /// this thread outside one. `lost` answers a task that was lost.
+    async fn off_executor<T, E>(
+        &self,
+        call: impl FnOnce(&RuntimeHandle) -> Result<T, E> + Send + 'static,
+        lost: E,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let handle = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn_blocking(move || call(&handle))
+                .await
+                .unwrap_or_else(|_| Err(lost)),
+            Err(_) => call(&handle),
+        }
+    }
+}
+
+/// Why a backup of the running store was not made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The runtime keeps its events in memory: there is nothing to back up.
+    #[error("the runtime's store is in memory")]
+    InMemory,
+    /// The backup engine failed.
+    #[error(transparent)]
+    Store(#[from] eventfold_storage::OpenError),
+    /// The runtime shut down meanwhile.
+    #[error("the runtime shut down")]
+    ShutDown,
 }

@@ -10,6 +10,8 @@
 mod admin;
 mod data;
 
+pub use admin::BackupError;
+
 use crate::command::outcome::{CommandOutcome, ExecuteOptions};
 use crate::command::router::{Router, answer};
 use crate::command::system::SystemThread;

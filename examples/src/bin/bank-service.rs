@@ -1,0 +1,461 @@
+//! The bank behind HTTP: eventfold embedded in an axum service, with the
+//! balances projection and the transfers process manager.
+//!
+//! ```text
+//! bank-service --listen 127.0.0.1:8080 [--data DIR | --temporary]
+//! POST /accounts/{id}/open      {"owner": "ann"}
+//! POST /accounts/{id}/deposit   {"amount": 100}
+//! POST /accounts/{id}/withdraw  {"amount": 30}
+//! POST /transfers               {"from": "a", "to": "b", "amount": 5}
+//! GET  /accounts/{id}[?after=POSITION]
+//! GET  /health, GET /metrics
+//! ```
+//!
+//! An `Idempotency-Key` header becomes the command id: a retry with the same
+//! key gets the original answer. Every error is JSON with a stable `code`.
+//! SIGTERM or SIGINT: stop accepting, answer what is in flight, drain the
+//! runtime, exit 0.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use eventfold_examples::balances::{self, Balances};
+use eventfold_examples::transfers::TransferProcess;
+use eventfold_examples::{Account, AccountCommand, AccountError};
+use eventfold_runtime::domain::CommandId;
+use eventfold_runtime::process::ProcessSettings;
+use eventfold_runtime::{
+    CommandError, CommandOutcome, ConsumerSettings, ExecuteOptions, ProjectionError, Runtime,
+    RuntimeHandle,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// Largest request body, in bytes.
+const BODY_BYTES_MAX: usize = 16 * 1024;
+/// Requests served at once; more wait for a slot.
+const CONCURRENT_REQUESTS_MAX: usize = 1024;
+/// Longest a request may take before the service answers 408.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a read waits for the balances projection to pass `after`.
+const READ_YOUR_WRITES_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Longest an account id, in bytes.
+const ACCOUNT_ID_BYTES_MAX: usize = 128;
+
+/// The bank over HTTP.
+#[derive(Parser, Debug)]
+#[command(name = "bank-service")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Keep the store in this directory (default: a temporary one).
+    #[arg(long, conflicts_with = "temporary")]
+    data: Option<PathBuf>,
+    /// Keep the store in a temporary directory, removed at exit.
+    #[arg(long)]
+    temporary: bool,
+}
+
+#[derive(Clone)]
+struct App {
+    runtime: RuntimeHandle,
+    metrics: PrometheusHandle,
+}
+
+/// An error answer: a status, a stable code and a message.
+struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"code": self.code, "message": self.message}));
+        let mut response = (self.status, body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::BytesRejection(_) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is over {BODY_BYTES_MAX} bytes"),
+            ),
+            other => Problem::new(StatusCode::BAD_REQUEST, "bad_json", other.body_text()),
+        }
+    }
+}
+
+fn domain_code(error: &AccountError) -> &'static str {
+    match error {
+        AccountError::AlreadyOpen => "already_open",
+        AccountError::NotOpen => "not_open",
+        AccountError::Closed => "closed",
+        AccountError::Frozen => "frozen",
+        AccountError::ZeroAmount => "zero_amount",
+        AccountError::InsufficientFunds { .. } => "insufficient_funds",
+        AccountError::BalanceOverflow { .. } => "balance_overflow",
+    }
+}
+
+impl From<CommandError<AccountError>> for Problem {
+    fn from(error: CommandError<AccountError>) -> Self {
+        let message = error.to_string();
+        match &error {
+            CommandError::Rejected(domain) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                domain_code(domain),
+                message,
+            ),
+            CommandError::WrongExpectedVersion { .. } => {
+                Problem::new(StatusCode::CONFLICT, "version_conflict", message)
+            }
+            CommandError::Overloaded(_) => Problem {
+                retry_after: Some(1),
+                ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+            },
+            CommandError::Timeout(_) => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("{message}; the outcome is unknown: retry with the same Idempotency-Key"),
+            ),
+            CommandError::ShutDown => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            CommandError::InvalidId(_) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_account_id", message)
+            }
+            _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        }
+    }
+}
+
+fn account_id(id: &str) -> Result<&str, Problem> {
+    let valid = !id.is_empty()
+        && id.len() <= ACCOUNT_ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if valid {
+        Ok(id)
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_account_id",
+            format!("account ids are 1 to {ACCOUNT_ID_BYTES_MAX} letters, digits, '_' or '.'"),
+        ))
+    }
+}
+
+fn options(headers: &HeaderMap) -> Result<ExecuteOptions, Problem> {
+    let mut options = ExecuteOptions::new();
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key.to_str().map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad_idempotency_key",
+                "the Idempotency-Key must be visible ASCII",
+            )
+        })?;
+        options = options.command_id(CommandId::from_name(key));
+    }
+    Ok(options)
+}
+
+fn answer(outcome: CommandOutcome<eventfold_examples::AccountEvent>) -> Response {
+    let body = json!({
+        "version": outcome.version,
+        "position": outcome.position,
+        "deduplicated": outcome.deduplicated,
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn execute(
+    app: &App,
+    id: &str,
+    command: AccountCommand,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    let id = account_id(id)?;
+    let options = options(headers)?;
+    let outcome = app
+        .runtime
+        .execute_with::<Account>(id, command, options)
+        .await?;
+    Ok(answer(outcome))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Open {
+    owner: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Amount {
+    amount: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transfer {
+    from: String,
+    to: String,
+    amount: u64,
+}
+
+async fn open(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Open>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(Open { owner }) = body?;
+    execute(&app, &id, AccountCommand::Open { owner }, &headers).await
+}
+
+async fn deposit(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Amount>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(Amount { amount }) = body?;
+    execute(&app, &id, AccountCommand::Deposit { amount }, &headers).await
+}
+
+async fn withdraw(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Amount>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(Amount { amount }) = body?;
+    execute(&app, &id, AccountCommand::Withdraw { amount }, &headers).await
+}
+
+async fn transfer(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<Transfer>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(Transfer { from, to, amount }) = body?;
+    account_id(&to)?;
+    // The transfer's id: the idempotency key when there is one, so that a
+    // retry names the same transfer.
+    let transfer_id = match headers.get("idempotency-key").and_then(|k| k.to_str().ok()) {
+        Some(key) => format!("t-{key}"),
+        None => format!("t-{}", CommandId::random()),
+    };
+    let command = AccountCommand::TransferOut {
+        transfer_id: transfer_id.clone(),
+        to,
+        amount,
+    };
+    let response = execute(&app, &from, command, &headers).await?;
+    let mut response = response;
+    if let Ok(value) = HeaderValue::from_str(&transfer_id) {
+        response.headers_mut().insert("transfer-id", value);
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct After {
+    after: Option<u64>,
+}
+
+async fn balance(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(after): Query<After>,
+) -> Result<Response, Problem> {
+    let id = account_id(&id)?;
+    if let Some(position) = after.after {
+        let waited = app
+            .runtime
+            .wait_for(balances::NAME, position, READ_YOUR_WRITES_WAIT_MAX)
+            .await;
+        match waited {
+            Ok(()) => {}
+            Err(ProjectionError::Timeout { .. }) => {
+                return Err(Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "not_caught_up",
+                    format!("the balances had not reached position {position}; retry"),
+                ));
+            }
+            Err(error) => return Err(internal(error)),
+        }
+    }
+    let key = format!("acc-{id}");
+    let view = app.runtime.query(balances::NAME).map_err(internal)?;
+    match view.get_as::<i128>(key.as_bytes()).map_err(internal)? {
+        Some(balance) => Ok(Json(json!({"id": id, "balance": balance})).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_account",
+            format!("no account {id}"),
+        )),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        error.to_string(),
+    )
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let statuses = app.runtime.projection_status(balances::NAME);
+    match statuses {
+        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Err(error) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            error.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+async fn prometheus(State(app): State<App>) -> Response {
+    let body = app.metrics.render();
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/accounts/{id}/open", post(open))
+        .route("/accounts/{id}/deposit", post(deposit))
+        .route("/accounts/{id}/withdraw", post(withdraw))
+        .route("/accounts/{id}", get(balance))
+        .route("/transfers", post(transfer))
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(ConcurrencyLimitLayer::new(CONCURRENT_REQUESTS_MAX))
+        .with_state(app)
+}
+
+async fn stopped() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|tokio| tokio.block_on(serve(args)));
+    match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "bank-service stopped");
+            eprintln!("bank-service: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
+    let builder = match &args.data {
+        Some(dir) => Runtime::builder().path(dir),
+        None => Runtime::builder().temporary(),
+    };
+    let runtime = builder
+        .aggregate::<Account>()
+        .projection(|| Balances, ConsumerSettings::default())
+        .process_manager(TransferProcess::default, ProcessSettings::default())
+        .start()
+        .map_err(|e| format!("the runtime did not start: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %local, "bank-service listening");
+    println!("listening on {local}");
+    let app = App {
+        runtime: runtime.clone(),
+        metrics,
+    };
+    let served = axum::serve(listener, router(app))
+        .with_graceful_shutdown(stopped())
+        .await;
+    tracing::info!("draining the runtime");
+    runtime
+        .shutdown()
+        .await
+        .map_err(|e| format!("shutdown: {e}"))?;
+    served.map_err(|e| format!("server: {e}"))
+}

@@ -1,0 +1,276 @@
+//! `bank-service` driven over real HTTP: every route and error code,
+//! idempotent retries, read-your-writes, `/metrics`, and SIGTERM with
+//! requests in flight (every acknowledged deposit is in the store after).
+
+use eventfold_runtime::domain::StreamId;
+use eventfold_runtime::storage::{Direction, EventStore, RocksStore, StoreOptions};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The service, started on a free loopback port.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    fn start(data: &std::path::Path) -> TestResult<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bank-service"))
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
+        Ok(Self {
+            child,
+            base: format!("http://{address}"),
+        })
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    fn terminate(mut self) -> TestResult<std::process::ExitStatus> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: kill(2) on our own child's pid with a valid signal.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        if sent != 0 {
+            return Err("kill failed".into());
+        }
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    body: Value,
+    key: Option<&str>,
+) -> TestResult<(u16, Value)> {
+    let mut request = client.post(url).json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_and_error_code_over_http() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let service = Service::start(dir.path())?;
+    let client = reqwest::Client::new();
+    let base = service.base.clone();
+    let url = |path: &str| format!("{base}{path}");
+
+    let (status, opened) = post(
+        &client,
+        url("/accounts/ann/open"),
+        json!({"owner": "Ann"}),
+        None,
+    )
+    .await?;
+    assert_eq!((status, opened["version"].as_u64()), (200, Some(1)));
+    post(
+        &client,
+        url("/accounts/bob/open"),
+        json!({"owner": "Bob"}),
+        None,
+    )
+    .await?;
+    let (status, first) = post(
+        &client,
+        url("/accounts/ann/deposit"),
+        json!({"amount": 100}),
+        Some("dep-1"),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let (_, retry) = post(
+        &client,
+        url("/accounts/ann/deposit"),
+        json!({"amount": 100}),
+        Some("dep-1"),
+    )
+    .await?;
+    assert_eq!(
+        retry["position"], first["position"],
+        "a retry gets the original answer"
+    );
+    assert_eq!(retry["deduplicated"], json!(true));
+    let (status, withdrawn) = post(
+        &client,
+        url("/accounts/ann/withdraw"),
+        json!({"amount": 30}),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    // Read-your-writes: the balance once the projection passed the write.
+    let after = withdrawn["position"].as_u64().ok_or("no position")?;
+    let balance: Value = client
+        .get(url(&format!("/accounts/ann?after={after}")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(balance["balance"], json!(70));
+
+    let (status, moved) = post(
+        &client,
+        url("/transfers"),
+        json!({"from": "ann", "to": "bob", "amount": 20}),
+        Some("tr-1"),
+    )
+    .await?;
+    assert_eq!(status, 200, "{moved}");
+
+    // Errors: each with its status and stable code; nothing changes.
+    let cases = [
+        (
+            "/accounts/ann/withdraw",
+            json!({"amount": 1000}),
+            422,
+            "insufficient_funds",
+        ),
+        (
+            "/accounts/ann/open",
+            json!({"owner": "again"}),
+            422,
+            "already_open",
+        ),
+        (
+            "/accounts/ann/deposit",
+            json!({"amount": 0}),
+            422,
+            "zero_amount",
+        ),
+        (
+            "/accounts/ann/deposit",
+            json!({"amount": "ten"}),
+            400,
+            "bad_json",
+        ),
+        (
+            "/accounts/ann/deposit",
+            json!({"amount": 1, "extra": 1}),
+            400,
+            "bad_json",
+        ),
+        (
+            "/accounts/not%20valid/deposit",
+            json!({"amount": 1}),
+            400,
+            "invalid_account_id",
+        ),
+        (
+            "/accounts/nobody/deposit",
+            json!({"amount": 1}),
+            422,
+            "not_open",
+        ),
+    ];
+    for (path, body, want_status, want_code) in cases {
+        let (status, answer) = post(&client, url(path), body, None).await?;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (want_status, Some(want_code)),
+            "{path}: {answer}"
+        );
+    }
+    let huge = json!({"owner": "x".repeat(64 * 1024)});
+    let (status, answer) = post(&client, url("/accounts/zed/open"), huge, None).await?;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    let missing = client.get(url("/accounts/nobody")).send().await?;
+    assert_eq!(missing.status().as_u16(), 404);
+
+    let health = client.get(url("/health")).send().await?;
+    assert_eq!(health.status().as_u16(), 200);
+    let metrics = client.get(url("/metrics")).send().await?.text().await?;
+    assert!(
+        metrics.contains("eventfold_command_latency_seconds"),
+        "{metrics}"
+    );
+
+    let status = service.terminate()?;
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_requests_in_flight_loses_no_acknowledged_deposit() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let service = Service::start(dir.path())?;
+    let client = reqwest::Client::new();
+    let base = service.base.clone();
+    post(
+        &client,
+        format!("{base}/accounts/load/open"),
+        json!({"owner": "L"}),
+        None,
+    )
+    .await?;
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (client, base) = (client.clone(), base.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = 0u64;
+            for i in 0..10_000 {
+                let key = format!("c{c}-{i}");
+                match post(
+                    &client,
+                    format!("{base}/accounts/load/deposit"),
+                    json!({"amount": 1}),
+                    Some(&key),
+                )
+                .await
+                {
+                    Ok((200, _)) => acknowledged += 1,
+                    _ => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || service.terminate()).await??;
+    assert!(status.success(), "{status:?}");
+    let mut acknowledged = 0;
+    for client in clients {
+        acknowledged += client.await?;
+    }
+    assert!(acknowledged > 0, "some deposits were acknowledged");
+    let store = RocksStore::open(dir.path(), StoreOptions::default())?;
+    let stream = StreamId::new("acc-load")?;
+    let version = store.stream_version(&stream)?;
+    let events = store.read_stream(&stream, 1, Direction::Forward, usize::MAX)?;
+    assert_eq!(events.len() as u64, version);
+    // The open, then every acknowledged deposit (and perhaps some whose
+    // answer the shutdown cut off).
+    assert!(
+        version > acknowledged,
+        "{version} events for {acknowledged} acknowledged deposits"
+    );
+    Ok(())
+}

@@ -102,3 +102,45 @@ async fn an_in_memory_runtime_has_no_backup() -> TestResult {
     runtime.shutdown().await?;
     Ok(())
 }
+
+/// Opened once the last handle has been dropped.
+static GATE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static GATE_OPENED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Holds each event until the gate opens (at most 20 s).
+struct Gatekeeper;
+
+impl EventHandler for Gatekeeper {
+    fn name(&self) -> &str {
+        "gatekeeper"
+    }
+    fn handle(&mut self, _: &RecordedEvent) -> Result<(), HandlerError> {
+        let open = GATE.lock().map_err(|_| HandlerError::new("poisoned"))?;
+        let _open = GATE_OPENED
+            .wait_timeout_while(open, Duration::from_secs(20), |open| !*open)
+            .map_err(|_| HandlerError::new("poisoned"))?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_the_last_handle_in_a_task_does_not_wait_on_the_executor() -> TestResult {
+    let runtime = Runtime::builder()
+        .in_memory()
+        .aggregate::<Tally>()
+        .event_handler(|| Gatekeeper, ConsumerSettings::default())
+        .start()?;
+    runtime.execute::<Tally>("g", Cmd::Add(1)).await?;
+    // Give the handler the event: it now waits for the gate.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    // Stopping joins the handler's thread, which waits for the gate, which
+    // opens only after this drop: done here, it would wait the handler's
+    // whole 20 s.
+    drop(runtime);
+    let took = started.elapsed();
+    *GATE.lock().map_err(|_| "poisoned")? = true;
+    GATE_OPENED.notify_all();
+    assert!(took < Duration::from_secs(10), "the drop waited {took:?}");
+    Ok(())
+}

@@ -339,3 +339,26 @@ fn the_longest_timeout_is_no_timeout() {
     check(&rt, "forever", 5, 2);
     rt.shutdown_blocking().unwrap();
 }
+
+#[test]
+fn headers_of_a_command_are_stored_with_its_events() {
+    let rt = runtime();
+    let options = ExecuteOptions::new()
+        .header("request-id", "r-1")
+        .header("user", "ann");
+    rt.execute_blocking_with::<Tally>("h", Cmd::Add(2), options)
+        .unwrap();
+    let stream = StreamId::new("tally-h").unwrap();
+    let events = rt
+        .store()
+        .read_stream(&stream, 1, Direction::Forward, 10)
+        .unwrap();
+    let headers = &events[0].metadata.headers;
+    assert_eq!(
+        headers,
+        &[
+            ("request-id".to_owned(), "r-1".to_owned()),
+            ("user".to_owned(), "ann".to_owned())
+        ]
+    );
+}

@@ -26,7 +26,8 @@ pub struct CommandOutcome<E> {
 /// use std::time::Duration;
 /// let options = ExecuteOptions::new()
 ///     .command_id(CommandId::from_name("deposit-17"))
-///     .timeout(Duration::from_secs(2));
+///     .timeout(Duration::from_secs(2))
+///     .header("request-id", "r-8812");
 /// # let _ = options;
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -44,6 +45,10 @@ pub struct ExecuteOptions {
     /// How long to wait for the outcome (default: the runtime's
     /// `command_timeout`).
     pub timeout: Option<Duration>,
+    /// Stored with every event the command produces, in this order (a
+    /// request id, a user, a tenant...). The store bounds their bytes
+    /// (`headers_bytes_max`); past it the command fails as the append does.
+    pub headers: eventfold_domain::Headers,
 }
 
 impl ExecuteOptions {
@@ -74,6 +79,11 @@ impl ExecuteOptions {
     /// Sets the timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+    /// Adds a header stored with every event the command produces.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((key.into(), value.into()));
         self
     }
 }

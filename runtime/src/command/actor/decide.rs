@@ -171,7 +171,7 @@ impl<A: Aggregate> AggregateActor<A> {
                     event_id: EventId::random(),
                     correlation_id: options.correlation_id,
                     causation_id,
-                    headers: Vec::new(),
+                    headers: options.headers.clone(),
                 },
             });
         }

@@ -274,3 +274,92 @@ async fn sigterm_with_requests_in_flight_loses_no_acknowledged_deposit() -> Test
     );
     Ok(())
 }
+
+/// Reads SSE frames from `body` until `count` events came; their ids
+/// (positions) and types.
+async fn read_feed<B: AsRef<[u8]>>(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
+    buffer: &mut String,
+    count: usize,
+) -> TestResult<Vec<(u64, String)>> {
+    use futures::StreamExt;
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_owned))
+            };
+            if let (Some(id), Some(kind)) = (field("id:"), field("event:")) {
+                seen.push((id.parse()?, kind));
+            }
+        }
+        if seen.len() >= count {
+            break;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
+            .await?
+            .ok_or("the feed ended")??;
+        buffer.push_str(std::str::from_utf8(chunk.as_ref())?);
+    }
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_catches_up_goes_live_and_resumes_after_an_id() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let service = Service::start(dir.path())?;
+    let client = reqwest::Client::new();
+    let base = service.base.clone();
+    for id in ["a1", "a2", "a3"] {
+        post(
+            &client,
+            format!("{base}/accounts/{id}/open"),
+            json!({"owner": id}),
+            None,
+        )
+        .await?;
+        post(
+            &client,
+            format!("{base}/accounts/{id}/deposit"),
+            json!({"amount": 5}),
+            None,
+        )
+        .await?;
+    }
+    let response = client.get(format!("{base}/events?from=2")).send().await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let caught_up = read_feed(&mut body, &mut buffer, 5).await?;
+    assert_eq!(
+        caught_up.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [2, 3, 4, 5, 6]
+    );
+    assert_eq!(caught_up[0].1, "Deposited");
+    post(
+        &client,
+        format!("{base}/accounts/a1/withdraw"),
+        json!({"amount": 1}),
+        None,
+    )
+    .await?;
+    let live = read_feed(&mut body, &mut buffer, 1).await?;
+    assert_eq!(live, [(7, "Withdrawn".to_owned())]);
+    // Reconnecting after id 5 with a type filter.
+    let resumed = client
+        .get(format!("{base}/events?type=Deposited"))
+        .header("Last-Event-ID", "3")
+        .send()
+        .await?;
+    let mut body = resumed.bytes_stream();
+    let mut buffer = String::new();
+    let deposits = read_feed(&mut body, &mut buffer, 2).await?;
+    assert_eq!(deposits.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [4, 6]);
+    // SIGTERM ends the open feeds and the service exits 0.
+    let status = tokio::task::spawn_blocking(move || service.terminate()).await??;
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}

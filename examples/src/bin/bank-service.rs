@@ -8,6 +8,7 @@
 //! POST /accounts/{id}/withdraw  {"amount": 30}
 //! POST /transfers               {"from": "a", "to": "b", "amount": 5}
 //! GET  /accounts/{id}[?after=POSITION]
+//! GET  /events[?from=POSITION&category=C&type=T]   server-sent events
 //! GET  /health, GET /metrics
 //! ```
 //!
@@ -19,25 +20,31 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use eventfold_examples::balances::{self, Balances};
 use eventfold_examples::transfers::TransferProcess;
-use eventfold_examples::{Account, AccountCommand, AccountError};
-use eventfold_runtime::domain::CommandId;
+use eventfold_examples::{Account, AccountCommand, AccountError, AccountEvent};
+use eventfold_runtime::domain::{CommandId, RecordedEvent};
 use eventfold_runtime::process::ProcessSettings;
+use eventfold_runtime::storage::Filter;
 use eventfold_runtime::{
     CommandError, CommandOutcome, ConsumerSettings, ExecuteOptions, ProjectionError, Runtime,
     RuntimeHandle,
 };
+use futures::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::json;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -51,6 +58,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_YOUR_WRITES_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Longest an account id, in bytes.
 const ACCOUNT_ID_BYTES_MAX: usize = 128;
+/// Event feeds (`/events`) open at once; more are refused with 503.
+const FEEDS_MAX: usize = 256;
 
 /// The bank over HTTP.
 #[derive(Parser, Debug)]
@@ -71,6 +80,11 @@ struct Args {
 struct App {
     runtime: RuntimeHandle,
     metrics: PrometheusHandle,
+    /// One permit per open event feed.
+    feeds: Arc<Semaphore>,
+    /// Set when the service stops: open feeds end, so that the graceful
+    /// shutdown does not wait for clients that never hang up.
+    stopping: watch::Receiver<bool>,
 }
 
 /// An error answer: a status, a stable code and a message.
@@ -342,6 +356,87 @@ fn internal(error: impl std::fmt::Display) -> Problem {
     )
 }
 
+#[derive(Deserialize)]
+struct Feed {
+    /// The first position to send (default: 1).
+    from: Option<u64>,
+    /// Only events of streams of this category.
+    category: Option<String>,
+    /// Only events of this type.
+    r#type: Option<String>,
+}
+
+/// The global log as server-sent events: caught up from the store, then
+/// live; each event once, in position order, however slowly the client
+/// reads (the feed reads on only as the client takes). Each event's `id`
+/// is its position: a client that reconnects with `Last-Event-ID` goes on
+/// after it.
+async fn events(
+    State(app): State<App>,
+    Query(feed): Query<Feed>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let permit = Arc::clone(&app.feeds)
+        .try_acquire_owned()
+        .map_err(|_| Problem {
+            retry_after: Some(1),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_feeds",
+                format!("{FEEDS_MAX} event feeds are open"),
+            )
+        })?;
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let after = resumed.unwrap_or_else(|| feed.from.unwrap_or(1).saturating_sub(1));
+    let filter = Filter {
+        event_types: feed.r#type.into_iter().collect(),
+        categories: feed.category.into_iter().collect(),
+    };
+    let mut stopping = app.stopping.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    };
+    let stream = app
+        .runtime
+        .subscribe_from(after, filter)
+        .take_until(stopped)
+        .map(move |item| {
+            // The permit goes when the client does.
+            let _held = &permit;
+            Ok::<_, Infallible>(match item {
+                Ok(event) => feed_event(&event),
+                Err(error) => SseEvent::default().event("error").data(error.to_string()),
+            })
+        });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// One event as an SSE event: its position as id, its type as the event
+/// name, JSON data with the bank's decoded event when it is one.
+fn feed_event(event: &RecordedEvent) -> SseEvent {
+    let decoded = eventfold_runtime::evolution::decode::<AccountEvent>(event)
+        .ok()
+        .and_then(|e| serde_json::to_value(e).ok());
+    let data = json!({
+        "position": event.position,
+        "stream": event.stream_id.as_str(),
+        "version": event.version,
+        "type": event.event_type,
+        "schema_version": event.schema_version,
+        "recorded_at_micros": event.recorded_at.as_micros(),
+        "event": decoded,
+    });
+    SseEvent::default()
+        .id(event.position.to_string())
+        .event(event.event_type.clone())
+        .data(data.to_string())
+}
+
 async fn health(State(app): State<App>) -> Response {
     let statuses = app.runtime.projection_status(balances::NAME);
     match statuses {
@@ -368,6 +463,7 @@ fn router(app: App) -> Router {
         .route("/accounts/{id}/withdraw", post(withdraw))
         .route("/accounts/{id}", get(balance))
         .route("/transfers", post(transfer))
+        .route("/events", get(events))
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -443,14 +539,20 @@ async fn serve(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop_feeds, _) = watch::channel(false);
     tracing::info!(address = %local, "bank-service listening");
     println!("listening on {local}");
     let app = App {
         runtime: runtime.clone(),
         metrics,
+        feeds: Arc::new(Semaphore::new(FEEDS_MAX)),
+        stopping: stop_feeds.subscribe(),
     };
     let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(stopped())
+        .with_graceful_shutdown(async move {
+            stopped().await;
+            let _ = stop_feeds.send(true);
+        })
         .await;
     tracing::info!("draining the runtime");
     runtime

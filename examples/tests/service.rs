@@ -19,10 +19,16 @@ struct Service {
 
 impl Service {
     fn start(data: &std::path::Path) -> TestResult<Self> {
+        Self::start_with(data, &[])
+    }
+
+    fn start_with(data: &std::path::Path, extra: &[&str]) -> TestResult<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bank-service"))
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "warn")
+            .env_remove("EVENTFOLD_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -361,5 +367,94 @@ async fn the_event_feed_catches_up_goes_live_and_resumes_after_an_id() -> TestRe
     // SIGTERM ends the open feeds and the service exits 0.
     let status = tokio::task::spawn_blocking(move || service.terminate()).await??;
     assert!(status.success(), "{status:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_need_the_token_and_answer_with_codes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("store");
+    let service = Service::start_with(&data, &["--admin-token", "s3cret-token"])?;
+    let client = reqwest::Client::new();
+    let base = service.base.clone();
+    post(
+        &client,
+        format!("{base}/accounts/a/open"),
+        json!({"owner": "A"}),
+        None,
+    )
+    .await?;
+    let backup_dir = dir.path().join("backup");
+    let backup = json!({"dir": backup_dir.to_string_lossy()});
+    // Without the token, or with a wrong one: 401, and nothing done.
+    for token in [None, Some("Bearer wrong-token!"), Some("s3cret-token")] {
+        let mut request = client.post(format!("{base}/admin/backup")).json(&backup);
+        if let Some(token) = token {
+            request = request.header("Authorization", token);
+        }
+        let response = request.send().await?;
+        assert_eq!(response.status().as_u16(), 401);
+        let answer: Value = response.json().await?;
+        assert_eq!(answer["code"], json!("unauthorized"));
+    }
+    assert!(!backup_dir.exists(), "a refused backup wrote nothing");
+    let admin = |method: reqwest::Method, path: &str| {
+        client
+            .request(method, format!("{base}{path}"))
+            .header("Authorization", "Bearer s3cret-token")
+    };
+    let listed: Value = admin(reqwest::Method::GET, "/admin/projections/balances/parked")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed, json!([]));
+    let cases = [
+        (
+            "/admin/projections/balances/parked/1/retry",
+            404,
+            "not_parked",
+        ),
+        (
+            "/admin/projections/nope/parked/1/skip",
+            404,
+            "unknown_projection",
+        ),
+        (
+            "/admin/processes/transfers/instances/t-x/resume",
+            404,
+            "no_instance",
+        ),
+        (
+            "/admin/processes/nope/instances/x/cancel",
+            404,
+            "unknown_process",
+        ),
+    ];
+    for (path, status, code) in cases {
+        let response = admin(reqwest::Method::POST, path).send().await?;
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let answer: Value = response.json().await?;
+        assert_eq!(answer["code"], json!(code), "{path}: {answer}");
+    }
+    let stuck: Value = admin(reqwest::Method::GET, "/admin/processes/transfers/stuck")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(stuck, json!([]));
+    let made: Value = admin(reqwest::Method::POST, "/admin/backup")
+        .json(&backup)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(made["backup_id"], json!(1));
+    let status = tokio::task::spawn_blocking(move || service.terminate()).await??;
+    assert!(status.success(), "{status:?}");
+    let restored = dir.path().join("restored");
+    RocksStore::restore(&backup_dir, &restored)?;
+    let store = RocksStore::open(&restored, StoreOptions::default())?;
+    assert_eq!(store.stream_version(&StreamId::new("acc-a")?)?, 1);
     Ok(())
 }

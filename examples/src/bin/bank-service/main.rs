@@ -10,6 +10,7 @@
 //! GET  /accounts/{id}[?after=POSITION]
 //! GET  /events[?from=POSITION&category=C&type=T]   server-sent events
 //! GET  /health, GET /metrics
+//! /admin/...: parked events, stuck instances, backup (bearer token)
 //! ```
 //!
 //! An `Idempotency-Key` header becomes the command id: a retry with the same
@@ -61,6 +62,8 @@ const ACCOUNT_ID_BYTES_MAX: usize = 128;
 /// Event feeds (`/events`) open at once; more are refused with 503.
 const FEEDS_MAX: usize = 256;
 
+mod admin;
+
 /// The bank over HTTP.
 #[derive(Parser, Debug)]
 #[command(name = "bank-service")]
@@ -74,6 +77,9 @@ struct Args {
     /// Keep the store in a temporary directory, removed at exit.
     #[arg(long)]
     temporary: bool,
+    /// The bearer token the admin routes require (none: they refuse all).
+    #[arg(long, env = "EVENTFOLD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -85,6 +91,8 @@ struct App {
     /// Set when the service stops: open feeds end, so that the graceful
     /// shutdown does not wait for clients that never hang up.
     stopping: watch::Receiver<bool>,
+    /// The admin routes' bearer token.
+    admin_token: Option<Arc<str>>,
 }
 
 /// An error answer: a status, a stable code and a message.
@@ -466,6 +474,7 @@ fn router(app: App) -> Router {
         .route("/events", get(events))
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
+        .merge(admin::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -547,6 +556,7 @@ async fn serve(args: Args) -> Result<(), String> {
         metrics,
         feeds: Arc::new(Semaphore::new(FEEDS_MAX)),
         stopping: stop_feeds.subscribe(),
+        admin_token: args.admin_token.as_deref().map(Arc::from),
     };
     let served = axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {

@@ -123,8 +123,10 @@ impl EventHandler for Gatekeeper {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn dropping_the_last_handle_in_a_task_does_not_wait_on_the_executor() -> TestResult {
+// One worker: a drop that blocked it would keep the task that opens the
+// gate from ever running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn dropping_the_last_handle_in_a_task_does_not_stall_the_executor() -> TestResult {
     let runtime = Runtime::builder()
         .in_memory()
         .aggregate::<Tally>()
@@ -133,14 +135,19 @@ async fn dropping_the_last_handle_in_a_task_does_not_wait_on_the_executor() -> T
     runtime.execute::<Tally>("g", Cmd::Add(1)).await?;
     // Give the handler the event: it now waits for the gate.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = std::time::Instant::now();
     // Stopping joins the handler's thread, which waits for the gate, which
-    // opens only after this drop: done here, it would wait the handler's
-    // whole 20 s.
-    drop(runtime);
+    // this task opens: it runs only if the drop does not hold the worker.
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(mut open) = GATE.lock() {
+            *open = true;
+        }
+        GATE_OPENED.notify_all();
+    });
+    // Dropped in a task, on the one worker.
+    let started = std::time::Instant::now();
+    tokio::spawn(async move { drop(runtime) }).await?;
     let took = started.elapsed();
-    *GATE.lock().map_err(|_| "poisoned")? = true;
-    GATE_OPENED.notify_all();
     assert!(took < Duration::from_secs(10), "the drop waited {took:?}");
     Ok(())
 }

@@ -62,58 +62,32 @@ impl Drop for Inner {
         // Without `shutdown`, commands in flight are answered `ShutDown`;
         // everything acknowledged is already durable.
         self.router.stop_accepting();
-        // Stopping joins threads. Dropped inside an async task (the last
-        // handle going out of scope in a handler), that would block an
-        // executor thread: the parts are stopped on a thread of their own.
-        let parts = Parts {
-            processes: std::mem::take(&mut self.processes),
-            registry: Arc::clone(&self.registry),
-            system: self.system.lock().unwrap_or_else(|p| p.into_inner()).take(),
-            rocks: self.rocks.take(),
-            temp: self._temp.take(),
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let spawned = std::thread::Builder::new()
-                .name("eventfold-teardown".into())
-                .spawn(move || parts.stop());
-            if let Err(error) = spawned {
-                tracing::error!(%error, "no thread to stop the runtime on; its threads are left to end with the process");
+        let stop = || {
+            if self.stop_system().is_err() {
+                tracing::error!("the actor system thread panicked");
             }
-        } else {
-            parts.stop();
+        };
+        // Stopping joins threads. Dropped inside a task of a multi-threaded
+        // tokio runtime (the last handle going out of scope in a handler),
+        // the worker hands its other tasks on while it waits. (Not on a
+        // thread of its own: a process that exits meanwhile would tear
+        // RocksDB down under it.)
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(stop)
+            }
+            _ => stop(),
         }
-    }
-}
-
-/// What a dropped runtime still has to stop, in order.
-struct Parts {
-    processes: Processes,
-    registry: Arc<Registry>,
-    system: Option<SystemThread>,
-    rocks: Option<RocksStore>,
-    temp: Option<tempfile::TempDir>,
-}
-
-impl Parts {
-    fn stop(self) {
-        self.processes.stop_all();
-        self.registry.stop_all();
-        if let Some(system) = self.system
-            && system.stop().is_err()
-        {
-            tracing::error!("the actor system thread panicked");
-        }
-        if let Some(store) = &self.rocks {
-            store.close();
-        }
-        // The temporary directory goes last, once the store is closed.
-        drop(self.rocks);
-        drop(self.temp);
     }
 }
 
 /// The handle to a running eventfold runtime: `Send + Sync + Clone`, usable
-/// from any thread and any async executor.
+/// from any thread and any async executor. Dropping the last one stops the
+/// runtime, which joins its threads: inside a multi-threaded tokio runtime
+/// the worker hands its other tasks on meanwhile; on a current-thread one,
+/// `shutdown().await` first.
 ///
 /// ```
 /// use eventfold_runtime::{Runtime, domain::{Aggregate, DomainEvent}};

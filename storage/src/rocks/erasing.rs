@@ -34,6 +34,16 @@ impl Erasing {
         self.read().get(stream).copied()
     }
 
+    /// The streams whose erasure is under way now (`None`: none), for a
+    /// reader to take before it opens its iterator: an erasure that ends
+    /// after that is not in the iterator's view, and must still hide.
+    pub(crate) fn snapshot(&self) -> Option<HashMap<StreamId, u64>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.read().clone())
+    }
+
     /// Whether `event` is removed but not yet erased.
     pub(crate) fn hides(&self, event: &RecordedEvent) -> bool {
         self.first_version(&event.stream_id)

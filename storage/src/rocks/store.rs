@@ -363,6 +363,8 @@ impl EventStore for RocksStore {
         if max_count == 0 || from > head {
             return Ok(slice);
         }
+        // Taken before the iterator's view of the database: see `snapshot`.
+        let erasing = self.inner.shared.erasing.snapshot();
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(codec::global_key(head + 1).to_vec());
         // A raw iterator: the records are decoded from RocksDB's own
@@ -413,7 +415,12 @@ impl EventStore for RocksStore {
             }
             slice.next_position += 1;
             examined += 1;
-            if filter.matches(&event) && !self.inner.shared.erasing.hides(&event) {
+            let hidden = erasing.as_ref().is_some_and(|streams| {
+                streams
+                    .get(&event.stream_id)
+                    .is_some_and(|first| event.version < *first)
+            });
+            if filter.matches(&event) && !hidden {
                 slice.events.push(event);
                 if slice.events.len() == max_count {
                     break;

@@ -191,8 +191,7 @@ mod tests {
 
     fn part(stream: &str, events: Vec<NewEvent>) -> StreamAppend {
         StreamAppend {
-            // allowed: a test helper, called with literal valid ids.
-            stream: StreamId::new(stream).expect("a valid id"),
+            stream: StreamId::new(stream).expect("a valid id"), // allowed: test helper, literal valid ids
             expected: ExpectedVersion::Any,
             events,
         }

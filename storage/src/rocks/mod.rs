@@ -11,6 +11,7 @@ mod options;
 mod reads;
 mod recovery;
 mod store;
+mod subjects;
 pub(crate) mod syncer;
 mod upgrade;
 mod verify;

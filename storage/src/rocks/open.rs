@@ -171,13 +171,27 @@ impl RocksStore {
     /// system, as EventStoreDB's scavenge does. Runs on the calling thread
     /// for as long as RocksDB takes; appends go on meanwhile.
     pub fn compact(&self) -> Result<(), OpenError> {
+        self.flush_all()?;
+        let db = &self.inner.db;
+        for name in KEYSPACES {
+            let cf = db
+                .cf_handle(name)
+                .ok_or_else(|| OpenError::Engine(format!("column family {name} is missing")))?;
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// Flushes every keyspace's memtable, `default` too (its memtable, the
+    /// format marker, would keep the first write-ahead log alive): no live
+    /// WAL then holds anything written before.
+    pub(super) fn flush_all(&self) -> Result<(), OpenError> {
         let db = &self.inner.db;
         for name in std::iter::once("default").chain(KEYSPACES) {
             let cf = db
                 .cf_handle(name)
                 .ok_or_else(|| OpenError::Engine(format!("column family {name} is missing")))?;
             db.flush_cf(cf)?;
-            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }

@@ -216,60 +216,11 @@ impl EventStore for RocksStore {
         subject: &str,
         key: [u8; crate::SUBJECT_KEY_BYTES],
     ) -> Result<crate::SubjectKey, WriteError> {
-        crate::subjects::check(subject)?;
-        // One creator at a time: two keys for one subject would leave what
-        // the loser sealed unreadable.
-        let _creating = self
-            .inner
-            .subject_keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = self.subject_key(subject)? {
-            return Ok(existing);
-        }
-        let created = crate::SubjectKey::Active(key);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(CF_SUBJECT_KEYS)?,
-            subject.as_bytes(),
-            crate::subjects::encode(&created),
-        );
-        // In the WAL before any append submitted after it: the sync that
-        // makes such an append durable makes the key durable first.
-        self.write_direct(batch, DirectSync::Covered)?;
-        Ok(created)
+        self.create_subject_key_now(subject, key)
     }
 
     fn forget_subject(&self, subject: &str) -> Result<bool, WriteError> {
-        crate::subjects::check(subject)?;
-        let _creating = self
-            .inner
-            .subject_keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let before = self.subject_key(subject)?;
-        let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_SUBJECT_KEYS)?;
-        batch.put_cf(
-            cf,
-            subject.as_bytes(),
-            crate::subjects::encode(&crate::SubjectKey::Forgotten),
-        );
-        self.write_direct(batch, DirectSync::Own)?;
-        // The key's bytes are still in the memtable, in a live WAL file and
-        // in table files: flush every keyspace (so no live WAL holds them)
-        // and compact this one (so no table file does).
-        let db = &self.inner.db;
-        // `default` too: its memtable (the format marker) keeps a WAL alive.
-        for name in std::iter::once("default").chain(KEYSPACES) {
-            let family = db
-                .cf_handle(name)
-                .ok_or_else(|| WriteError::Io(format!("column family {name} is missing")))?;
-            db.flush_cf(family)
-                .map_err(|e| WriteError::Io(e.into_string()))?;
-        }
-        db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
-        Ok(before.is_some())
+        self.forget_subject_now(subject)
     }
 
     fn enforce_retention(&self) -> Result<u64, AppendError> {

@@ -19,21 +19,13 @@ pub(crate) fn routes() -> Router<App> {
     Router::new()
         .route("/admin/projections/{name}/parked", get(parked))
         .route(
-            "/admin/projections/{name}/parked/{position}/retry",
-            post(retry),
-        )
-        .route(
-            "/admin/projections/{name}/parked/{position}/skip",
-            post(skip),
+            "/admin/projections/{name}/parked/{position}/{action}",
+            post(resolve),
         )
         .route("/admin/processes/{name}/stuck", get(stuck))
         .route(
-            "/admin/processes/{name}/instances/{id}/resume",
-            post(resume),
-        )
-        .route(
-            "/admin/processes/{name}/instances/{id}/cancel",
-            post(cancel),
+            "/admin/processes/{name}/instances/{id}/{action}",
+            post(control),
         )
         .route("/admin/backup", post(backup))
 }
@@ -115,30 +107,28 @@ async fn parked(
     Ok(Json(json!(list)).into_response())
 }
 
-async fn retry(
-    State(app): State<App>,
-    Path((name, position)): Path<(String, u64)>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    authorized(&app, &headers)?;
-    app.runtime
-        .retry_parked(&name, position)
-        .await
-        .map_err(projection_problem)?;
-    Ok(Json(json!({"retried": position})).into_response())
+fn unknown_action(action: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "unknown_action",
+        format!("no admin action {action:?}"),
+    )
 }
 
-async fn skip(
+/// `retry` or `skip` a parked event.
+async fn resolve(
     State(app): State<App>,
-    Path((name, position)): Path<(String, u64)>,
+    Path((name, position, action)): Path<(String, u64, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     authorized(&app, &headers)?;
-    app.runtime
-        .skip_parked(&name, position)
-        .await
-        .map_err(projection_problem)?;
-    Ok(Json(json!({"skipped": position})).into_response())
+    let done = match action.as_str() {
+        "retry" => app.runtime.retry_parked(&name, position).await,
+        "skip" => app.runtime.skip_parked(&name, position).await,
+        other => return Err(unknown_action(other)),
+    };
+    done.map_err(projection_problem)?;
+    Ok(Json(json!({"done": action, "position": position})).into_response())
 }
 
 async fn stuck(
@@ -158,30 +148,20 @@ async fn stuck(
     Ok(Json(json!(list)).into_response())
 }
 
-async fn resume(
+/// `resume` or `cancel` a process instance.
+async fn control(
     State(app): State<App>,
-    Path((name, id)): Path<(String, String)>,
+    Path((name, id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     authorized(&app, &headers)?;
-    app.runtime
-        .resume_instance(&name, &id)
-        .await
-        .map_err(process_problem)?;
-    Ok(Json(json!({"resumed": id})).into_response())
-}
-
-async fn cancel(
-    State(app): State<App>,
-    Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    authorized(&app, &headers)?;
-    app.runtime
-        .cancel_instance(&name, &id)
-        .await
-        .map_err(process_problem)?;
-    Ok(Json(json!({"cancelled": id})).into_response())
+    let done = match action.as_str() {
+        "resume" => app.runtime.resume_instance(&name, &id).await,
+        "cancel" => app.runtime.cancel_instance(&name, &id).await,
+        other => return Err(unknown_action(other)),
+    };
+    done.map_err(process_problem)?;
+    Ok(Json(json!({"done": action, "id": id})).into_response())
 }
 
 #[derive(Deserialize)]

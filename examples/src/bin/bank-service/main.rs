@@ -276,7 +276,7 @@ async fn deposit(
     headers: HeaderMap,
     body: Result<Json<Amount>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Json(Amount { amount }) = body?;
+    let amount = body?.0.amount;
     execute(&app, &id, AccountCommand::Deposit { amount }, &headers).await
 }
 
@@ -286,7 +286,7 @@ async fn withdraw(
     headers: HeaderMap,
     body: Result<Json<Amount>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Json(Amount { amount }) = body?;
+    let amount = body?.0.amount;
     execute(&app, &id, AccountCommand::Withdraw { amount }, &headers).await
 }
 

@@ -363,6 +363,7 @@ impl RuntimeBuilder {
             rocks,
             registry,
             processes,
+            durable: Arc::default(),
             _temp: temp,
         }))
     }

@@ -115,6 +115,7 @@ pub use eventfold_domain as domain;
 pub use eventfold_storage as storage;
 pub use handle::{BackupError, RuntimeHandle};
 pub use read::bus::{self, BusError, BusReceiver, EventBatch, EventBus};
+pub use read::durable::{AckError, DurableError, DurableSubscription};
 pub use read::external::{EventStream, SubscribeError};
 pub use read::projection::{
     self, AfterRetries, ConsumerSettings, ConsumerState, ConsumerStatus, ErrorPolicy, EventHandler,

@@ -28,6 +28,12 @@ pub const REJECTIONS_TOTAL: &str = "eventfold_rejections_total";
 pub const PROJECTION_CHECKPOINT: &str = "eventfold_projection_checkpoint";
 /// Gauge: head minus a consumer's checkpoint. Label: `consumer`.
 pub const PROJECTION_LAG: &str = "eventfold_projection_lag";
+/// Gauge: the last position a durable subscription acknowledged. Label:
+/// `subscription`.
+pub const SUBSCRIPTION_CHECKPOINT: &str = "eventfold_subscription_checkpoint";
+/// Gauge: head minus a durable subscription's last acknowledged position,
+/// set at each acknowledgement. Label: `subscription`.
+pub const SUBSCRIPTION_LAG: &str = "eventfold_subscription_lag";
 /// Counter: inputs (events, results, timers) a process manager's instances
 /// handled. Label: `process`.
 pub const PROCESS_STEPS_TOTAL: &str = "eventfold_process_steps_total";

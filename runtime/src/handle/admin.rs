@@ -7,6 +7,7 @@ use crate::error::{ProcessError, ProjectionError};
 use crate::process::control::{ControlReply, ProcessControl};
 use crate::process::{InstanceView, ProcessStatus, StuckInstance};
 use crate::read::bus::BusReceiver;
+use crate::read::durable::{self, DurableError, DurableSubscription};
 use crate::read::external::EventStream;
 use crate::read::projection::{ConsumerStatus, ParkedEvent, ReadModelView};
 use eventfold_storage::{Filter, ReadError, VerifyReport};
@@ -116,6 +117,49 @@ impl RuntimeHandle {
             filter,
             Arc::clone(&shared.upcasters),
         )
+    }
+
+    /// Opens durable subscription `name`: the events matching `filter`
+    /// after the position it last acknowledged (from the start the first
+    /// time), caught up from the store then live, as
+    /// [`RuntimeHandle::subscribe_from`]. At least once: events delivered
+    /// but not yet [acknowledged](DurableSubscription::ack) come again
+    /// after a restart; deduplicate by `position`. One consumer per name at
+    /// a time ([`DurableError::InUse`](crate::DurableError::InUse)). The
+    /// checkpoint is read on the blocking pool.
+    ///
+    /// ```
+    /// use eventfold_runtime::Runtime;
+    /// use eventfold_runtime::domain::{Metadata, NewEvent, StreamId};
+    /// use eventfold_runtime::storage::{EventStore, ExpectedVersion, Filter};
+    /// use futures::StreamExt;
+    ///
+    /// let runtime = Runtime::builder().in_memory().start()?;
+    /// let stream = StreamId::new("mail-1")?;
+    /// let mail = || NewEvent::new("Queued", 1, vec![], Metadata::new());
+    /// runtime.store().append(&stream, ExpectedVersion::Any, vec![mail(), mail()])?;
+    /// futures::executor::block_on(async {
+    ///     let mut mailer = runtime.subscribe_durable("mailer", Filter::all()).await?;
+    ///     let first = mailer.next().await.ok_or("ended")??;
+    ///     mailer.ack(first.position).await?;
+    ///     drop(mailer);
+    ///     // Opened again, it resumes after what was acknowledged.
+    ///     let mut mailer = runtime.subscribe_durable("mailer", Filter::all()).await?;
+    ///     assert_eq!(mailer.next().await.ok_or("ended")??.position, 2);
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn subscribe_durable(
+        &self,
+        name: &str,
+        filter: Filter,
+    ) -> Result<DurableSubscription, DurableError> {
+        let store = Arc::clone(&self.inner.router.shared().store);
+        durable::open(&self.inner.durable, &store, name, |after| {
+            self.subscribe_from(after, filter)
+        })
+        .await
     }
 
     /// Receives every batch of durable events from now on, in position

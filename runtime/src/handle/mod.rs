@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub registry: Arc<Registry>,
     /// Process managers.
     pub processes: Processes,
+    /// Durable subscriptions held open.
+    pub durable: Arc<crate::read::durable::DurableClaims>,
     /// The temporary directory of an embedded default store, removed last.
     pub _temp: Option<tempfile::TempDir>,
 }

@@ -7,6 +7,8 @@
 //!   head.
 //! - [`external`]: `EventStream`, the subscriptions handed to code outside
 //!   the runtime, on the same engine.
+//! - [`durable`]: named external subscriptions whose checkpoint is stored
+//!   when the consumer acknowledges.
 //! - [`interest`]: what a subscriber wants of the log: its filter, and the
 //!   deletions of the streams it reads.
 //! - [`consumer`]: one projection partition, rebuild or event handler on a
@@ -19,6 +21,7 @@
 
 pub mod bus;
 pub(crate) mod consumer;
+pub mod durable;
 pub mod external;
 pub(crate) mod interest;
 pub mod projection;

@@ -315,6 +315,9 @@ impl RuntimeBuilder {
         store.set_commit_listener(Arc::new(bus.clone()));
         let upcasters = Arc::new(self.upcasters);
         let keys = Arc::new(SubjectKeys::new(Arc::clone(&store)));
+        let queued = (0..self.settings.shards)
+            .map(|_| AtomicI64::new(0))
+            .collect();
         let shared = Arc::new(Shared {
             store: Arc::clone(&store),
             upcasters: Arc::clone(&upcasters),
@@ -323,6 +326,7 @@ impl RuntimeBuilder {
             resident: AtomicI64::new(0),
             activations: std::sync::atomic::AtomicU64::new(0),
             state_cache_hits: std::sync::atomic::AtomicU64::new(0),
+            queued,
         });
         let registry = Arc::new(Registry::new(
             Arc::clone(&store),

@@ -8,6 +8,9 @@ pub const COMMAND_LATENCY_SECONDS: &str = "eventfold_command_latency_seconds";
 pub const APPEND_LATENCY_SECONDS: &str = "eventfold_append_latency_seconds";
 /// Histogram, events: events per WriteBatch, sampled each second.
 pub const WRITE_BATCH_EVENTS: &str = "eventfold_write_batch_events";
+/// Gauge: commands waiting in a shard's mailbox, sampled each second.
+/// Label: `shard`.
+pub const MAILBOX_DEPTH: &str = "eventfold_mailbox_depth";
 /// Gauge: aggregate actors resident over all shards.
 pub const RESIDENT_ACTORS: &str = "eventfold_resident_actors";
 /// Counter: aggregate actors activated (from the store or the state cache). Label: `kind`.
@@ -34,10 +37,13 @@ pub const SUBSCRIPTION_CHECKPOINT: &str = "eventfold_subscription_checkpoint";
 /// Gauge: head minus a durable subscription's last acknowledged position,
 /// set at each acknowledgement. Label: `subscription`.
 pub const SUBSCRIPTION_LAG: &str = "eventfold_subscription_lag";
+/// Gauge: a consumer's parked events, set at each commit. Label: `consumer`.
+pub const PARKED_EVENTS: &str = "eventfold_parked_events";
 /// Counter: inputs (events, results, timers) a process manager's instances
 /// handled. Label: `process`.
 pub const PROCESS_STEPS_TOTAL: &str = "eventfold_process_steps_total";
 /// Counter: commands process-manager instances sent. Label: `process`.
 pub const PROCESS_COMMANDS_TOTAL: &str = "eventfold_process_commands_total";
-/// Gauge: stuck instances of a process manager (since start). Label: `process`.
+/// Gauge: stuck instances of a process manager (read back at start, then
+/// counted as they get stuck and are resumed or cancelled). Label: `process`.
 pub const PROCESS_STUCK: &str = "eventfold_process_stuck";

@@ -1,12 +1,16 @@
 //! The runtime's metrics reach a recorder installed by the embedding service.
 //! (Its own test binary: a global recorder can be installed once per process.)
 
+use eventfold_runtime::domain::RecordedEvent;
 use eventfold_runtime::domain::{Aggregate, DomainEvent};
 use eventfold_runtime::metric_names::*;
-use eventfold_runtime::storage::{EventStore, MemoryStore, payload};
-use eventfold_runtime::{CommandError, Passivation, Runtime};
+use eventfold_runtime::storage::{EventStore, Filter, MemoryStore, payload};
+use eventfold_runtime::{
+    AfterRetries, CommandError, ConsumerSettings, ErrorPolicy, EventHandler, HandlerError,
+    Passivation, Runtime,
+};
 use metrics_util::CompositeKey;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -208,6 +212,105 @@ fn commands_activations_passivations_and_rejections_are_recorded() {
     assert_eq!(saved.stream_version, 10);
     let state: Counter = payload::decode(&saved.state).unwrap();
     assert_eq!(state.0, (1..=9).sum::<u64>() + 1000);
+    runtime.shutdown_blocking().unwrap();
+
+    mailbox_parked_and_subscription_gauges(&snapshotter);
+}
+
+struct Refuser;
+
+impl EventHandler for Refuser {
+    fn name(&self) -> &str {
+        "refuser"
+    }
+    fn handle(&mut self, _: &RecordedEvent) -> Result<(), HandlerError> {
+        Err(HandlerError::new("never"))
+    }
+}
+
+/// The value of gauge `name` with label `label`.
+fn gauge(snapshotter: &Snapshotter, name: &str, label: (&str, &str)) -> Option<f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(key, ..)| {
+            key.key().name() == name
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == label.0 && l.value() == label.1)
+        })
+        .and_then(|(_, _, _, value)| match value {
+            DebugValue::Gauge(value) => Some(value.into_inner()),
+            _ => None,
+        })
+}
+
+/// Mailbox depth (a shard held busy), parked events (a handler that
+/// always fails) and a durable subscription's lag.
+fn mailbox_parked_and_subscription_gauges(snapshotter: &Snapshotter) {
+    let parking = ConsumerSettings {
+        error_policy: ErrorPolicy {
+            attempts_max: 1,
+            then: AfterRetries::Park,
+            ..ErrorPolicy::default()
+        },
+        ..ConsumerSettings::default()
+    };
+    let runtime = Runtime::builder()
+        .in_memory()
+        .shards(1)
+        .aggregate::<Counter>()
+        .event_handler(|| Refuser, parking)
+        .start()
+        .unwrap();
+    for n in 1..=3 {
+        runtime.execute_blocking::<Counter>("p", n).unwrap();
+    }
+    // Parked one by one (each held behind the first of its stream).
+    wait_until(|| gauge(snapshotter, PARKED_EVENTS, ("consumer", "refuser@v1")) == Some(3.0));
+
+    // The shard's thread held by a task: commands wait in its mailbox.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (busy, is_busy) = std::sync::mpsc::channel::<()>();
+    runtime
+        .spawn_on_shard(0, move || async move {
+            let _ = busy.send(());
+            // Deliberately blocking the shard's thread, as a stuck shard would.
+            let _ = held.recv_timeout(Duration::from_secs(30));
+        })
+        .unwrap();
+    is_busy.recv_timeout(Duration::from_secs(30)).unwrap();
+    let waiting: Vec<_> = (0..5)
+        .map(|i| {
+            let runtime = runtime.clone();
+            std::thread::spawn(move || runtime.execute_blocking::<Counter>(&format!("m{i}"), 1))
+        })
+        .collect();
+    wait_until(|| runtime.mailbox_depth() == 5);
+    wait_until(|| gauge(snapshotter, MAILBOX_DEPTH, ("shard", "0")) == Some(5.0));
+    release.send(()).unwrap();
+    for waiting in waiting {
+        assert!(waiting.join().unwrap().is_ok());
+    }
+    wait_until(|| runtime.mailbox_depth() == 0);
+
+    // A durable subscription's lag: the head (8) minus what it acknowledged.
+    futures::executor::block_on(async {
+        use futures::StreamExt;
+        let mut sub = runtime
+            .subscribe_durable("lagging", Filter::all())
+            .await
+            .unwrap();
+        let first = sub.next().await.unwrap().unwrap();
+        sub.ack(first.position).await.unwrap();
+    });
+    assert_eq!(runtime.store().head(), 8);
+    assert_eq!(
+        gauge(snapshotter, SUBSCRIPTION_LAG, ("subscription", "lagging")),
+        Some(7.0)
+    );
     runtime.shutdown_blocking().unwrap();
 }
 

@@ -460,3 +460,41 @@ fn instances_are_passivated_and_activated_again_from_the_store() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn commands_carry_the_correlation_of_the_event_that_caused_them() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = VirtualClock::new(Timestamp::from_micros(1_000_000_000));
+    let runtime = start(dir.path(), &clock, &Arc::new(AtomicBool::new(false)))?;
+    let request = CorrelationId::random();
+    let place = OrderCommand::Place {
+        amount: 3,
+        poison: false,
+    };
+    let options = ExecuteOptions::new().correlation_id(request);
+    runtime.execute_blocking_with::<Order>("traced", place.clone(), options)?;
+    runtime.execute_blocking::<Order>("untraced", place)?;
+    for id in ["traced", "untraced"] {
+        wait_until("the order is paid", || {
+            Ok(order_events(&runtime, id)?.len() == 2)
+        })?;
+        let stream = StreamId::new(format!("order-{id}"))?;
+        let events = runtime
+            .store()
+            .read_stream(&stream, 1, Direction::Forward, 10)?;
+        let (placed, paid) = (&events[0].metadata, &events[1].metadata);
+        // Caused by the event; in the request's correlation, or in the
+        // event's own when the request had none.
+        assert_eq!(
+            paid.causation_id.map(|c| c.to_bytes()),
+            Some(placed.event_id.to_bytes())
+        );
+        let expected = match id {
+            "traced" => request.to_bytes(),
+            _ => placed.event_id.to_bytes(),
+        };
+        assert_eq!(paid.correlation_id.map(|c| c.to_bytes()), Some(expected));
+    }
+    runtime.shutdown_blocking()?;
+    Ok(())
+}

@@ -100,7 +100,8 @@ impl Router {
         let received = Instant::now();
         let deadline = deadline(received, timeout);
         let (reply, receiver) = oneshot::channel();
-        let shard = &self.shards[bucket_of(stream.as_str(), self.shards.len())];
+        let index = bucket_of(stream.as_str(), self.shards.len());
+        let shard = &self.shards[index];
         let message = Execute::<A> {
             stream,
             command,
@@ -109,7 +110,14 @@ impl Router {
             received,
             reply,
         };
-        match shard.try_send(message) {
+        // Counted before it is sent, so the shard never takes it first.
+        let queued = &self.shared.queued[index];
+        queued.fetch_add(1, Ordering::Relaxed);
+        let sent = shard.try_send(message);
+        if sent.is_err() {
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => Ok((receiver, timeout, deadline)),
             Err(SendError::Full(_)) => {
                 metrics::counter!(REJECTIONS_TOTAL, "reason" => "overloaded").increment(1);

@@ -114,10 +114,12 @@ pub(crate) struct Shard {
     link: Option<Arc<ShardLink>>,
     /// What `Resident::used` counts from.
     epoch: Instant,
+    /// This shard's place among the shards (its `Shared::queued` count).
+    index: usize,
 }
 
 impl Shard {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, index: usize) -> Self {
         let resident_max = shared.settings.resident_per_shard();
         let cache = StateCache::new(shared.settings.state_cache_bytes_per_shard());
         Self {
@@ -131,6 +133,7 @@ impl Shard {
             drained: Vec::new(),
             link: None,
             epoch: Instant::now(),
+            index,
         }
     }
 
@@ -345,6 +348,7 @@ impl<A: Aggregate> Handler<Execute<A>> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+        self.shared.queued[self.index].fetch_sub(1, Ordering::Relaxed);
         self.dispatch(msg, ctx);
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct Shared {
     pub activations: std::sync::atomic::AtomicU64,
     /// Activations that started from the state cache instead of the store.
     pub state_cache_hits: std::sync::atomic::AtomicU64,
+    /// Per shard: commands sent to it and not yet taken from its mailbox.
+    pub queued: Box<[AtomicI64]>,
 }
 
 /// What each actor of a shard needs of it: where to say it has stopped

@@ -5,10 +5,10 @@
 use super::shard::Shard;
 use super::shared::Shared;
 use crate::error::{ShutdownError, StartError};
-use crate::metric_names::WRITE_BATCH_EVENTS;
+use crate::metric_names::{MAILBOX_DEPTH, WRITE_BATCH_EVENTS};
 use actix::prelude::*;
-use eventfold_storage::EventStore;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ pub(crate) fn start_system(
                     let (sender, receiver) =
                         actix::dev::channel::channel(shared.settings.shard_mailbox_commands_max);
                     let spawned = arbiter.handle().spawn_fn(move || {
-                        Context::with_receiver(receiver).run(Shard::new(shard_shared));
+                        Context::with_receiver(receiver).run(Shard::new(shard_shared, index));
                     });
                     if !spawned {
                         return Err(StartError::SystemStopped { shard: Some(index) });
@@ -72,7 +72,7 @@ pub(crate) fn start_system(
                 }
                 let monitor = Monitor {
                     last: shared.store.writer_stats(),
-                    store: Arc::clone(&shared.store),
+                    shared: Arc::clone(&shared),
                 };
                 monitor.start();
                 Ok::<_, StartError>((arbiters, shards, actix_rt::System::current()))
@@ -106,9 +106,10 @@ pub(crate) fn start_system(
     }
 }
 
-/// Samples the writer's batch size once a second into a histogram.
+/// Samples the writer's batch size once a second into a histogram, and
+/// the shards' mailbox depths into gauges.
 struct Monitor {
-    pub store: Arc<dyn EventStore>,
+    pub shared: Arc<Shared>,
     pub last: eventfold_storage::WriterStats,
 }
 
@@ -117,7 +118,11 @@ impl Actor for Monitor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(Duration::from_secs(1), |monitor, _| {
-            let now = monitor.store.writer_stats();
+            for (shard, queued) in monitor.shared.queued.iter().enumerate() {
+                let depth = queued.load(Ordering::Relaxed).max(0);
+                metrics::gauge!(MAILBOX_DEPTH, "shard" => shard.to_string()).set(depth as f64);
+            }
+            let now = monitor.shared.store.writer_stats();
             let batches = now.batches - monitor.last.batches;
             if batches > 0 {
                 let events = now.events - monitor.last.events;

@@ -130,8 +130,8 @@ impl RuntimeHandle {
     ///
     /// ```
     /// use eventfold_runtime::Runtime;
-    /// use eventfold_runtime::domain::{Metadata, NewEvent, StreamId};
-    /// use eventfold_runtime::storage::{EventStore, ExpectedVersion, Filter};
+    /// use eventfold_runtime::domain::{ExpectedVersion, Metadata, NewEvent, StreamId};
+    /// use eventfold_runtime::storage::{EventStore, Filter};
     /// use futures::StreamExt;
     ///
     /// let runtime = Runtime::builder().in_memory().start()?;

@@ -266,6 +266,16 @@ impl RuntimeHandle {
             .max(0) as u64
     }
 
+    /// Commands waiting in the shards' mailboxes now (sent, not yet taken
+    /// by their shard), over all shards.
+    pub fn mailbox_depth(&self) -> u64 {
+        let queued = &self.inner.router.shared().queued;
+        queued
+            .iter()
+            .map(|q| q.load(Ordering::Relaxed).max(0) as u64)
+            .sum()
+    }
+
     /// Aggregate actors activated (started, loading their state from the
     /// store or the state cache) since the runtime started, over all shards.
     pub fn activations_total(&self) -> u64 {

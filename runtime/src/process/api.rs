@@ -107,6 +107,8 @@ pub struct Effects {
     pub(crate) timers: Vec<TimerChange>,
     pub(crate) finished: bool,
     pub(crate) error: Option<String>,
+    /// Where the commands sent come from (set by the host).
+    pub(crate) trace: crate::process::records::Trace,
 }
 
 impl Effects {
@@ -120,6 +122,7 @@ impl Effects {
             timers: Vec::new(),
             finished: false,
             error: None,
+            trace: Default::default(),
         }
     }
 

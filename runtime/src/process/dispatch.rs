@@ -8,7 +8,7 @@ use super::results::ResultOutcome;
 use super::settings::ProcessSettings;
 use crate::command::router::Router;
 use crate::error::CommandError;
-use eventfold_domain::{Aggregate, CommandId};
+use eventfold_domain::{Aggregate, CausationId, CommandId, CorrelationId};
 use eventfold_storage::{EventStore, payload};
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,7 +62,13 @@ impl<A: Aggregate> Dispatch for TypedDispatch<A> {
         let payload = entry.payload.clone();
         let command_id = CommandId::from_bytes(entry.command_id);
         let retry = settings.dispatch_retry.clone();
-        let options = settings.execute_options(command_id);
+        let mut options = settings.execute_options(command_id);
+        if let Some(correlation) = entry.trace.correlation {
+            options = options.correlation_id(CorrelationId::from_bytes(correlation));
+        }
+        if let Some(causation) = entry.trace.causation {
+            options = options.causation_id(CausationId::from_bytes(causation));
+        }
         Box::pin(async move {
             let mut last = String::new();
             for attempt in 1..=retry.attempts_max {

@@ -4,6 +4,7 @@
 //! `docs/format.md` gives the bytes.
 
 use eventfold_domain::CommandId;
+use eventfold_storage::payload::{self, PayloadError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -191,13 +192,45 @@ impl std::fmt::Display for StuckInput {
     }
 }
 
-/// A command in the outbox, stored under `o{id}{seq}`.
+/// A command in the outbox, stored under `o{id}{seq}`: the record, then
+/// (since the records carried it) its [`Trace`], encoded after it so that
+/// records written before read the same, without one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct OutboxRecord {
     pub command_id: [u8; 16],
     pub kind: String,
     pub aggregate_id: String,
     pub payload: Vec<u8>,
+    #[serde(skip)]
+    pub trace: Trace,
+}
+
+/// Where a process manager's command comes from: the correlation id of
+/// the input that made it, and the id of that input (its causation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Trace {
+    pub correlation: Option<[u8; 16]>,
+    pub causation: Option<[u8; 16]>,
+}
+
+impl OutboxRecord {
+    /// The stored bytes: the record, then its trace.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, PayloadError> {
+        let mut bytes = payload::encode(self)?;
+        bytes.extend(payload::encode(&self.trace)?);
+        Ok(bytes)
+    }
+
+    /// Reads what [`OutboxRecord::encode`] wrote, or a record written
+    /// before traces (nothing after it: no trace).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let (mut record, read): (Self, usize) = payload::decode_prefix(bytes)?;
+        let rest = bytes.get(read..).unwrap_or_default();
+        if !rest.is_empty() {
+            record.trace = payload::decode(rest)?;
+        }
+        Ok(record)
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +284,46 @@ mod tests {
                 "{byte}"
             );
         }
+        Ok(())
+    }
+
+    /// The outbox record as versions before traces wrote it.
+    #[derive(Serialize)]
+    struct OutboxWithoutTrace {
+        command_id: [u8; 16],
+        kind: String,
+        aggregate_id: String,
+        payload: Vec<u8>,
+    }
+
+    #[test]
+    fn outbox_records_carry_a_trace_and_old_ones_read_without() -> Result<(), PayloadError> {
+        let old = payload::encode(&OutboxWithoutTrace {
+            command_id: [7; 16],
+            kind: "account".into(),
+            aggregate_id: "a1".into(),
+            payload: vec![1, 2, 3],
+        })?;
+        let read = OutboxRecord::decode(&old)?;
+        assert_eq!(
+            (read.command_id, read.aggregate_id.as_str(), read.trace),
+            ([7; 16], "a1", Trace::default())
+        );
+        let traced = OutboxRecord {
+            trace: Trace {
+                correlation: Some([1; 16]),
+                causation: Some([2; 16]),
+            },
+            ..read
+        };
+        let bytes = traced.encode()?;
+        assert!(bytes.starts_with(&old), "the old record, then the trace");
+        assert_eq!(OutboxRecord::decode(&bytes)?.trace, traced.trace);
+        // Anything after the trace is refused, as a torn trace is.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(OutboxRecord::decode(&longer).is_err());
+        assert!(OutboxRecord::decode(&bytes[..bytes.len() - 1]).is_err());
         Ok(())
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::error::{ParkedError, ProjectionError, panic_message};
 use crate::evolution::Upcasters;
-use crate::metric_names::{PROJECTION_CHECKPOINT, PROJECTION_LAG};
+use crate::metric_names::{PARKED_EVENTS, PROJECTION_CHECKPOINT, PROJECTION_LAG};
 use crate::placement::bucket_of;
 use crate::read::bus::EventBus;
 use crate::read::interest::{Interest, is_deletion};
@@ -286,6 +286,14 @@ impl Consumer {
     /// handled as one unit.
     fn handle_chunk(&mut self, run: &mut Run, chunk: &Chunk) -> Flow {
         let events: Vec<&RecordedEvent> = chunk.events().collect();
+        let span = tracing::debug_span!(
+            "consumer_batch",
+            consumer = %self.shared.id,
+            events = events.len(),
+            first = events.first().map_or(0, |e| e.position),
+            last = events.last().map_or(0, |e| e.position),
+        );
+        let _entered = span.enter();
         for group in events.chunk_by(|a, b| a.position == b.position) {
             let Some(position) = group.first().map(|e| e.position) else {
                 continue;
@@ -478,6 +486,8 @@ impl Consumer {
         metrics::gauge!(PROJECTION_CHECKPOINT, &labels).set(through as f64);
         metrics::gauge!(PROJECTION_LAG, &labels)
             .set(self.store.head().saturating_sub(through) as f64);
+        metrics::gauge!(PARKED_EVENTS, &labels)
+            .set(self.shared.parked.load(Ordering::Relaxed) as f64);
         Ok(())
     }
 

@@ -33,6 +33,15 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PayloadError> {
     )?)
 }
 
+/// Decodes a value encoded by [`encode`] from the start of `bytes`, and
+/// how many bytes it used: for records that carry more after it.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), PayloadError> {
+    Ok(bincode::serde::decode_from_slice(
+        bytes,
+        bincode::config::standard(),
+    )?)
+}
+
 /// Decodes a value encoded by [`encode`]; every byte must be used.
 #[inline]
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {

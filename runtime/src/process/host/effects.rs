@@ -82,8 +82,9 @@ impl<P: ProcessManager> Host<P> {
                 kind: command.kind,
                 aggregate_id: command.aggregate_id,
                 payload: command.payload,
+                trace: effects.trace,
             };
-            let bytes = payload::encode(&record).map_err(|e| ProcessFailure::Encode {
+            let bytes = record.encode().map_err(|e| ProcessFailure::Encode {
                 what: "an outbox entry",
                 reason: e.to_string(),
             })?;

@@ -5,7 +5,7 @@ use super::*;
 use crate::error::ProcessFailure;
 use crate::process::api::ProcessManager;
 use crate::process::records::*;
-use eventfold_storage::{Corruption, payload};
+use eventfold_storage::Corruption;
 use std::sync::atomic::Ordering;
 
 impl<P: ProcessManager> Host<P> {
@@ -32,7 +32,7 @@ impl<P: ProcessManager> Host<P> {
             let (id, seq) = parse_outbox_key(&key).ok_or_else(|| {
                 Corruption::read_model_value(&self.model, &key, "malformed outbox key")
             })?;
-            let record: OutboxRecord = payload::decode(&value)
+            let record = OutboxRecord::decode(&value)
                 .map_err(|e| Corruption::read_model_value(&self.model, &key, e))?;
             self.outbox.insert((id.clone(), seq), record);
             self.ready.push_back((id, seq));
@@ -47,6 +47,8 @@ impl<P: ProcessManager> Host<P> {
             .shared
             .stuck
             .store(stuck.len() as u64, Ordering::Relaxed);
+        metrics::gauge!(crate::metric_names::PROCESS_STUCK, "process" => self.name.clone())
+            .set(stuck.len() as f64);
         self.config
             .shared
             .checkpoint

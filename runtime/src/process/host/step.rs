@@ -165,9 +165,12 @@ impl<P: ProcessManager> Host<P> {
         let retry = self.config.settings.handler_retry.clone();
         let now = self.config.clock.now();
         let key = step_key(&consumed);
+        let trace = self.trace(id, input, &consumed);
+        let span = tracing::debug_span!("process_step", process = %self.name, instance = id, input = %consumed);
+        let _entered = span.enter();
         let mut last_error = String::new();
         for attempt in 1..=retry.attempts_max {
-            match self.attempt(id, &base, input, key.clone(), now) {
+            match self.attempt(id, &base, input, key.clone(), now, trace) {
                 Ok(step) => return self.apply(id, step.state, step.bytes, step.effects, &consumed),
                 Err(error) => {
                     tracing::warn!(process = %self.name, instance = id, attempt, %error, "handler failed");
@@ -179,6 +182,31 @@ impl<P: ProcessManager> Host<P> {
             }
         }
         self.park(id, last_error, retry.attempts_max, &consumed, now)
+    }
+
+    /// Where the commands an input makes come from: an event's correlation
+    /// id (its own id when it has none) and its id as their causation; a
+    /// command's result carries on the command's correlation, caused by the
+    /// command; a timer starts none.
+    fn trace(&self, id: &str, input: Input<'_>, consumed: &StuckInput) -> Trace {
+        match (input, consumed) {
+            (Input::Event(event), _) => {
+                let meta = &event.metadata;
+                let own = meta.event_id.to_bytes();
+                Trace {
+                    correlation: Some(meta.correlation_id.map_or(own, |c| c.to_bytes())),
+                    causation: Some(own),
+                }
+            }
+            (Input::Result(result), StuckInput::Result { seq, .. }) => Trace {
+                correlation: self
+                    .outbox
+                    .get(&(id.to_owned(), *seq))
+                    .and_then(|entry| entry.trace.correlation),
+                causation: Some(result.command_id.to_bytes()),
+            },
+            _ => Trace::default(),
+        }
     }
 
     /// The state an input is to be handled on, or `None` when the input
@@ -234,9 +262,11 @@ impl<P: ProcessManager> Host<P> {
         input: Input<'_>,
         key: String,
         now: Timestamp,
+        trace: Trace,
     ) -> Result<Step<P::State>, StepFailure> {
         let mut state = base.clone();
         let mut effects = Effects::new(&self.name, id, key, now);
+        effects.trace = trace;
         let pm = &mut self.pm;
         match catch_unwind(AssertUnwindSafe(|| {
             pm.handle(&mut state, input, &mut effects)

@@ -300,6 +300,17 @@ async fn read_feed<B: AsRef<[u8]>>(
     buffer: &mut String,
     count: usize,
 ) -> TestResult<Vec<(u64, String)>> {
+    let frames = read_frames(body, buffer, count).await?;
+    Ok(frames.into_iter().map(|(id, kind, _)| (id, kind)).collect())
+}
+
+/// Reads SSE frames from `body` until `count` events came: their ids,
+/// types and data.
+async fn read_frames<B: AsRef<[u8]>>(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
+    buffer: &mut String,
+    count: usize,
+) -> TestResult<Vec<(u64, String, Value)>> {
     use futures::StreamExt;
     let mut seen = Vec::new();
     while seen.len() < count {
@@ -310,8 +321,10 @@ async fn read_feed<B: AsRef<[u8]>>(
                     .lines()
                     .find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_owned))
             };
-            if let (Some(id), Some(kind)) = (field("id:"), field("event:")) {
-                seen.push((id.parse()?, kind));
+            if let (Some(id), Some(kind), Some(data)) =
+                (field("id:"), field("event:"), field("data:"))
+            {
+                seen.push((id.parse()?, kind, serde_json::from_str(&data)?));
             }
         }
         if seen.len() >= count {
@@ -357,15 +370,28 @@ async fn the_event_feed_catches_up_goes_live_and_resumes_after_an_id() -> TestRe
         [2, 3, 4, 5, 6]
     );
     assert_eq!(caught_up[0].1, "Deposited");
-    post(
-        &client,
-        format!("{base}/accounts/a1/withdraw"),
-        json!({"amount": 1}),
-        None,
-    )
-    .await?;
-    let live = read_feed(&mut body, &mut buffer, 1).await?;
-    assert_eq!(live, [(7, "Withdrawn".to_owned())]);
+    // Live; the request's X-Correlation-Id is its event's correlation id.
+    let correlation = "5f0c6a2e-8a43-4f7e-9d2b-6c1d3e4f5a6b";
+    let withdrawn = client
+        .post(format!("{base}/accounts/a1/withdraw"))
+        .header("X-Correlation-Id", correlation)
+        .json(&json!({"amount": 1}))
+        .send()
+        .await?;
+    assert_eq!(withdrawn.status().as_u16(), 200);
+    let live = read_frames(&mut body, &mut buffer, 1).await?;
+    assert_eq!((live[0].0, live[0].1.as_str()), (7, "Withdrawn"));
+    assert_eq!(live[0].2["correlation_id"], json!(correlation));
+    assert_eq!(live[0].2["event"]["Withdrawn"]["amount"], json!(1));
+    let refused = client
+        .post(format!("{base}/accounts/a1/withdraw"))
+        .header("X-Correlation-Id", "not-a-uuid")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 400);
+    let refused: Value = refused.json().await?;
+    assert_eq!(refused["code"], json!("bad_correlation_id"));
     // Reconnecting after id 5 with a type filter.
     let resumed = client
         .get(format!("{base}/events?type=Deposited"))

@@ -28,12 +28,12 @@ use axum::{Json, Router};
 use clap::Parser;
 use eventfold_examples::balances::{self, Balances};
 use eventfold_examples::transfers::TransferProcess;
-use eventfold_examples::{Account, AccountCommand, AccountError, AccountEvent};
-use eventfold_runtime::domain::{CommandId, RecordedEvent};
+use eventfold_examples::{Account, AccountCommand, AccountEvent};
+use eventfold_runtime::domain::{CommandId, CorrelationId, RecordedEvent};
 use eventfold_runtime::process::ProcessSettings;
 use eventfold_runtime::storage::Filter;
 use eventfold_runtime::{
-    CommandError, CommandOutcome, ConsumerSettings, ExecuteOptions, ProjectionError, Runtime,
+    CommandOutcome, ConsumerSettings, ExecuteOptions, ProjectionError, Runtime,
     RuntimeHandle,
 };
 use futures::StreamExt;
@@ -48,6 +48,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 /// Largest request body, in bytes.
 const BODY_BYTES_MAX: usize = 16 * 1024;
@@ -63,6 +64,9 @@ const ACCOUNT_ID_BYTES_MAX: usize = 128;
 const FEEDS_MAX: usize = 256;
 
 mod admin;
+mod problem;
+
+use problem::Problem;
 
 /// The bank over HTTP.
 #[derive(Parser, Debug)]
@@ -95,103 +99,6 @@ struct App {
     admin_token: Option<Arc<str>>,
 }
 
-/// An error answer: a status, a stable code and a message.
-struct Problem {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl Problem {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = Json(json!({"code": self.code, "message": self.message}));
-        let mut response = (self.status, body).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body was never read, so the connection cannot
-            // carry another request: say so, or a keep-alive client sends its
-            // next request on a socket the server is closing.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-}
-
-impl From<JsonRejection> for Problem {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::BytesRejection(_) => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body is over {BODY_BYTES_MAX} bytes"),
-            ),
-            other => Problem::new(StatusCode::BAD_REQUEST, "bad_json", other.body_text()),
-        }
-    }
-}
-
-fn domain_code(error: &AccountError) -> &'static str {
-    match error {
-        AccountError::AlreadyOpen => "already_open",
-        AccountError::NotOpen => "not_open",
-        AccountError::Closed => "closed",
-        AccountError::Frozen => "frozen",
-        AccountError::ZeroAmount => "zero_amount",
-        AccountError::InsufficientFunds { .. } => "insufficient_funds",
-        AccountError::BalanceOverflow { .. } => "balance_overflow",
-    }
-}
-
-impl From<CommandError<AccountError>> for Problem {
-    fn from(error: CommandError<AccountError>) -> Self {
-        let message = error.to_string();
-        match &error {
-            CommandError::Rejected(domain) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                domain_code(domain),
-                message,
-            ),
-            CommandError::WrongExpectedVersion { .. } => {
-                Problem::new(StatusCode::CONFLICT, "version_conflict", message)
-            }
-            CommandError::Overloaded(_) => Problem {
-                retry_after: Some(1),
-                ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
-            },
-            CommandError::Timeout(_) => Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!("{message}; the outcome is unknown: retry with the same Idempotency-Key"),
-            ),
-            CommandError::ShutDown => {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
-            }
-            CommandError::InvalidId(_) => {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_account_id", message)
-            }
-            _ => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
-        }
-    }
-}
-
 fn account_id(id: &str) -> Result<&str, Problem> {
     let valid = !id.is_empty()
         && id.len() <= ACCOUNT_ID_BYTES_MAX
@@ -220,6 +127,20 @@ fn options(headers: &HeaderMap) -> Result<ExecuteOptions, Problem> {
             )
         })?;
         options = options.command_id(CommandId::from_name(key));
+    }
+    if let Some(id) = headers.get("x-correlation-id") {
+        let id = id
+            .to_str()
+            .ok()
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_correlation_id",
+                    "the X-Correlation-Id must be a UUID",
+                )
+            })?;
+        options = options.correlation_id(CorrelationId::from(id));
     }
     Ok(options)
 }
@@ -445,6 +366,8 @@ fn feed_event(event: &RecordedEvent) -> SseEvent {
         "type": event.event_type,
         "schema_version": event.schema_version,
         "recorded_at_micros": event.recorded_at.as_micros(),
+        "correlation_id": event.metadata.correlation_id.map(|id| id.to_string()),
+        "causation_id": event.metadata.causation_id.map(|id| id.to_string()),
         "event": decoded,
     });
     SseEvent::default()
@@ -484,6 +407,10 @@ fn router(app: App) -> Router {
         .route("/metrics", get(prometheus))
         .merge(admin::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        // A span per request (method, path), around the runtime's command
+        // spans: the correlation id of a request's events is its
+        // X-Correlation-Id, when it sends one.
+        .layer(TraceLayer::new_for_http())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

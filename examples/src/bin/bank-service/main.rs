@@ -33,8 +33,7 @@ use eventfold_runtime::domain::{CommandId, CorrelationId, RecordedEvent};
 use eventfold_runtime::process::ProcessSettings;
 use eventfold_runtime::storage::Filter;
 use eventfold_runtime::{
-    CommandOutcome, ConsumerSettings, ExecuteOptions, ProjectionError, Runtime,
-    RuntimeHandle,
+    CommandOutcome, ConsumerSettings, ExecuteOptions, ProjectionError, Runtime, RuntimeHandle,
 };
 use futures::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -65,6 +64,7 @@ const FEEDS_MAX: usize = 256;
 
 mod admin;
 mod problem;
+mod server;
 
 use problem::Problem;
 
@@ -84,6 +84,13 @@ struct Args {
     /// The bearer token the admin routes require (none: they refuse all).
     #[arg(long, env = "EVENTFOLD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Connections open at once; past it the rest wait to be accepted.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    connections_max: u32,
+    /// Seconds a connection may take to send a request's head (or stay
+    /// idle between requests) before it is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_read_timeout: u64,
 }
 
 #[derive(Clone)]
@@ -493,16 +500,19 @@ async fn serve(args: Args) -> Result<(), String> {
         stopping: stop_feeds.subscribe(),
         admin_token: args.admin_token.as_deref().map(Arc::from),
     };
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move {
-            stopped().await;
-            let _ = stop_feeds.send(true);
-        })
-        .await;
+    let limits = server::Limits {
+        connections_max: args.connections_max as usize,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+    };
+    server::run(listener, router(app), limits, async move {
+        stopped().await;
+        tracing::info!("stopping: no new connections, finishing requests in flight");
+        let _ = stop_feeds.send(true);
+    })
+    .await;
     tracing::info!("draining the runtime");
     runtime
         .shutdown()
         .await
-        .map_err(|e| format!("shutdown: {e}"))?;
-    served.map_err(|e| format!("server: {e}"))
+        .map_err(|e| format!("shutdown: {e}"))
 }

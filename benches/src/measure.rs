@@ -43,7 +43,17 @@ const USER_HZ: f64 = 100.0;
 /// system, in seconds (10 ms resolution), on Linux. On a shared machine
 /// the CPU a phase uses varies less than its wall-clock time.
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_from("/proc/self/stat")
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds
+/// (`None` where `/proc` is not available or the process is gone).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_seconds_from(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_from(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: state is field 3, utime 14 and stime 15.
     let rest = &stat[stat.rfind(')')? + 1..];

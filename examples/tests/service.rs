@@ -71,6 +71,33 @@ async fn every_route_and_error_code_over_http() -> TestResult {
         .json()
         .await?;
     assert_eq!(balance["balance"], json!(70));
+    // The same wait asked for by a header; a position that is not one is
+    // refused.
+    let by_header: Value = client
+        .get(url("/accounts/ann"))
+        .header("X-After-Position", after.to_string())
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(by_header["balance"], json!(70));
+    let refused = client
+        .get(url("/accounts/ann"))
+        .header("X-After-Position", "soon")
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 400);
+    let refused: Value = refused.json().await?;
+    assert_eq!(refused["code"], json!("bad_position"));
+    // A position nobody wrote yet: the bounded wait ends in 504.
+    let unreached = client
+        .get(url("/accounts/ann"))
+        .header("X-After-Position", "1000000")
+        .send()
+        .await?;
+    assert_eq!(unreached.status().as_u16(), 504);
+    let unreached: Value = unreached.json().await?;
+    assert_eq!(unreached["code"], json!("not_caught_up"));
 
     let (status, moved) = post(
         &client,

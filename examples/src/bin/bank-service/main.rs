@@ -265,9 +265,27 @@ async fn balance(
     State(app): State<App>,
     Path(id): Path<String>,
     Query(after): Query<After>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = account_id(&id)?;
-    if let Some(position) = after.after {
+    let after = match (after.after, headers.get("x-after-position")) {
+        (Some(position), _) => Some(position),
+        (None, Some(header)) => Some(
+            header
+                .to_str()
+                .ok()
+                .and_then(|p| p.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_position",
+                        "X-After-Position must be a position (an unsigned integer)",
+                    )
+                })?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(position) = after {
         let waited = app
             .runtime
             .wait_for(balances::NAME, position, READ_YOUR_WRITES_WAIT_MAX)

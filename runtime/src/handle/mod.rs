@@ -308,9 +308,16 @@ impl RuntimeHandle {
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
         let (done, finished) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
-        // Joining threads blocks; do it off the caller's executor.
+        // Joining threads blocks; do it off the caller's executor. The
+        // thread lets go of its handle before it answers: were it still
+        // holding it, and the last, once the caller has returned and its
+        // process exits, the store would close on this thread while the
+        // process's static destructors run (RocksDB aborts: "pthread lock:
+        // Invalid argument"; seen in CI at bank-service's exit).
         std::thread::spawn(move || {
-            let _ = done.send(shutdown_now(&inner));
+            let result = shutdown_now(&inner);
+            drop(inner);
+            let _ = done.send(result);
         });
         finished.await.unwrap_or(Err(ShutdownError::SystemPanicked))
     }

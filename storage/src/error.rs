@@ -156,6 +156,9 @@ pub enum AppendError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The store was opened read-only (beside the process that holds it).
+    #[error("the store was opened read-only")]
+    ReadOnly,
     /// This append's write or sync failed. Whether it reached the disk is
     /// unknown; the store is now poisoned.
     #[error("the write failed: {0}")]
@@ -231,6 +234,9 @@ pub enum WriteError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The store was opened read-only (beside the process that holds it).
+    #[error("the store was opened read-only")]
+    ReadOnly,
     /// The write failed; the store is now poisoned.
     #[error("the write failed: {0}")]
     Io(String),

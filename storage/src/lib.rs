@@ -84,5 +84,8 @@ pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};
 /// The RocksDB backend (feature `rocksdb`, on by default; off, the crate
 /// builds without RocksDB, for the fuzz targets of its decoders).
 #[cfg(feature = "rocksdb")]
-pub use rocks::{REINDEX_BATCH_EVENTS, RocksStore, SalvageReport, UpgradeReport};
+pub use rocks::{
+    CHECKPOINTS_LIST_MAX, KeyspaceStats, REINDEX_BATCH_EVENTS, RocksStore, SalvageReport,
+    StreamSummary, UpgradeReport,
+};
 pub use subjects::{SUBJECT_BYTES_MAX, SUBJECT_KEY_BYTES, SubjectKey};

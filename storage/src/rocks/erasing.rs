@@ -86,6 +86,50 @@ pub(crate) fn read_meta(
     }
 }
 
+/// The streams whose erasure is under way: each with the version below
+/// which its events are erased so far, and its lifecycle record.
+fn erasures_under_way(
+    db: &DB,
+    shared: &Shared,
+) -> Result<Vec<(StreamId, u64, StreamMeta)>, AppendError> {
+    let cf = shared.cf(db, CF_STREAM_META)?;
+    let mut out = Vec::new();
+    for item in db.prefix_iterator_cf(cf, codec::ERASURE_PREFIX) {
+        let (key, value) = item.map_err(engine)?;
+        let Some(name) = key.strip_prefix(&codec::ERASURE_PREFIX) else {
+            break;
+        };
+        let erased_before = codec::decode_meta_u64(&key, &value)?;
+        let Ok(Ok(stream)) = std::str::from_utf8(name).map(StreamId::new) else {
+            continue;
+        };
+        if let Some(meta) = read_meta(db, shared, &stream)? {
+            out.push((stream, erased_before, meta));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets what readers skip to the erasures under way in the store now
+/// (a read-only handle, at open and after catching up).
+pub(super) fn load_hidden(db: &DB, shared: &Shared) -> Result<(), AppendError> {
+    let under_way = erasures_under_way(db, shared)?;
+    let mut streams = shared
+        .erasing
+        .streams
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
+    streams.clear();
+    for (stream, _, meta) in under_way {
+        streams.insert(stream, meta.first_version);
+    }
+    shared
+        .erasing
+        .any
+        .store(!streams.is_empty(), Ordering::Release);
+    Ok(())
+}
+
 /// The writer's lifecycle work between batches.
 #[derive(Default)]
 pub(crate) struct Upkeep {
@@ -117,23 +161,11 @@ impl Upkeep {
         shared: &Shared,
         options: &StoreOptions,
     ) -> Result<(), AppendError> {
-        let cf = shared.cf(db, CF_STREAM_META)?;
-        let iter = db.prefix_iterator_cf(cf, codec::ERASURE_PREFIX);
-        for item in iter {
-            let (key, value) = item.map_err(engine)?;
-            let Some(name) = key.strip_prefix(&codec::ERASURE_PREFIX) else {
-                break;
-            };
-            let erased_before = codec::decode_meta_u64(&key, &value)?;
-            let Ok(stream) = std::str::from_utf8(name).map(StreamId::new) else {
-                continue;
-            };
-            let Ok(stream) = stream else { continue };
-            if let Some(meta) = read_meta(db, shared, &stream)? {
-                shared.erasing.set(&stream, meta.first_version);
-                self.erasures.insert(stream, erased_before);
-            }
+        for (stream, erased_before, meta) in erasures_under_way(db, shared)? {
+            shared.erasing.set(&stream, meta.first_version);
+            self.erasures.insert(stream, erased_before);
         }
+        let cf = shared.cf(db, CF_STREAM_META)?;
         for category in options.retention.keys() {
             let key = codec::retention_cursor_key(category);
             if let Some(value) = db.get_pinned_cf(cf, &key).map_err(engine)? {

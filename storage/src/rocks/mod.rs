@@ -5,6 +5,7 @@
 //! appends in groups; reads run on the caller's thread.
 
 mod erasing;
+mod inspect;
 mod lifecycle;
 mod open;
 mod options;
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use writer::Message;
 
+pub use inspect::{CHECKPOINTS_LIST_MAX, KeyspaceStats, StreamSummary};
 pub use recovery::SalvageReport;
 pub use upgrade::{REINDEX_BATCH_EVENTS, UpgradeReport};
 
@@ -38,6 +40,8 @@ pub(crate) struct Shared {
     pub head: AtomicU64,
     pub poisoned: AtomicBool,
     pub closed: AtomicBool,
+    /// Opened beside the process that holds the store: nothing is written.
+    pub read_only: bool,
     pub stats_batches: AtomicU64,
     pub stats_syncs: AtomicU64,
     /// Writes outside the writer that waited for a WAL sync of their own.
@@ -82,6 +86,9 @@ struct Inner {
     /// The writer thread, then (under `Durability::Sync`) the syncer thread.
     threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
+    /// A read-only handle's own files (RocksDB's secondary mode), removed
+    /// after the database is dropped.
+    _secondary: Option<tempfile::TempDir>,
 }
 
 impl Drop for Inner {

@@ -3,7 +3,7 @@
 
 use super::options::*;
 use super::syncer::{self, Syncer};
-use super::{Inner, RocksStore, Shared, recovery, upgrade, writer};
+use super::{Inner, RocksStore, Shared, recovery, writer};
 use crate::codec;
 use crate::error::{Corruption, CorruptionKind, OpenError};
 use crate::keyspaces::*;
@@ -47,27 +47,10 @@ impl RocksStore {
         db_options.set_wal_recovery_mode(recovery.mode());
         let db = DB::open_cf_descriptors(&db_options, &path, families)
             .map_err(|e| recovery::open_error(&path, e))?;
-        match db.get(codec::META_FORMAT_KEY)? {
-            Some(found) if found != codec::STORE_FORMAT.as_bytes() => {
-                let found = String::from_utf8_lossy(&found).into_owned();
-                return Err(if upgrade::UPGRADABLE_FORMATS.contains(&found.as_str()) {
-                    OpenError::NeedsUpgrade {
-                        found,
-                        supported: codec::STORE_FORMAT,
-                    }
-                } else {
-                    OpenError::UnsupportedFormat {
-                        found,
-                        supported: codec::STORE_FORMAT,
-                    }
-                });
-            }
-            Some(_) => {}
-            None => {
-                let mut sync = WriteOptions::default();
-                sync.set_sync(true);
-                db.put_opt(codec::META_FORMAT_KEY, codec::STORE_FORMAT, &sync)?;
-            }
+        if !super::inspect::check_format(&db)? {
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.put_opt(codec::META_FORMAT_KEY, codec::STORE_FORMAT, &sync)?;
         }
         let (head, last_recorded_at) = Self::find_head(&db)?;
         let db = Arc::new(db);
@@ -76,6 +59,7 @@ impl RocksStore {
             head: AtomicU64::new(head),
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            read_only: false,
             stats_batches: AtomicU64::new(0),
             stats_syncs: AtomicU64::new(0),
             stats_direct_syncs: AtomicU64::new(0),
@@ -119,6 +103,7 @@ impl RocksStore {
                 sender,
                 threads: Mutex::new(threads),
                 path,
+                _secondary: None,
             }),
         })
     }

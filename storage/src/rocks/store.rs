@@ -21,6 +21,9 @@ use writer::{Job, Message, Work};
 impl RocksStore {
     /// Whether the writer takes requests (open, not poisoned).
     fn writable(&self) -> Result<(), AppendError> {
+        if self.inner.shared.read_only {
+            return Err(AppendError::ReadOnly);
+        }
         if self.inner.shared.closed.load(Ordering::SeqCst) {
             return Err(AppendError::Closed);
         }
@@ -76,6 +79,9 @@ impl RocksStore {
     }
 
     pub(super) fn check_writable(&self) -> Result<(), WriteError> {
+        if self.inner.shared.read_only {
+            return Err(WriteError::ReadOnly);
+        }
         if self.inner.shared.closed.load(Ordering::SeqCst) {
             return Err(WriteError::Closed);
         }

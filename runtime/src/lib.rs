@@ -94,6 +94,7 @@ mod command;
 mod error;
 pub mod evolution;
 mod handle;
+pub mod inspect;
 pub mod metric_names;
 mod panics;
 pub mod personal;

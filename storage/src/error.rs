@@ -293,6 +293,14 @@ pub enum OpenError {
         /// The format marker this version writes.
         supported: &'static str,
     },
+    /// The directory holds a RocksDB database without eventfold's format
+    /// marker: not an eventfold store, or one whose marker cannot be read
+    /// (a damaged table file; a read-only open does not write one).
+    #[error(
+        "{} has no eventfold format marker: not an eventfold store, or the marker's table file is damaged",
+        .0.display()
+    )]
+    NoFormatMarker(std::path::PathBuf),
     /// There is no store at the path (for operations that never create one).
     #[error("no eventfold store at {0}")]
     Missing(std::path::PathBuf),

@@ -86,6 +86,6 @@ pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{
     CHECKPOINTS_LIST_MAX, KeyspaceStats, REINDEX_BATCH_EVENTS, RocksStore, SalvageReport,
-    StreamSummary, UpgradeReport,
+    StreamSummary, UpgradeReport, VERIFY_PROGRESS_EVENTS,
 };
 pub use subjects::{SUBJECT_BYTES_MAX, SUBJECT_KEY_BYTES, SubjectKey};

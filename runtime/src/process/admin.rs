@@ -42,41 +42,7 @@ impl Processes {
         name: &str,
         store: &dyn EventStore,
     ) -> Result<Vec<StuckInstance>, ProcessError> {
-        let process = self.get(name)?;
-        let entries = store.read_model_scan(&process.model, b"s", STUCK_LIST_MAX)?;
-        let mut stuck = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
-            let id = String::from_utf8_lossy(&key[1..]).into_owned();
-            let record: StuckRecord = payload::decode(&value)
-                .map_err(|e| Corruption::read_model_value(&process.model, &key, e))?;
-            let held = self
-                .read_instance(&process.model, &id, store)?
-                .map_or(0, |r| r.held.len());
-            stuck.push(StuckInstance {
-                id,
-                error: record.error,
-                attempts: record.attempts,
-                input: record.input.to_string(),
-                since: eventfold_domain::Timestamp::from_micros(record.since),
-                held_events: held,
-            });
-        }
-        Ok(stuck)
-    }
-
-    fn read_instance(
-        &self,
-        model: &str,
-        id: &str,
-        store: &dyn EventStore,
-    ) -> Result<Option<InstanceRecord>, ProcessError> {
-        let key = instance_key(id);
-        let Some(bytes) = store.read_model_get(model, &key)? else {
-            return Ok(None);
-        };
-        let record =
-            payload::decode(&bytes).map_err(|e| Corruption::read_model_value(model, &key, e))?;
-        Ok(Some(record))
+        stuck_in(&self.get(name)?.model, store)
     }
 
     /// An instance of process manager `name` as last committed, with its
@@ -88,7 +54,7 @@ impl Processes {
         store: &dyn EventStore,
     ) -> Result<Option<InstanceView<S>>, ProcessError> {
         let process = self.get(name)?;
-        let Some(record) = self.read_instance(&process.model, id, store)? else {
+        let Some(record) = read_instance(&process.model, id, store)? else {
             return Ok(None);
         };
         let status = record.status();
@@ -138,4 +104,44 @@ impl Processes {
             Err(oneshot::RecvTimeoutError::Disconnected) => Err(ProcessError::ShutDown),
         }
     }
+}
+
+/// The instances parked as stuck in the process manager's read model
+/// `model` (at most [`STUCK_LIST_MAX`]), with their last error: what the
+/// handle and the inspector list.
+pub(crate) fn stuck_in(
+    model: &str,
+    store: &dyn EventStore,
+) -> Result<Vec<StuckInstance>, ProcessError> {
+    let entries = store.read_model_scan(model, b"s", STUCK_LIST_MAX)?;
+    let mut stuck = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        let id = String::from_utf8_lossy(&key[1..]).into_owned();
+        let record: StuckRecord =
+            payload::decode(&value).map_err(|e| Corruption::read_model_value(model, &key, e))?;
+        let held = read_instance(model, &id, store)?.map_or(0, |r| r.held.len());
+        stuck.push(StuckInstance {
+            id,
+            error: record.error,
+            attempts: record.attempts,
+            input: record.input.to_string(),
+            since: eventfold_domain::Timestamp::from_micros(record.since),
+            held_events: held,
+        });
+    }
+    Ok(stuck)
+}
+
+fn read_instance(
+    model: &str,
+    id: &str,
+    store: &dyn EventStore,
+) -> Result<Option<InstanceRecord>, ProcessError> {
+    let key = instance_key(id);
+    let Some(bytes) = store.read_model_get(model, &key)? else {
+        return Ok(None);
+    };
+    let record =
+        payload::decode(&bytes).map_err(|e| Corruption::read_model_value(model, &key, e))?;
+    Ok(Some(record))
 }

@@ -84,10 +84,7 @@ impl RocksStore {
         .map_err(|e| super::recovery::open_error(&path, e))?;
         // A directory eventfold never opened is not an eventfold store.
         if !check_format(&db)? {
-            return Err(OpenError::UnsupportedFormat {
-                found: String::new(),
-                supported: codec::STORE_FORMAT,
-            });
+            return Err(OpenError::NoFormatMarker(path));
         }
         let (head, _) = Self::find_head(&db)?;
         let shared = Arc::new(Shared {
@@ -234,6 +231,37 @@ impl RocksStore {
             out.push((String::from_utf8_lossy(&key).into_owned(), position));
         }
         Ok(out)
+    }
+
+    /// How many keys read model `model` holds that start with `prefix`
+    /// and, when `before` is given, sort before it (`before` starts with
+    /// `prefix`). Keys only: no value is copied.
+    pub fn read_model_count(
+        &self,
+        model: &str,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+    ) -> Result<u64, ReadError> {
+        let start = codec::read_model_key(model, prefix);
+        let mut options = ReadOptions::default();
+        if let Some(before) = before {
+            options.set_iterate_upper_bound(codec::read_model_key(model, before));
+        }
+        let mut iter = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_READ_MODELS)?, options);
+        iter.seek(&start);
+        let mut count = 0u64;
+        while let Some(key) = iter.key() {
+            if !key.starts_with(&start) {
+                break;
+            }
+            count += 1;
+            iter.next();
+        }
+        iter.status().map_err(engine)?;
+        Ok(count)
     }
 
     /// How much each keyspace holds (RocksDB's estimates).

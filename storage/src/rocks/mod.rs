@@ -32,6 +32,7 @@ use writer::Message;
 pub use inspect::{CHECKPOINTS_LIST_MAX, KeyspaceStats, StreamSummary};
 pub use recovery::SalvageReport;
 pub use upgrade::{REINDEX_BATCH_EVENTS, UpgradeReport};
+pub use verify::VERIFY_PROGRESS_EVENTS;
 
 use crate::keyspaces::KEYSPACES;
 

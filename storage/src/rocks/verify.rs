@@ -9,9 +9,13 @@ use crate::keyspaces::*;
 use eventfold_domain::RecordedEvent;
 use rocksdb::IteratorMode;
 
+/// Events walked between two calls of a walk's progress callback.
+pub const VERIFY_PROGRESS_EVENTS: u64 = 8_192;
+
 struct Walk<'a> {
     store: &'a RocksStore,
     report: VerifyReport,
+    progress: &'a dyn Fn(u64),
 }
 
 impl Walk<'_> {
@@ -73,6 +77,9 @@ impl Walk<'_> {
             }
             expected = position + 1;
             self.report.events += 1;
+            if self.report.events.is_multiple_of(VERIFY_PROGRESS_EVENTS) {
+                (self.progress)(self.report.events);
+            }
             let event = match codec::decode_global(&key, &value) {
                 Ok(Some(event)) => event,
                 // Erased by a deletion: nothing indexes it.
@@ -255,14 +262,24 @@ impl Walk<'_> {
     }
 }
 
-pub(super) fn run(store: &RocksStore) -> Result<VerifyReport, ReadError> {
+pub(super) fn run(store: &RocksStore, progress: &dyn Fn(u64)) -> Result<VerifyReport, ReadError> {
     let head = store.head();
     let mut walk = Walk {
         store,
         report: VerifyReport::default(),
+        progress,
     };
     walk.global(head)?;
     walk.streams(head)?;
     walk.values()?;
     Ok(walk.report)
+}
+
+impl RocksStore {
+    /// [`EventStore::verify`], telling `progress` how many events of the
+    /// global log it has walked, every [`VERIFY_PROGRESS_EVENTS`] (the walk
+    /// then checks the index and the other keyspaces).
+    pub fn verify_with_progress(&self, progress: &dyn Fn(u64)) -> Result<VerifyReport, ReadError> {
+        run(self, progress)
+    }
 }

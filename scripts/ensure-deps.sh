@@ -68,6 +68,20 @@ have_libclang() {
   return 1
 }
 
+# Installs Debian packages, through sudo when not root; says what to run
+# when it cannot.
+apt_install() {
+  local SUDO=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      echo "error: not root and no sudo. Run as root: apt-get update && apt-get install -y $*" >&2
+      exit 1
+    fi
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
 # Sourced by the detection's test only to define the functions above.
 [ -n "${EVENTFOLD_DEPS_FUNCTIONS_ONLY:-}" ] && return 0
 
@@ -87,15 +101,7 @@ have_libclang || missing+=(libclang-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "eventfold: installing build dependencies: ${missing[*]}" >&2
   if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then
-      if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-        echo "error: not root and no sudo. Run as root: apt-get update && apt-get install -y ${missing[*]}" >&2
-        exit 1
-      fi
-    fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
   else
     echo "error: missing ${missing[*]} and no apt-get here. Install a C++ compiler and libclang" >&2
     echo "       (LLVM's clang library; Fedora: clang-devel, macOS: xcode-select --install)," >&2

@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-deps.sh
+# The admin page's test drives a real browser: Debian's chromium.
+if [ -z "${EVENTFOLD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+  && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "eventfold: installing the browser the admin page's test drives: chromium" >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install chromium
+  else
+    echo "error: chromium is missing and there is no apt-get here: install Chromium and put it on the PATH, or set EVENTFOLD_CHROMIUM to its binary" >&2
+    exit 1
+  fi
+fi
 echo "== libclang detection"
 bash scripts/tests/libclang-detection.sh
 echo "== cargo fmt --check"

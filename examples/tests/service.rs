@@ -395,6 +395,18 @@ async fn admin_routes_need_the_token_and_answer_with_codes() -> TestResult {
         assert_eq!(answer["code"], json!("unauthorized"));
     }
     assert!(!backup_dir.exists(), "a refused backup wrote nothing");
+    // The admin page's data, too, needs the token; the page itself does not.
+    for path in [
+        "/admin/api/overview",
+        "/admin/api/streams",
+        "/admin/api/streams/acc-a/events",
+    ] {
+        let response = client.get(format!("{base}{path}")).send().await?;
+        assert_eq!(response.status().as_u16(), 401, "{path}");
+    }
+    let page = client.get(format!("{base}/admin")).send().await?;
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await?.contains("id=\"token-form\""));
     let admin = |method: reqwest::Method, path: &str| {
         client
             .request(method, format!("{base}{path}"))
@@ -406,6 +418,30 @@ async fn admin_routes_need_the_token_and_answer_with_codes() -> TestResult {
         .json()
         .await?;
     assert_eq!(listed, json!([]));
+    let overview: Value = admin(reqwest::Method::GET, "/admin/api/overview")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(overview["head"], json!(1));
+    assert_eq!(overview["projections"][0]["consumer"], json!("balances@v1"));
+    assert_eq!(overview["stuck"]["transfers"], json!([]));
+    let streams: Value = admin(reqwest::Method::GET, "/admin/api/streams?limit=5")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(streams[0]["stream"], json!("acc-a"));
+    let events: Value = admin(reqwest::Method::GET, "/admin/api/streams/acc-a/events")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(events[0]["event"], json!({"Opened": {"owner": "A"}}));
+    let bad = admin(reqwest::Method::GET, "/admin/api/streams/%24bad%00/events")
+        .send()
+        .await?;
+    assert_eq!(bad.status().as_u16(), 400);
     let cases = [
         (
             "/admin/projections/balances/parked/1/retry",

@@ -256,6 +256,13 @@ impl RuntimeHandle {
         &*self.inner.router.shared().store
     }
 
+    /// The RocksDB store, when the runtime runs on one: what
+    /// [`crate::inspect`] and the store's own listings
+    /// ([`RocksStore::list_streams`]) read. `None` on another backend.
+    pub fn rocks_store(&self) -> Option<&RocksStore> {
+        self.inner.rocks.as_ref()
+    }
+
     /// Aggregate actors resident now, over all shards.
     pub fn resident_actors(&self) -> u64 {
         self.inner

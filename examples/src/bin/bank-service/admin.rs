@@ -32,7 +32,7 @@ pub(crate) fn routes() -> Router<App> {
 
 /// Whether the request carries the admin token (compared without
 /// stopping at the first differing byte).
-fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
+pub(crate) fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

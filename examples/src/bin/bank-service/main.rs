@@ -67,6 +67,7 @@ const ACCOUNT_ID_BYTES_MAX: usize = 128;
 const FEEDS_MAX: usize = 256;
 
 mod admin;
+mod page;
 mod problem;
 mod server;
 
@@ -330,6 +331,9 @@ struct Feed {
     category: Option<String>,
     /// Only events of this type.
     r#type: Option<String>,
+    /// `false`: events are not named by their type, so a browser's
+    /// `EventSource.onmessage` gets every one (default: named).
+    named: Option<bool>,
 }
 
 /// The global log as server-sent events: caught up from the store, then
@@ -357,6 +361,7 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let after = resumed.unwrap_or_else(|| feed.from.unwrap_or(1).saturating_sub(1));
+    let named = feed.named.unwrap_or(true);
     let filter = Filter {
         event_types: feed.r#type.into_iter().collect(),
         categories: feed.category.into_iter().collect(),
@@ -373,7 +378,7 @@ async fn events(
             // The permit goes when the client does.
             let _held = &permit;
             Ok::<_, Infallible>(match item {
-                Ok(event) => feed_event(&event),
+                Ok(event) => feed_event(&event, named),
                 Err(error) => SseEvent::default().event("error").data(error.to_string()),
             })
         });
@@ -383,12 +388,26 @@ async fn events(
 }
 
 /// One event as an SSE event: its position as id, its type as the event
-/// name, JSON data with the bank's decoded event when it is one.
-fn feed_event(event: &RecordedEvent) -> SseEvent {
+/// name (unless `named` is false), JSON data with the bank's decoded event
+/// when it is one.
+fn feed_event(event: &RecordedEvent, named: bool) -> SseEvent {
+    let sse = SseEvent::default()
+        .id(event.position.to_string())
+        .data(event_json(event).to_string());
+    if named {
+        sse.event(event.event_type.clone())
+    } else {
+        sse
+    }
+}
+
+/// One event as JSON (the feed's data, the admin page's rows), with the
+/// bank's decoded event when it is one.
+pub(crate) fn event_json(event: &RecordedEvent) -> serde_json::Value {
     let decoded = eventfold_runtime::evolution::decode::<AccountEvent>(event)
         .ok()
         .and_then(|e| serde_json::to_value(e).ok());
-    let data = json!({
+    json!({
         "position": event.position,
         "stream": event.stream_id.as_str(),
         "version": event.version,
@@ -398,11 +417,7 @@ fn feed_event(event: &RecordedEvent) -> SseEvent {
         "correlation_id": event.metadata.correlation_id.map(|id| id.to_string()),
         "causation_id": event.metadata.causation_id.map(|id| id.to_string()),
         "event": decoded,
-    });
-    SseEvent::default()
-        .id(event.position.to_string())
-        .event(event.event_type.clone())
-        .data(data.to_string())
+    })
 }
 
 async fn health(State(app): State<App>) -> Response {
@@ -435,6 +450,7 @@ fn router(app: App) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
         .merge(admin::routes())
+        .merge(page::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         // A span per request (method, path), around the runtime's command
         // spans: the correlation id of a request's events is its

@@ -228,16 +228,18 @@ fn actions_go_through_the_service_and_are_refused_without_it() -> TestResult {
         .env("EVENTFOLD_ADMIN_TOKEN", TOKEN)
         .output()?;
     assert!(String::from_utf8(output.stderr)?.contains("not_parked"));
-    let no_instance = fails(&[
-        "cancel",
-        "transfers",
-        "t-none",
-        "--service",
-        &base,
-        "--token",
-        TOKEN,
-    ])?;
-    assert!(no_instance.contains("no_instance"), "{no_instance}");
+    for action in ["cancel", "resume"] {
+        let no_instance = fails(&[
+            action,
+            "transfers",
+            "t-none",
+            "--service",
+            &base,
+            "--token",
+            TOKEN,
+        ])?;
+        assert!(no_instance.contains("no_instance"), "{no_instance}");
+    }
 
     let backups = tempfile::tempdir()?;
     let backup_dir = backups.path().join("b");
@@ -270,6 +272,16 @@ fn actions_go_through_the_service_and_are_refused_without_it() -> TestResult {
     ])?;
     assert_eq!(backup["backup_id"], 1);
     // The store is as it was: nothing the refusals did changed it.
+    assert!(json(&["verify", store])?["clean"] == true);
+    // With the store to themselves: upgrade (already current) and salvage
+    // (nothing damaged) change nothing and say so.
+    let upgrade = json(&["upgrade", store])?;
+    assert_eq!(upgrade["from"], "eventfold-store-v2");
+    assert_eq!(upgrade["events_indexed"], 0);
+    let salvage = json(&["salvage", store])?;
+    assert_eq!(salvage["damage"], Value::Null);
+    assert_eq!(salvage["positions_lost"], 0);
+    assert!(ok(&["salvage", store])?.contains("positions lost"));
     assert!(json(&["verify", store])?["clean"] == true);
     Ok(())
 }

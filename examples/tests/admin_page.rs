@@ -147,18 +147,15 @@ fn the_admin_page_shows_the_service_in_a_real_browser() -> TestResult {
         "head {}",
         number(&tab, "head")?
     );
-    let projections = eval(&tab, "document.getElementById('projections').textContent")?;
-    assert!(
-        projections
-            .as_str()
-            .is_some_and(|t| t.contains("balances@v1")),
-        "{projections}"
-    );
-    let processes = eval(&tab, "document.getElementById('processes').textContent")?;
-    assert!(
-        processes.as_str().is_some_and(|t| t.contains("transfers")),
-        "{processes}"
-    );
+    // The overview refreshes every 5 s: the consumers' rows come with it.
+    wait_true(
+        &tab,
+        "document.getElementById('projections').textContent.includes('balances@v1')",
+    )?;
+    wait_true(
+        &tab,
+        "document.getElementById('processes').textContent.includes('transfers')",
+    )?;
 
     // A stream's events, newest first.
     eval(&tab, "document.querySelector('#streams tr').click()")?;

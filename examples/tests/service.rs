@@ -418,6 +418,13 @@ async fn admin_routes_need_the_token_and_answer_with_codes() -> TestResult {
         .json()
         .await?;
     assert_eq!(listed, json!([]));
+    // Once the projection has committed the opening (a read after it),
+    // its checkpoint is in the store.
+    let caught_up = client
+        .get(format!("{base}/accounts/a?after=1"))
+        .send()
+        .await?;
+    assert_eq!(caught_up.status().as_u16(), 200);
     let overview: Value = admin(reqwest::Method::GET, "/admin/api/overview")
         .send()
         .await?

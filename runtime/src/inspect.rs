@@ -20,7 +20,8 @@ use crate::ParkedEvent;
 use crate::process::StuckInstance;
 use crate::process::admin::stuck_in;
 use crate::process::records::model_of;
-use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, list_parked};
+use crate::read::consumer::list_parked;
+use crate::read::registry::active_version;
 use eventfold_domain::Timestamp;
 use eventfold_storage::{Corruption, EventStore, ReadError, RocksStore};
 
@@ -117,20 +118,6 @@ fn parse_consumer(checkpoint: &str) -> Option<(&str, u32)> {
     let (name, rest) = checkpoint.rsplit_once("@v")?;
     let version = rest.split_once('#').map_or(rest, |(v, _)| v);
     Some((name, version.parse().ok()?))
-}
-
-fn active_version(store: &RocksStore, name: &str) -> Result<u32, InspectError> {
-    let key = name.as_bytes();
-    match store.read_model_get(ACTIVE_VERSIONS_MODEL, key)? {
-        Some(bytes) => bytes
-            .try_into()
-            .map(u32::from_be_bytes)
-            .map_err(|bytes: Vec<u8>| {
-                let reason = format!("an active version is 4 bytes, not {}", bytes.len());
-                Corruption::read_model_value(ACTIVE_VERSIONS_MODEL, key, reason).into()
-            }),
-        None => Ok(1),
-    }
 }
 
 /// Every consumer of every projection and event handler with a checkpoint,

@@ -59,6 +59,23 @@ pub(crate) struct Registry {
     coordinators: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The version of projection `name` that queries read (`$projections`;
+/// 1 when it was never rebuilt): what the registry starts, and what the
+/// inspector calls active.
+pub(crate) fn active_version(store: &dyn EventStore, name: &str) -> Result<u32, ProjectionError> {
+    let key = name.as_bytes();
+    match store.read_model_get(ACTIVE_VERSIONS_MODEL, key)? {
+        Some(bytes) => bytes
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|bytes: Vec<u8>| {
+                let reason = format!("an active version is 4 bytes, not {}", bytes.len());
+                Corruption::read_model_value(ACTIVE_VERSIONS_MODEL, key, reason).into()
+            }),
+        None => Ok(1),
+    }
+}
+
 pub(crate) fn model_name(name: &str, version: u32) -> String {
     format!("{name}@v{version}")
 }
@@ -89,25 +106,11 @@ impl Registry {
     /// Starts every registered consumer at its active version.
     pub(crate) fn start_all(&self) -> Result<(), ProjectionError> {
         for registration in self.registrations.values() {
-            let version = self.active_version(&registration.name)?;
+            let version = active_version(&*self.store, &registration.name)?;
             let running = self.spawn(registration, version, None)?;
             lock(&self.running).insert(registration.name.clone(), running);
         }
         Ok(())
-    }
-
-    fn active_version(&self, name: &str) -> Result<u32, ProjectionError> {
-        let key = name.as_bytes();
-        match self.store.read_model_get(ACTIVE_VERSIONS_MODEL, key)? {
-            Some(bytes) => bytes
-                .try_into()
-                .map(u32::from_be_bytes)
-                .map_err(|bytes: Vec<u8>| {
-                    let reason = format!("an active version is 4 bytes, not {}", bytes.len());
-                    Corruption::read_model_value(ACTIVE_VERSIONS_MODEL, key, reason).into()
-                }),
-            None => Ok(1),
-        }
     }
 
     fn spawn(

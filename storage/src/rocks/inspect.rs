@@ -12,7 +12,7 @@ use crate::options::StoreOptions;
 use eventfold_domain::{StreamId, Timestamp, category_of};
 use rocksdb::{DB, ReadOptions};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
@@ -87,19 +87,7 @@ impl RocksStore {
             return Err(OpenError::NoFormatMarker(path));
         }
         let (head, _) = Self::find_head(&db)?;
-        let shared = Arc::new(Shared {
-            head: AtomicU64::new(head),
-            poisoned: AtomicBool::new(false),
-            closed: AtomicBool::new(true),
-            read_only: true,
-            stats_batches: AtomicU64::new(0),
-            stats_syncs: AtomicU64::new(0),
-            stats_direct_syncs: AtomicU64::new(0),
-            stats_appends: AtomicU64::new(0),
-            stats_events: AtomicU64::new(0),
-            listener: std::sync::RwLock::new(None),
-            erasing: Default::default(),
-        });
+        let shared = Arc::new(Shared::new(head, true));
         super::erasing::load_hidden(&db, &shared).map_err(|e| match read_error(e) {
             ReadError::Corrupt(c) => OpenError::Corrupt(c),
             other => OpenError::Engine(other.to_string()),

@@ -56,6 +56,24 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of a store just opened at `head`: open, or closed and
+    /// read-only (a secondary has no writer).
+    pub(crate) fn new(head: u64, read_only: bool) -> Self {
+        Self {
+            head: AtomicU64::new(head),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(read_only),
+            read_only,
+            stats_batches: AtomicU64::new(0),
+            stats_syncs: AtomicU64::new(0),
+            stats_direct_syncs: AtomicU64::new(0),
+            stats_appends: AtomicU64::new(0),
+            stats_events: AtomicU64::new(0),
+            listener: std::sync::RwLock::new(None),
+            erasing: Default::default(),
+        }
+    }
+
     pub(crate) fn listener(&self) -> Option<Arc<dyn CommitListener>> {
         self.listener
             .read()

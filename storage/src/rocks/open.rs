@@ -12,7 +12,7 @@ use eventfold_domain::Timestamp;
 use rocksdb::backup::{BackupEngine, BackupEngineOptions, RestoreOptions};
 use rocksdb::{DB, Env, IteratorMode, WriteOptions};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -55,19 +55,7 @@ impl RocksStore {
         let (head, last_recorded_at) = Self::find_head(&db)?;
         let db = Arc::new(db);
         let options = Arc::new(options);
-        let shared = Arc::new(Shared {
-            head: AtomicU64::new(head),
-            poisoned: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            read_only: false,
-            stats_batches: AtomicU64::new(0),
-            stats_syncs: AtomicU64::new(0),
-            stats_direct_syncs: AtomicU64::new(0),
-            stats_appends: AtomicU64::new(0),
-            stats_events: AtomicU64::new(0),
-            listener: std::sync::RwLock::new(None),
-            erasing: Default::default(),
-        });
+        let shared = Arc::new(Shared::new(head, false));
         let (sender, receiver) = sync_channel(options.queue_appends_max.max(1));
         let mut threads = Vec::with_capacity(2);
         let syncer = if options.durability == Durability::Sync {

@@ -166,6 +166,77 @@ pub enum AppendError {
     /// Stored bytes needed to check the append are corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corruption),
+    /// A replica was given an entry that does not follow its log: the
+    /// source log's positions must arrive in order, without a gap.
+    #[error("replica out of order: its next position is {expected}, the entry starts at {found}")]
+    ReplicaOutOfOrder {
+        /// The replica's next position.
+        expected: u64,
+        /// Where the entry starts.
+        found: u64,
+    },
+    /// A replica was given events of a stream that do not continue the
+    /// stream's history as the replica holds it: two histories of one
+    /// stream (a fork). Nothing was written; the replica refuses to fold it.
+    #[error(
+        "history of stream {stream} forked: the replica holds version {held}, the log's next event says version {found}"
+    )]
+    HistoryForked {
+        /// The stream.
+        stream: StreamId,
+        /// The stream's version in the replica.
+        held: u64,
+        /// The version the log's event carries.
+        found: u64,
+    },
+    /// The operation is not offered by this store (a deletion on a
+    /// cluster's log, say).
+    #[error("{operation} is not supported by this store")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The store cannot reach the log that makes appends durable (a
+    /// cluster's JetStream), or lost the right to write this stream (its
+    /// partition is owned elsewhere, or its claim was fenced). Whether an
+    /// append that was sent landed is unknown unless `landed` says no;
+    /// retrying with the same command id is safe.
+    #[error("the log is unavailable for stream {stream}: {reason}")]
+    Unavailable {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        reason: Unavailability,
+    },
+}
+
+/// Why a cluster's log refused or could not take an append.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unavailability {
+    /// This node does not own the stream's partition (now).
+    #[error("partition {partition} is not owned by this node")]
+    NotOwner {
+        /// The partition.
+        partition: u32,
+    },
+    /// The claim this node wrote with was superseded: another node claimed
+    /// the partition since. The append was refused by the log; the node
+    /// stops the partition.
+    #[error("the claim on partition {partition} (token {token}) was fenced by a newer claim")]
+    Fenced {
+        /// The partition.
+        partition: u32,
+        /// The token of the superseded claim.
+        token: u64,
+    },
+    /// The log did not answer (a lost connection, a leader election, a
+    /// timeout): the append may or may not have landed.
+    #[error("the log did not answer: {0}")]
+    NoAnswer(String),
+    /// The node is stopping or its replica stopped.
+    #[error("the node is stopping")]
+    Stopping,
 }
 
 /// A file of the store that the storage engine found damaged: a table

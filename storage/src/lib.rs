@@ -55,6 +55,7 @@ mod keyspaces;
 pub mod lifecycle;
 mod memory;
 mod options;
+mod replica;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod subjects;
@@ -68,7 +69,7 @@ pub use api::{
 pub use codec::{decoders, payload};
 pub use error::{
     AppendError, Corruption, CorruptionKind, DamagedFile, NameError, OpenError, ReadError,
-    WriteError,
+    Unavailability, WriteError,
 };
 pub use keyspaces::{
     CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_SNAPSHOTS, CF_STREAM_META,
@@ -81,6 +82,7 @@ pub use lifecycle::{
 };
 pub use memory::MemoryStore;
 pub use options::{Durability, FaultInjector, NAME_BYTES_MAX, StoreOptions};
+pub use replica::{Replicated, ReplicatedAppend};
 /// The RocksDB backend (feature `rocksdb`, on by default; off, the crate
 /// builds without RocksDB, for the fuzz targets of its decoders).
 #[cfg(feature = "rocksdb")]

@@ -4,6 +4,7 @@ use crate::api::AppendRequest;
 use crate::error::{AppendError, NameError, WriteError};
 use crate::options::{NAME_BYTES_MAX, StoreOptions};
 use crate::{ReadModelBatch, ReadModelOp};
+use eventfold_domain::{EventId, NewEvent, StreamId};
 use std::hash::Hash;
 
 /// Checks a deletion before it is queued: the store's own streams are not
@@ -51,47 +52,85 @@ pub(crate) fn append_request(
             });
         }
         for (index, event) in part.events.iter().enumerate() {
-            let invalid = |reason: String| AppendError::InvalidEvent {
-                stream: part.stream.clone(),
-                index,
-                reason,
-            };
-            if !event_ids.insert(event.metadata.event_id) {
-                return Err(invalid(format!(
-                    "event id {} appears twice in one append",
-                    event.metadata.event_id
-                )));
-            }
-            if event.payload.len() > options.payload_bytes_max {
-                return Err(AppendError::PayloadTooLarge {
-                    stream: part.stream.clone(),
-                    index,
-                    bytes: event.payload.len(),
-                    limit: options.payload_bytes_max,
-                });
-            }
-            let type_limit = options.event_type_bytes_max.min(usize::from(u16::MAX));
-            if event.event_type.is_empty() {
-                return Err(invalid("the event type is empty".into()));
-            }
-            if event.event_type.len() > type_limit {
-                return Err(invalid(format!(
-                    "the event type is {} bytes long, more than the limit of {type_limit}",
-                    event.event_type.len()
-                )));
-            }
-            let headers = &event.metadata.headers;
-            let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-            if header_bytes > options.headers_bytes_max || headers.len() > usize::from(u16::MAX) {
-                return Err(invalid(format!(
-                    "{} header bytes, more than the limit of {}",
-                    header_bytes, options.headers_bytes_max
-                )));
-            }
-            if headers.iter().any(|(k, _)| k.len() > usize::from(u16::MAX)) {
-                return Err(invalid("a header key is longer than 65535 bytes".into()));
-            }
+            check_event(&part.stream, index, event, options, &mut event_ids)?;
         }
+    }
+    Ok(())
+}
+
+/// The checks of one event of an append: a unique id, its payload, type
+/// and headers within the store's limits.
+fn check_event(
+    stream: &StreamId,
+    index: usize,
+    event: &NewEvent,
+    options: &StoreOptions,
+    event_ids: &mut Seen<EventId>,
+) -> Result<(), AppendError> {
+    let invalid = |reason: String| AppendError::InvalidEvent {
+        stream: stream.clone(),
+        index,
+        reason,
+    };
+    if !event_ids.insert(event.metadata.event_id) {
+        return Err(invalid(format!(
+            "event id {} appears twice in one append",
+            event.metadata.event_id
+        )));
+    }
+    if event.payload.len() > options.payload_bytes_max {
+        return Err(AppendError::PayloadTooLarge {
+            stream: stream.clone(),
+            index,
+            bytes: event.payload.len(),
+            limit: options.payload_bytes_max,
+        });
+    }
+    let type_limit = options.event_type_bytes_max.min(usize::from(u16::MAX));
+    if event.event_type.is_empty() {
+        return Err(invalid("the event type is empty".into()));
+    }
+    if event.event_type.len() > type_limit {
+        return Err(invalid(format!(
+            "the event type is {} bytes long, more than the limit of {type_limit}",
+            event.event_type.len()
+        )));
+    }
+    let headers = &event.metadata.headers;
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if header_bytes > options.headers_bytes_max || headers.len() > usize::from(u16::MAX) {
+        return Err(invalid(format!(
+            "{} header bytes, more than the limit of {}",
+            header_bytes, options.headers_bytes_max
+        )));
+    }
+    if headers.iter().any(|(k, _)| k.len() > usize::from(u16::MAX)) {
+        return Err(invalid("a header key is longer than 65535 bytes".into()));
+    }
+    Ok(())
+}
+
+/// The checks of a replicated append: what an append of its events would
+/// get, but for the reserved names (a replica copies the source's own
+/// streams too).
+pub(crate) fn replicated(
+    append: &crate::ReplicatedAppend,
+    options: &StoreOptions,
+) -> Result<(), AppendError> {
+    if append.events.is_empty() {
+        return Err(AppendError::NoEvents {
+            stream: append.stream.clone(),
+        });
+    }
+    if append.events.len() > options.events_per_append_max {
+        return Err(AppendError::TooManyEvents {
+            count: append.events.len(),
+            limit: options.events_per_append_max,
+        });
+    }
+    let mut event_ids = Seen::new();
+    for (index, event) in append.events.iter().enumerate() {
+        check_event(&append.stream, index, event, options, &mut event_ids)?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ mod open;
 mod options;
 mod reads;
 mod recovery;
+mod replica;
 mod store;
 mod subjects;
 pub(crate) mod syncer;

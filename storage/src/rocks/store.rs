@@ -20,7 +20,7 @@ use writer::{Job, Message, Work};
 
 impl RocksStore {
     /// Whether the writer takes requests (open, not poisoned).
-    fn writable(&self) -> Result<(), AppendError> {
+    pub(super) fn writable(&self) -> Result<(), AppendError> {
         if self.inner.shared.read_only {
             return Err(AppendError::ReadOnly);
         }
@@ -34,7 +34,7 @@ impl RocksStore {
     }
 
     /// Queues a job for the writer; `Overloaded` when its queue is full.
-    fn queue(
+    pub(super) fn queue(
         &self,
         job: Job,
         receiver: oneshot::Receiver<Result<AppendOutcome, AppendError>>,

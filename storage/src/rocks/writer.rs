@@ -58,6 +58,12 @@ pub(crate) enum Work {
     /// A deletion: always in a batch of its own, so that every event it
     /// erases is in the database when it is decided.
     Delete(DeleteRequest),
+    /// An entry of another log, at the positions it has there
+    /// (`rocks/replica.rs`), with its records encoded.
+    Replicate {
+        entry: crate::Replicated,
+        records: Vec<Vec<u8>>,
+    },
 }
 
 impl Job {
@@ -65,6 +71,7 @@ impl Job {
         match &self.work {
             Work::Append { request, .. } => request.event_count(),
             Work::Delete(_) => 1,
+            Work::Replicate { records, .. } => records.len().max(1),
         }
     }
 }
@@ -97,6 +104,9 @@ pub(crate) struct Writer {
     syncer: Option<SyncSender<Written>>,
     next_position: u64,
     last_recorded_at: Timestamp,
+    /// The time of the last replicated entry written (`rocks/replica.rs`):
+    /// replicated times never go back along the log.
+    pub(super) replicated_at: Timestamp,
     /// Stream tips including batches written but not yet synced.
     versions: HashMap<StreamId, Tip>,
     /// Lifecycle work between batches: streams to trim to their
@@ -126,6 +136,7 @@ impl Writer {
             syncer,
             next_position: head + 1,
             last_recorded_at,
+            replicated_at: last_recorded_at,
             versions: HashMap::new(),
             upkeep,
         }
@@ -158,7 +169,9 @@ impl Writer {
                 && bytes < self.options.batch_bytes_max
             {
                 match self.receiver.try_recv() {
-                    Ok(Message::Append(job)) if matches!(job.work, Work::Append { .. }) => {
+                    Ok(Message::Append(job))
+                        if matches!(job.work, Work::Append { .. } | Work::Replicate { .. }) =>
+                    {
                         events += job.event_count();
                         bytes += job.bytes;
                         jobs.push(job);
@@ -259,6 +272,9 @@ impl Writer {
             let decided = match work {
                 Work::Append { request, records } => self.decide(request, records, &mut pending),
                 Work::Delete(request) => self.decide_deletion(request, &mut pending),
+                Work::Replicate { entry, records } => {
+                    self.decide_replicated(entry, records, &mut pending)
+                }
             };
             let decision = match decided {
                 Ok(decision) => decision,
@@ -282,7 +298,7 @@ impl Writer {
             return;
         }
         self.next_position = position;
-        self.last_recorded_at = recorded_at;
+        self.last_recorded_at = recorded_at.max(self.replicated_at);
         if self.versions.len() + pending_versions.len() > self.options.version_cache_streams_max {
             self.versions.clear();
         }
@@ -351,7 +367,7 @@ impl Writer {
         Ok(tip)
     }
 
-    fn applied_command(
+    pub(super) fn applied_command(
         &self,
         id: CommandId,
         pending: &HashMap<CommandId, AppendOutcome>,

@@ -1,0 +1,168 @@
+//! A replica's writes: entries of another log at the positions they have
+//! there (see [`crate::Replicated`]). They go through the one writer, in
+//! the order given, after the same checks an append gets, except that the
+//! position, version and time come from the source log and are checked,
+//! not assigned.
+
+use super::RocksStore;
+use super::syncer::Decision;
+use super::writer::{Job, Pending, Tip, Work, Writer};
+use crate::api::{AppendOutcome, PendingAppend, StreamWritten};
+use crate::codec;
+use crate::error::AppendError;
+use crate::keyspaces::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS};
+use crate::replica::Replicated;
+use crate::validate;
+use eventfold_domain::RecordedEvent;
+use std::sync::Arc;
+
+impl RocksStore {
+    /// Queues `entry`, an entry of another log, to be written at the
+    /// positions it has there; the answer (wait or `.await`) is the
+    /// outcome as an append's would be, durable under the store's
+    /// durability.
+    ///
+    /// Entries must come in the source log's order without a gap
+    /// ([`AppendError::ReplicaOutOfOrder`] otherwise), and an append must
+    /// continue its stream's history
+    /// ([`AppendError::HistoryForked`] otherwise: two histories of one
+    /// stream). A refused entry writes nothing. A store that takes
+    /// replicated entries must take nothing else: its own appends would
+    /// take positions the source log gives to others.
+    pub fn replicate(&self, entry: Replicated) -> PendingAppend {
+        if let Err(error) = self.writable() {
+            return PendingAppend::ready(Err(error));
+        }
+        let records = match &entry {
+            Replicated::Append(append) => {
+                if let Err(error) = validate::replicated(append, self.options()) {
+                    return PendingAppend::ready(Err(error));
+                }
+                append
+                    .events
+                    .iter()
+                    .map(|event| codec::encode_event(&append.stream, event))
+                    .collect()
+            }
+            Replicated::Skip { .. } => Vec::new(),
+        };
+        let bytes = records.iter().map(Vec::len).sum();
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            work: Work::Replicate { entry, records },
+            bytes,
+            reply,
+        };
+        self.queue(job, receiver)
+    }
+}
+
+impl Writer {
+    /// Decides a replicated entry: its position must be the next one, an
+    /// append's first version its stream's next.
+    pub(super) fn decide_replicated(
+        &mut self,
+        entry: Replicated,
+        records: Vec<Vec<u8>>,
+        pending: &mut Pending<'_>,
+    ) -> Result<Decision, AppendError> {
+        let first = entry.first_position();
+        if first != *pending.position {
+            return Err(AppendError::ReplicaOutOfOrder {
+                expected: *pending.position,
+                found: first,
+            });
+        }
+        let db = Arc::clone(&self.db);
+        let global = self.shared.cf(&db, CF_GLOBAL)?;
+        let append = match entry {
+            Replicated::Skip { position } => {
+                pending.batch.put_cf(
+                    global,
+                    codec::global_key(position),
+                    codec::encode_erased(position),
+                );
+                *pending.position += 1;
+                return Ok(Decision::Write(AppendOutcome {
+                    streams: Vec::new(),
+                    first_position: position,
+                    last_position: position,
+                    deduplicated: false,
+                }));
+            }
+            Replicated::Append(append) => append,
+        };
+        let tip = self.current_tip(&append.stream, pending.versions)?;
+        if append.first_version != tip.version.saturating_add(1) {
+            return Err(AppendError::HistoryForked {
+                stream: append.stream,
+                held: tip.version,
+                found: append.first_version,
+            });
+        }
+        let streams = self.shared.cf(&db, CF_STREAMS)?;
+        let recorded_at = append.recorded_at.max(self.replicated_at);
+        self.replicated_at = recorded_at;
+        let mut version = tip.version;
+        let mut last_event = None;
+        let mut index_keys = codec::StreamKeys::new(append.stream.as_str());
+        for (mut record, event) in records.into_iter().zip(append.events) {
+            version += 1;
+            last_event = Some(event.metadata.event_id);
+            let position = *pending.position;
+            codec::seal_event(&mut record, position, version, recorded_at);
+            if let Some(events) = pending.events.as_deref_mut() {
+                events.push(RecordedEvent {
+                    stream_id: append.stream.clone(),
+                    version,
+                    position,
+                    recorded_at,
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    payload: event.payload,
+                    metadata: event.metadata,
+                });
+            }
+            pending
+                .batch
+                .put_cf(global, codec::global_key(position), &record);
+            pending
+                .batch
+                .put_cf(streams, index_keys.at(version), codec::global_key(position));
+            *pending.position += 1;
+        }
+        pending.versions.insert(
+            append.stream.clone(),
+            Tip {
+                version,
+                last_event,
+                tombstoned: false,
+            },
+        );
+        let outcome = AppendOutcome {
+            streams: vec![StreamWritten {
+                stream: append.stream,
+                first_version: append.first_version,
+                last_version: version,
+            }],
+            first_position: first,
+            last_position: *pending.position - 1,
+            deduplicated: false,
+        };
+        // The first outcome of a command id stays: a log that holds an id
+        // twice (a retry past the source's deduplication window) answers
+        // retries with the first.
+        if let Some(id) = append.command_id
+            && self.applied_command(id, pending.commands)?.is_none()
+        {
+            let commands = self.shared.cf(&db, CF_IDEMPOTENCY)?;
+            pending.batch.put_cf(
+                commands,
+                codec::command_key(id),
+                codec::encode_outcome(&outcome),
+            );
+            pending.commands.insert(id, outcome.clone());
+        }
+        Ok(Decision::Write(outcome))
+    }
+}

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where the runtime keeps its events.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum Location {
     /// RocksDB in a new temporary directory, removed when the runtime is dropped.
     Temporary,
@@ -36,6 +36,9 @@ enum Location {
     Path(PathBuf),
     /// In memory: nothing survives the process (for tests).
     Memory,
+    /// A store the caller made (a cluster node's), with the RocksDB store
+    /// behind it if there is one (for the admin reads).
+    Given(Arc<dyn EventStore>, Option<RocksStore>),
 }
 
 /// Entry point: `Runtime::builder()`.
@@ -95,6 +98,15 @@ impl RuntimeBuilder {
     pub fn memory_store(mut self, store: MemoryStore) -> Self {
         self.location = Location::Memory;
         self.memory = Some(store);
+        self
+    }
+
+    /// Run on `store`, made and owned by the caller (a cluster node's
+    /// store, say); `local` is the RocksDB store behind it, if any, which
+    /// [`RuntimeHandle::rocks_store`](crate::RuntimeHandle::rocks_store)
+    /// hands out. Shutdown leaves both open: the caller closes them.
+    pub fn store(mut self, store: Arc<dyn EventStore>, local: Option<RocksStore>) -> Self {
+        self.location = Location::Given(store, local);
         self
     }
 
@@ -287,6 +299,7 @@ impl RuntimeBuilder {
                 return Err(StartError::Kind(kind));
             }
         }
+        let owns_store = !matches!(self.location, Location::Given(..));
         let (store, rocks, temp): (
             Arc<dyn EventStore>,
             Option<RocksStore>,
@@ -298,6 +311,7 @@ impl RuntimeBuilder {
                     .unwrap_or_else(|| MemoryStore::with_options(self.settings.store.clone()));
                 (Arc::new(store), None, None)
             }
+            Location::Given(store, local) => (store, local, None),
             Location::Path(path) => {
                 let store = RocksStore::open(&path, self.settings.store.clone())?;
                 (Arc::new(store.clone()), Some(store), None)
@@ -356,7 +370,12 @@ impl RuntimeBuilder {
         let processes = match Processes::start(self.processes, &environment) {
             Ok(processes) => processes,
             Err(error) => {
-                abandon(&router, &registry, system, rocks.as_ref());
+                abandon(
+                    &router,
+                    &registry,
+                    system,
+                    rocks.as_ref().filter(|_| owns_store),
+                );
                 return Err(error);
             }
         };
@@ -365,6 +384,7 @@ impl RuntimeBuilder {
             bus,
             system: Mutex::new(Some(system)),
             rocks,
+            owns_store,
             registry,
             processes,
             durable: Arc::default(),

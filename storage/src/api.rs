@@ -298,6 +298,14 @@ impl PendingAppend {
         }
     }
 
+    /// An append decided elsewhere (another backend's own writer): the
+    /// [`AppendAnswer`] decides it, once; dropped unanswered, the append
+    /// reads as [`AppendError::Closed`].
+    pub fn answered_later() -> (AppendAnswer, Self) {
+        let (sender, receiver) = oneshot::channel();
+        (AppendAnswer { sender }, Self::waiting(receiver))
+    }
+
     pub(crate) fn waiting(receiver: oneshot::Receiver<Result<AppendOutcome, AppendError>>) -> Self {
         Self {
             state: PendingState::Waiting(receiver),
@@ -312,6 +320,18 @@ impl PendingAppend {
             // A dropped sender means the writer stopped without answering.
             PendingState::Waiting(receiver) => receiver.recv().unwrap_or(Err(AppendError::Closed)),
         }
+    }
+}
+
+/// Decides a [`PendingAppend`] made by [`PendingAppend::answered_later`].
+pub struct AppendAnswer {
+    sender: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+impl AppendAnswer {
+    /// Decides the append; nothing happens if its holder dropped it.
+    pub fn send(self, result: Result<AppendOutcome, AppendError>) {
+        let _ = self.sender.send(result);
     }
 }
 

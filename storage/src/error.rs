@@ -234,6 +234,10 @@ pub enum Unavailability {
     /// timeout): the append may or may not have landed.
     #[error("the log did not answer: {0}")]
     NoAnswer(String),
+    /// The log refused the append for a reason of its own (a message
+    /// over its size limit, say); nothing was written.
+    #[error("the log refused the append: {0}")]
+    Refused(String),
     /// The node is stopping or its replica stopped.
     #[error("the node is stopping")]
     Stopping,
@@ -308,6 +312,12 @@ pub enum WriteError {
     /// The store was opened read-only (beside the process that holds it).
     #[error("the store was opened read-only")]
     ReadOnly,
+    /// The operation is not offered by this store.
+    #[error("{operation} is not supported by this store")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+    },
     /// The write failed; the store is now poisoned.
     #[error("the write failed: {0}")]
     Io(String),

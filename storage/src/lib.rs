@@ -62,9 +62,9 @@ mod subjects;
 mod validate;
 
 pub use api::{
-    AppendOutcome, AppendRequest, Cached, CommitListener, Direction, EventStore, Fault, Filter,
-    GlobalSlice, PendingAppend, ReadModelBatch, ReadModelEntry, ReadModelOp, Snapshot,
-    StreamAppend, StreamWritten, VerifyReport, WriterStats,
+    AppendAnswer, AppendOutcome, AppendRequest, Cached, CommitListener, Direction, EventStore,
+    Fault, Filter, GlobalSlice, PendingAppend, ReadModelBatch, ReadModelEntry, ReadModelOp,
+    Snapshot, StreamAppend, StreamWritten, VerifyReport, WriterStats,
 };
 pub use codec::{decoders, payload};
 pub use error::{
@@ -91,3 +91,10 @@ pub use rocks::{
     StreamSummary, UpgradeReport, VERIFY_PROGRESS_EVENTS,
 };
 pub use subjects::{SUBJECT_BYTES_MAX, SUBJECT_KEY_BYTES, SubjectKey};
+
+/// The checks every backend applies to an append before it is queued
+/// (names, counts, sizes against `options`), for a backend built outside
+/// this crate: the error is the one this crate's stores give.
+pub fn check_append(request: &AppendRequest, options: &StoreOptions) -> Result<(), AppendError> {
+    validate::append_request(request, options)
+}

@@ -30,8 +30,12 @@ pub(crate) struct Inner {
     pub router: Arc<Router>,
     pub bus: EventBus,
     pub system: Mutex<Option<SystemThread>>,
-    /// Set when the store is RocksDB, to close it at shutdown.
+    /// Set when the store is RocksDB (or a store given to the builder has
+    /// one behind it).
     pub rocks: Option<RocksStore>,
+    /// Whether the runtime opened the store, and so closes it at shutdown
+    /// (a store given to the builder is its maker's to close).
+    pub owns_store: bool,
     /// Projections and event handlers.
     pub registry: Arc<Registry>,
     /// Process managers.
@@ -52,7 +56,7 @@ impl Inner {
         if let Some(running) = running {
             running.stop()?;
         }
-        if let Some(store) = &self.rocks {
+        if let Some(store) = self.rocks.as_ref().filter(|_| self.owns_store) {
             store.close();
         }
         Ok(())

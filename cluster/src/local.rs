@@ -1,0 +1,356 @@
+//! The services a cluster runs on, started on this machine's loopback:
+//! JetStream servers (`nats-server`) and etcd members, each a child process
+//! with its own directory and ports, found by stored PID for the faults a
+//! test injects (kill -9, SIGSTOP, SIGCONT).
+//!
+//! The binaries come from `PATH`, or from `EVENTFOLD_NATS_SERVER` and
+//! `EVENTFOLD_ETCD`; `scripts/cluster-deps.sh` installs them when missing.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started service may take to answer before the start fails.
+pub const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the local services could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    /// A binary is not installed.
+    #[error("{binary} is not installed (run scripts/cluster-deps.sh, or set {variable})")]
+    Missing {
+        /// The binary.
+        binary: &'static str,
+        /// The variable that names it instead of `PATH`.
+        variable: &'static str,
+    },
+    /// Starting or signalling a process, or preparing its directory, failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A service did not answer within [`SERVICE_READY_TIMEOUT`].
+    #[error("{0} did not become ready in time")]
+    NotReady(String),
+    /// No such member.
+    #[error("no service named {0}")]
+    Unknown(String),
+}
+
+/// What kind of service a member is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A JetStream server.
+    Nats,
+    /// An etcd member.
+    Etcd,
+}
+
+/// One member of a local service cluster.
+#[derive(Debug)]
+pub struct Member {
+    /// Its name (`n1`, `e2`, …): the server name a JetStream leader is
+    /// reported by, the etcd member name.
+    pub name: String,
+    /// Which service.
+    pub kind: Kind,
+    /// The port clients connect to.
+    pub client_port: u16,
+    /// The port its peers connect to.
+    pub peer_port: u16,
+    /// Its data directory.
+    pub dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// The PID of its running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The URL clients use.
+    pub fn client_url(&self) -> String {
+        match self.kind {
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.client_port),
+            Kind::Etcd => format!("http://127.0.0.1:{}", self.client_port),
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), LaunchError> {
+        let binary = binary(self.kind)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .map_err(|source| io(format!("open the log of {}", self.name), source))?;
+        let errors = log
+            .try_clone()
+            .map_err(|source| io(format!("open the log of {}", self.name), source))?;
+        let child = Command::new(binary)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(errors)
+            .spawn()
+            .map_err(|source| io(format!("start {}", self.name), source))?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+fn io(what: String, source: std::io::Error) -> LaunchError {
+    LaunchError::Io { what, source }
+}
+
+/// The binary of a kind of service: its variable, else `PATH`.
+fn binary(kind: Kind) -> Result<PathBuf, LaunchError> {
+    let (binary, variable) = match kind {
+        Kind::Nats => ("nats-server", "EVENTFOLD_NATS_SERVER"),
+        Kind::Etcd => ("etcd", "EVENTFOLD_ETCD"),
+    };
+    if let Some(path) = std::env::var_os(variable) {
+        return Ok(PathBuf::from(path));
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(binary))
+            .find(|candidate| candidate.is_file())
+    });
+    found.ok_or(LaunchError::Missing { binary, variable })
+}
+
+/// Whether both services' binaries are installed.
+pub fn installed() -> Result<(), LaunchError> {
+    binary(Kind::Nats)?;
+    binary(Kind::Etcd)?;
+    Ok(())
+}
+
+/// A port free on loopback now (the kernel's choice; another process may
+/// take it before it is used, which a start then reports).
+fn free_port() -> Result<u16, LaunchError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|source| io("find a free port".into(), source))?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| io("find a free port".into(), source))?
+        .port();
+    Ok(port)
+}
+
+/// JetStream servers and etcd members on loopback, stopped when dropped.
+#[derive(Debug)]
+pub struct LocalServices {
+    members: Vec<Member>,
+}
+
+impl LocalServices {
+    /// Starts `nats` JetStream servers (one cluster) and `etcd` etcd
+    /// members under `dir`, and waits until each accepts connections.
+    pub fn start(dir: &Path, nats: usize, etcd: usize) -> Result<Self, LaunchError> {
+        installed()?;
+        let mut members = Vec::new();
+        let nats_ports = (0..nats)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<Vec<_>, LaunchError>>()?;
+        for (index, (client, peer)) in nats_ports.iter().enumerate() {
+            let name = format!("n{}", index + 1);
+            let member_dir = dir.join(&name);
+            std::fs::create_dir_all(&member_dir)
+                .map_err(|source| io(format!("create {}", member_dir.display()), source))?;
+            let routes: Vec<String> = nats_ports
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != index)
+                .map(|(_, (_, peer))| format!("nats-route://127.0.0.1:{peer}"))
+                .collect();
+            let config = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\n\
+                 jetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 4GB }}\n\
+                 {}",
+                member_dir.join("js").display(),
+                if nats > 1 {
+                    format!(
+                        "cluster {{ name: eventfold, listen: 127.0.0.1:{peer}, routes: [{}] }}\n",
+                        routes.join(", ")
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            let config_path = member_dir.join("nats.conf");
+            std::fs::write(&config_path, config)
+                .map_err(|source| io(format!("write {}", config_path.display()), source))?;
+            members.push(Member {
+                name,
+                kind: Kind::Nats,
+                client_port: *client,
+                peer_port: *peer,
+                dir: member_dir,
+                args: vec!["-c".into(), config_path.display().to_string()],
+                child: None,
+            });
+        }
+        let etcd_ports = (0..etcd)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<Vec<_>, LaunchError>>()?;
+        let initial: Vec<String> = etcd_ports
+            .iter()
+            .enumerate()
+            .map(|(index, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", index + 1))
+            .collect();
+        for (index, (client, peer)) in etcd_ports.iter().enumerate() {
+            let name = format!("e{}", index + 1);
+            let member_dir = dir.join(&name);
+            std::fs::create_dir_all(&member_dir)
+                .map_err(|source| io(format!("create {}", member_dir.display()), source))?;
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", member_dir.join("data").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-state=new".into(),
+                "--initial-cluster-token=eventfold".into(),
+                "--heartbeat-interval=100".into(),
+                "--election-timeout=1000".into(),
+                "--logger=zap".into(),
+            ];
+            members.push(Member {
+                name,
+                kind: Kind::Etcd,
+                client_port: *client,
+                peer_port: *peer,
+                dir: member_dir,
+                args,
+                child: None,
+            });
+        }
+        let mut services = Self { members };
+        for member in &mut services.members {
+            member.spawn()?;
+        }
+        for member in &services.members {
+            wait_listening(member)?;
+        }
+        Ok(services)
+    }
+
+    /// Every member.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The client URLs of the JetStream servers.
+    pub fn nats_urls(&self) -> Vec<String> {
+        self.urls(Kind::Nats)
+    }
+
+    /// The client URLs of the etcd members.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.urls(Kind::Etcd)
+    }
+
+    fn urls(&self, kind: Kind) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(Member::client_url)
+            .collect()
+    }
+
+    fn member_mut(&mut self, name: &str) -> Result<&mut Member, LaunchError> {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .ok_or_else(|| LaunchError::Unknown(name.into()))
+    }
+
+    /// Sends `signal` to the member named `name` by its stored PID.
+    pub fn signal(&mut self, name: &str, signal: i32) -> Result<(), LaunchError> {
+        let member = self.member_mut(name)?;
+        let pid = member
+            .pid()
+            .ok_or_else(|| LaunchError::Unknown(format!("{name} (not running)")))?;
+        signal_pid(pid, signal)
+    }
+
+    /// kill -9 of the member named `name`; waits for the process to end.
+    pub fn kill(&mut self, name: &str) -> Result<(), LaunchError> {
+        let member = self.member_mut(name)?;
+        if let Some(mut child) = member.child.take() {
+            signal_pid(child.id(), libc::SIGKILL)?;
+            child
+                .wait()
+                .map_err(|source| io(format!("wait for {name}"), source))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the member named `name` again, on its ports and its directory.
+    pub fn restart(&mut self, name: &str) -> Result<(), LaunchError> {
+        let member = self.member_mut(name)?;
+        if member.kind == Kind::Etcd {
+            // A member that rejoins is no longer in the initial cluster.
+            for arg in &mut member.args {
+                if arg == "--initial-cluster-state=new" {
+                    *arg = "--initial-cluster-state=existing".into();
+                }
+            }
+        }
+        member.spawn()?;
+        wait_listening(member)
+    }
+}
+
+impl Drop for LocalServices {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                // A stopped process must be continued to die of SIGKILL's
+                // wait; SIGKILL itself ends it either way.
+                let _ = signal_pid(child.id(), libc::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal_pid(pid: u32, signal: i32) -> Result<(), LaunchError> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| LaunchError::Unknown(format!("process {pid}")))?;
+    // SAFETY: kill(2) takes any pid and signal number and reports misuse
+    // through its return value; no memory is shared.
+    let result = unsafe { libc::kill(pid, signal) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io(
+            format!("signal {signal} to process {pid}"),
+            std::io::Error::last_os_error(),
+        ))
+    }
+}
+
+/// Waits until the member accepts TCP connections on its client port.
+fn wait_listening(member: &Member) -> Result<(), LaunchError> {
+    let started = Instant::now();
+    while started.elapsed() < SERVICE_READY_TIMEOUT {
+        if std::net::TcpStream::connect(("127.0.0.1", member.client_port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(LaunchError::NotReady(member.name.clone()))
+}

@@ -1,0 +1,394 @@
+//! `ClusterNode`: one eventfold node of a cluster. It runs a runtime whose
+//! store is a [`ClusterStore`] (appends to JetStream, reads from its
+//! replica), keeps its membership and claims in etcd, listens for the
+//! commands of the partitions it holds, and sends the others' to their
+//! owners.
+
+use crate::claims::Claims;
+use crate::follower::{self, Progress};
+use crate::log::{Log, LogConfig, LogError};
+use crate::ownership::{self, OwnershipConfig};
+use crate::partition::partition_of;
+use crate::route::{self, ClusterCommandError, RoutedReply, Routes};
+use crate::store::ClusterStore;
+use eventfold_runtime::domain::{Aggregate, StreamId};
+use eventfold_runtime::storage::{Durability, OpenError, RocksStore, StoreOptions};
+use eventfold_runtime::{CommandOutcome, ExecuteOptions, Runtime, RuntimeBuilder, RuntimeHandle};
+use futures::StreamExt;
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Threads of the runtime that serves the node's log traffic (appends,
+/// the follower, ownership, command routes).
+pub const IO_THREADS: usize = 2;
+/// How long a routed command waits for its owner's answer when its
+/// options give no timeout.
+pub const ROUTED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node needs to join a cluster.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node's name, unique in the cluster.
+    pub node: String,
+    /// The cluster's name (its etcd keys).
+    pub cluster: String,
+    /// Partitions of the cluster (the same on every node, for its life).
+    pub partitions: u32,
+    /// JetStream servers.
+    pub nats_urls: Vec<String>,
+    /// etcd endpoints.
+    pub etcd_endpoints: Vec<String>,
+    /// The replica's directory.
+    pub dir: PathBuf,
+    /// The log's layout.
+    pub log: LogConfig,
+    /// The lease's time to live.
+    pub lease_ttl: Duration,
+    /// How often ownership is rebalanced.
+    pub rebalance_every: Duration,
+}
+
+impl NodeConfig {
+    /// A node named `node` of `cluster`, its replica in `dir`.
+    pub fn new(cluster: &str, node: &str, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node: node.into(),
+            cluster: cluster.into(),
+            partitions: 32,
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            dir: dir.into(),
+            log: LogConfig::default(),
+            lease_ttl: Duration::from_secs(5),
+            rebalance_every: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node's own async runtime could not start.
+    #[error("the node's I/O runtime: {0}")]
+    Io(#[from] std::io::Error),
+    /// The replica could not be opened.
+    #[error("the replica: {0}")]
+    Replica(#[from] OpenError),
+    /// The log could not be reached or laid out.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// etcd could not be reached.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// The runtime did not start.
+    #[error("the runtime: {0}")]
+    Runtime(#[from] eventfold_runtime::StartError),
+    /// Too many partitions.
+    #[error("{0} partitions, more than {max}", max = crate::partition::PARTITIONS_MAX)]
+    Partitions(u32),
+}
+
+/// Configures a node: its aggregates (executed here, and for other nodes
+/// when it owns them) and the rest of its runtime.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    routes: Routes,
+    runtime: RuntimeBuilder,
+}
+
+impl NodeBuilder {
+    /// Registers `A` with the runtime and routes its commands.
+    pub fn aggregate<A: Aggregate>(mut self) -> Self
+    where
+        A::Error: Serialize + DeserializeOwned,
+    {
+        self.routes.add::<A>();
+        self.runtime = self.runtime.aggregate::<A>();
+        self
+    }
+
+    /// Configures the rest of the runtime (projections, process managers,
+    /// settings); its store is the cluster's.
+    pub fn runtime(mut self, configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> Self {
+        self.runtime = configure(self.runtime);
+        self
+    }
+
+    /// Joins the cluster: opens the replica, starts following the log,
+    /// registers in etcd, starts the runtime.
+    pub fn start(self) -> Result<ClusterNode, NodeError> {
+        let config = self.config;
+        if config.partitions == 0 || config.partitions > crate::partition::PARTITIONS_MAX {
+            return Err(NodeError::Partitions(config.partitions));
+        }
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(IO_THREADS)
+            .thread_name(format!("eventfold-{}-io", config.node))
+            .enable_all()
+            .build()?;
+        // The replica is rebuilt from the log whenever it is lost: it
+        // waits for no sync of its own (see ARCHITECTURE.md, "Cluster").
+        let options = StoreOptions {
+            durability: Durability::Buffered,
+            ..StoreOptions::default()
+        };
+        let replica = RocksStore::open(&config.dir, options)?;
+        let log = io.block_on(Log::connect(&config.nats_urls, config.log.clone()))?;
+        let etcd = io.block_on(etcd_client::Client::connect(&config.etcd_endpoints, None))?;
+        let progress = {
+            let _entered = io.enter();
+            follower::start(log.clone(), replica.clone())
+        };
+        let claims = Claims::new(config.partitions);
+        let store = ClusterStore::new(
+            replica.clone(),
+            log.clone(),
+            progress.clone(),
+            Arc::clone(&claims),
+            config.partitions,
+            io.handle(),
+        );
+        let runtime = self
+            .runtime
+            .store(Arc::new(store.clone()), Some(replica.clone()))
+            .start()?;
+        let (stop, stopped) = watch::channel(false);
+        let mut ownership_config =
+            OwnershipConfig::new(&config.cluster, &config.node, config.partitions);
+        ownership_config.lease_ttl = config.lease_ttl;
+        ownership_config.rebalance_every = config.rebalance_every;
+        let ownership = io.spawn(ownership::run(
+            ownership_config,
+            etcd,
+            log.clone(),
+            progress.clone(),
+            Arc::clone(&claims),
+            stopped.clone(),
+        ));
+        let routes = Arc::new(self.routes);
+        io.spawn(listen(
+            log.clone(),
+            Arc::clone(&claims),
+            routes,
+            runtime.clone(),
+            stopped,
+        ));
+        Ok(ClusterNode {
+            config,
+            io: Some(io),
+            runtime,
+            store,
+            log,
+            claims,
+            progress,
+            stop,
+            ownership: Some(ownership),
+        })
+    }
+}
+
+/// One node of a cluster.
+pub struct ClusterNode {
+    config: NodeConfig,
+    io: Option<tokio::runtime::Runtime>,
+    runtime: RuntimeHandle,
+    store: ClusterStore,
+    log: Log,
+    claims: Arc<Claims>,
+    progress: Progress,
+    stop: watch::Sender<bool>,
+    ownership: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ClusterNode {
+    /// A node to configure.
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            routes: Routes::default(),
+            runtime: Runtime::builder(),
+        }
+    }
+
+    /// The node's runtime (queries, projections, process managers).
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.runtime
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &ClusterStore {
+        &self.store
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.config.node
+    }
+
+    /// The partitions this node holds now.
+    pub fn partitions(&self) -> Vec<u32> {
+        self.claims.held().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// The last log position the replica applied.
+    pub fn applied(&self) -> u64 {
+        self.progress.applied()
+    }
+
+    /// The partition of aggregate `id` of `A`.
+    pub fn partition_of<A: Aggregate>(&self, id: &str) -> Option<u32> {
+        let stream = StreamId::for_aggregate(A::KIND, id).ok()?;
+        Some(partition_of(stream.as_str(), self.config.partitions))
+    }
+
+    /// Executes a command of `A` on the node that owns its partition:
+    /// here, or sent to the owner.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> Result<CommandOutcome<A::Event>, ClusterCommandError<A::Error>>
+    where
+        A::Error: DeserializeOwned,
+    {
+        let stream = StreamId::for_aggregate(A::KIND, id).map_err(|e| {
+            ClusterCommandError::Local(eventfold_runtime::CommandError::InvalidId(e))
+        })?;
+        let partition = partition_of(stream.as_str(), self.config.partitions);
+        if self.claims.active(partition).is_some() {
+            return self
+                .runtime
+                .execute_with::<A>(id, command, options)
+                .await
+                .map_err(|e| route::local_error(e, partition));
+        }
+        let timeout = options.timeout.unwrap_or(ROUTED_TIMEOUT);
+        let routed =
+            route::routed::<A>(id, &command, &options).map_err(ClusterCommandError::Encoding)?;
+        let bytes = route::encode(&routed).map_err(ClusterCommandError::Encoding)?;
+        let subject = self.log.subjects().commands(partition);
+        let client = self.log.client().clone();
+        let request = async move {
+            let reply = tokio::time::timeout(timeout, client.request(subject, bytes.into())).await;
+            match reply {
+                Err(_) => Err(ClusterCommandError::Timeout(timeout)),
+                Ok(Err(error)) => match error.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        Err(ClusterCommandError::OwnerUnavailable { partition })
+                    }
+                    async_nats::RequestErrorKind::TimedOut => {
+                        Err(ClusterCommandError::Timeout(timeout))
+                    }
+                    _ => Err(ClusterCommandError::OwnerUnavailable { partition }),
+                },
+                Ok(Ok(message)) => route::decode::<RoutedReply>(&message.payload)
+                    .map_err(ClusterCommandError::Encoding),
+            }
+        };
+        // The request runs on the node's I/O runtime, whatever runs the caller.
+        let io = self
+            .io
+            .as_ref()
+            .map(|io| io.handle().clone())
+            .ok_or(ClusterCommandError::OwnerUnavailable { partition })?;
+        let reply = io
+            .spawn(request)
+            .await
+            .map_err(|_| ClusterCommandError::OwnerUnavailable { partition })??;
+        route::answer_of::<A>(reply)
+    }
+
+    /// Leaves the cluster: hands every partition off (no new appends,
+    /// those under way finish, claims released), stops the runtime, then
+    /// the follower, and closes the replica.
+    pub fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let (Some(io), Some(ownership)) = (self.io.as_ref(), self.ownership.take()) {
+            let _ = io.block_on(ownership);
+        }
+        if let Err(error) = self.runtime.shutdown_blocking() {
+            tracing::warn!(%error, "the node's runtime did not stop cleanly");
+        }
+        if let Some(io) = self.io.take() {
+            io.shutdown_timeout(Duration::from_secs(5));
+        }
+        self.store.replica().close();
+    }
+}
+
+/// Listens on the command subject of each partition while it is held.
+async fn listen(
+    log: Log,
+    claims: Arc<Claims>,
+    routes: Arc<Routes>,
+    runtime: RuntimeHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = claims.subscribe();
+    let mut listening: HashMap<u32, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let held: Vec<u32> = claims
+            .held()
+            .into_iter()
+            .filter(|(_, c)| !c.draining)
+            .map(|(p, _)| p)
+            .collect();
+        listening.retain(|partition, task| {
+            let keep = held.contains(partition);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for partition in held {
+            if listening.contains_key(&partition) {
+                continue;
+            }
+            let subject = log.subjects().commands(partition);
+            let Ok(mut requests) = log.client().subscribe(subject).await else {
+                continue; // tried again on the next change
+            };
+            let client = log.client().clone();
+            let routes = Arc::clone(&routes);
+            let runtime = runtime.clone();
+            let claims = Arc::clone(&claims);
+            listening.insert(
+                partition,
+                tokio::spawn(async move {
+                    while let Some(request) = requests.next().await {
+                        let Some(reply_to) = request.reply.clone() else {
+                            continue;
+                        };
+                        let client = client.clone();
+                        let routes = Arc::clone(&routes);
+                        let runtime = runtime.clone();
+                        let claims = Arc::clone(&claims);
+                        tokio::spawn(async move {
+                            let reply = if claims.active(partition).is_some() {
+                                routes.handle(runtime, &request.payload, partition).await
+                            } else {
+                                RoutedReply::OwnerUnavailable(partition)
+                            };
+                            if let Ok(bytes) = route::encode(&reply) {
+                                let _ = client.publish(reply_to, bytes.into()).await;
+                            }
+                        });
+                    }
+                }),
+            );
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = stop.changed() => break,
+        }
+    }
+    for (_, task) in listening {
+        task.abort();
+    }
+}

@@ -1,0 +1,334 @@
+//! Membership and partition ownership in etcd.
+//!
+//! A node keeps a lease (`lease_ttl`, renewed every third of it) and, under
+//! it, its member key. Every `rebalance_every` it reads the members and
+//! computes by rendezvous hashing the partitions it should own. For each
+//! one it does not hold it writes the claim key in a transaction that
+//! requires the key not to exist; the key's create revision is the claim's
+//! token. It then writes the claim's marker to the log (which fences every
+//! earlier claim's appends) and waits until its replica has applied the
+//! marker, so that every event of the partition before it is in the
+//! replica, and only then holds the claim. A partition it holds but should
+//! not is handed off: no new append starts, those under way finish, the
+//! claim is dropped and its key deleted.
+//!
+//! A lease that cannot be renewed before it runs out drops every claim at
+//! once; the log's fence makes any append still on its way fail.
+
+use crate::claims::{Claim, Claims};
+use crate::follower::Progress;
+use crate::log::{Log, LogError};
+use crate::partition::partitions_of;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Attempts to write a claim's marker when another marker came between
+/// reading the last and writing.
+pub const FENCE_ATTEMPTS_MAX: usize = 5;
+
+/// How membership and ownership run.
+#[derive(Clone, Debug)]
+pub struct OwnershipConfig {
+    /// The cluster's name: its keys live under `/eventfold/{cluster}/`.
+    pub cluster: String,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// The number of partitions (fixed for the cluster's life).
+    pub partitions: u32,
+    /// The lease's time to live (whole seconds, at least 2).
+    pub lease_ttl: Duration,
+    /// How often members and claims are compared.
+    pub rebalance_every: Duration,
+    /// How long a hand-off waits for appends under way.
+    pub handoff_timeout: Duration,
+}
+
+impl OwnershipConfig {
+    /// Defaults for `node` in `cluster` with `partitions`.
+    pub fn new(cluster: &str, node: &str, partitions: u32) -> Self {
+        Self {
+            cluster: cluster.into(),
+            node: node.into(),
+            partitions,
+            lease_ttl: Duration::from_secs(5),
+            rebalance_every: Duration::from_millis(250),
+            handoff_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("/eventfold/{}", self.cluster)
+    }
+
+    fn member_key(&self, node: &str) -> String {
+        format!("{}/members/{node}", self.base())
+    }
+
+    fn owner_key(&self, partition: u32) -> String {
+        format!("{}/owners/{partition}", self.base())
+    }
+}
+
+/// Why an ownership step failed (each is retried on the next round).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OwnershipError {
+    /// etcd refused or did not answer.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// The log did not take the claim's marker.
+    #[error("the claim's marker: {0}")]
+    Log(#[from] LogError),
+    /// The replica stopped before it applied the marker.
+    #[error("the replica: {0}")]
+    Replica(#[from] crate::follower::FollowError),
+    /// The lease ran out.
+    #[error("the lease ran out")]
+    LeaseLost,
+}
+
+/// Runs membership and ownership until `stop` turns true; then hands every
+/// partition off and revokes the lease.
+pub async fn run(
+    config: OwnershipConfig,
+    mut etcd: Client,
+    log: Log,
+    progress: Progress,
+    claims: Arc<Claims>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let owner = Owner {
+        config,
+        log,
+        progress,
+        claims,
+    };
+    while !*stop.borrow() {
+        if let Err(error) = owner.session(&mut etcd, &mut stop).await {
+            tracing::warn!(node = %owner.config.node, %error, "ownership session ended");
+            owner.claims.clear();
+            tokio::select! {
+                _ = tokio::time::sleep(owner.config.rebalance_every) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+struct Owner {
+    config: OwnershipConfig,
+    log: Log,
+    progress: Progress,
+    claims: Arc<Claims>,
+}
+
+impl Owner {
+    /// One lease's life: register, keep it, rebalance; returns when the
+    /// lease is lost (an error) or the node stops (after the hand-off).
+    async fn session(
+        &self,
+        etcd: &mut Client,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), OwnershipError> {
+        let ttl = self.config.lease_ttl.as_secs().max(2);
+        let granted_at = Instant::now();
+        let lease = etcd.lease_grant(ttl as i64, None).await?.id();
+        let ttl = Duration::from_secs(ttl);
+        // The lease runs out `ttl` after the last renewal etcd took, which
+        // was after it was sent: sent + ttl is a safe bound. A fifth of it
+        // is kept in hand for clocks and scheduling.
+        let margin = ttl / 5;
+        let mut deadline = granted_at + ttl;
+        etcd.put(
+            self.config.member_key(&self.config.node),
+            self.config.node.as_bytes(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+        let (mut keeper, mut answers) = etcd.lease_keep_alive(lease).await?;
+        let mut renew = tokio::time::interval(ttl / 3);
+        let mut rebalance = tokio::time::interval(self.config.rebalance_every);
+        loop {
+            if Instant::now() + margin >= deadline {
+                self.claims.clear();
+                return Err(OwnershipError::LeaseLost);
+            }
+            tokio::select! {
+                _ = renew.tick() => {
+                    let sent = Instant::now();
+                    let renewed = async {
+                        keeper.keep_alive().await?;
+                        answers.message().await
+                    };
+                    match tokio::time::timeout(deadline.saturating_duration_since(sent), renewed).await {
+                        Ok(Ok(Some(answer))) if answer.ttl() > 0 => deadline = sent + ttl,
+                        Ok(Ok(_)) => {
+                            self.claims.clear();
+                            return Err(OwnershipError::LeaseLost);
+                        }
+                        Ok(Err(error)) => {
+                            // The connection broke (an etcd member died):
+                            // a new keeper on another member, same lease.
+                            tracing::debug!(%error, "lease renewal failed; reconnecting");
+                            if let Ok((k, a)) = etcd.lease_keep_alive(lease).await {
+                                keeper = k;
+                                answers = a;
+                            }
+                        }
+                        Err(_) => {
+                            self.claims.clear();
+                            return Err(OwnershipError::LeaseLost);
+                        }
+                    }
+                }
+                _ = rebalance.tick() => {
+                    if let Err(error) = self.rebalance(etcd, lease, deadline - margin).await {
+                        tracing::debug!(node = %self.config.node, %error, "rebalance round failed");
+                    }
+                }
+                _ = stop.changed() => {
+                    self.hand_off_all(etcd).await;
+                    let _ = etcd.lease_revoke(lease).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Claims what this node should own and hands off what it should not.
+    async fn rebalance(
+        &self,
+        etcd: &mut Client,
+        lease: i64,
+        valid_until: Instant,
+    ) -> Result<(), OwnershipError> {
+        let prefix = format!("{}/members/", self.config.base());
+        let members: Vec<String> = etcd
+            .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
+            .await?
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.value_str().ok().map(str::to_owned))
+            .collect();
+        let desired: BTreeSet<u32> =
+            partitions_of(&self.config.node, &members, self.config.partitions)
+                .into_iter()
+                .collect();
+        let held: BTreeSet<u32> = self.claims.held().into_iter().map(|(p, _)| p).collect();
+        for partition in held.difference(&desired) {
+            self.hand_off(etcd, *partition).await?;
+        }
+        for partition in desired.difference(&held) {
+            if Instant::now() >= valid_until {
+                return Err(OwnershipError::LeaseLost);
+            }
+            self.claim(etcd, lease, *partition).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims `partition` if nobody holds it.
+    async fn claim(
+        &self,
+        etcd: &mut Client,
+        lease: i64,
+        partition: u32,
+    ) -> Result<(), OwnershipError> {
+        let key = self.config.owner_key(partition);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                self.config.node.as_bytes(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let answer = etcd.txn(txn).await?;
+        if !answer.succeeded() {
+            return Ok(()); // held by another node, which hands it off in time
+        }
+        let token = answer
+            .header()
+            .map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0));
+        let mut fence = None;
+        for _ in 0..FENCE_ATTEMPTS_MAX {
+            let after = self
+                .log
+                .last_fence(partition)
+                .await?
+                .map_or(0, |f| f.sequence);
+            match self
+                .log
+                .write_fence(partition, token, &self.config.node, after)
+                .await
+            {
+                Ok(written) => {
+                    fence = Some(written);
+                    break;
+                }
+                // Another marker came between: a claim older than ours
+                // (etcd says ours is current); write after it.
+                Err(LogError::WrongLastSequence { .. }) => continue,
+                Err(error) => {
+                    self.release_key(etcd, partition).await;
+                    return Err(error.into());
+                }
+            }
+        }
+        let Some(fence) = fence else {
+            self.release_key(etcd, partition).await;
+            return Ok(());
+        };
+        self.progress.wait_for(fence.sequence).await?;
+        self.claims.insert(
+            partition,
+            Claim {
+                token,
+                fence,
+                draining: false,
+            },
+        );
+        tracing::info!(node = %self.config.node, partition, token, "claimed");
+        Ok(())
+    }
+
+    /// Hands `partition` off: no new appends, those under way finish, the
+    /// claim and its key go.
+    async fn hand_off(&self, etcd: &mut Client, partition: u32) -> Result<(), OwnershipError> {
+        self.claims.drain(partition);
+        let started = Instant::now();
+        while self.claims.in_flight(partition) > 0
+            && started.elapsed() < self.config.handoff_timeout
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.claims.remove(partition);
+        self.release_key(etcd, partition).await;
+        tracing::info!(node = %self.config.node, partition, "handed off");
+        Ok(())
+    }
+
+    async fn hand_off_all(&self, etcd: &mut Client) {
+        for (partition, _) in self.claims.held() {
+            let _ = self.hand_off(etcd, partition).await;
+        }
+    }
+
+    /// Deletes the claim key of `partition` if it is still this node's.
+    async fn release_key(&self, etcd: &mut Client, partition: u32) {
+        let key = self.config.owner_key(partition);
+        let txn = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.config.node.as_bytes(),
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        if let Err(error) = etcd.txn(txn).await {
+            tracing::debug!(partition, %error, "releasing a claim key failed; its lease ends it");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The cluster's log as JetStream holds it, byte for byte (see
+//! `docs/format.md`, "The cluster's log"): the subjects, the headers each
+//! message carries, and the payload of an event message, which is the
+//! store's own record encoding (checksummed) at a placeholder position.
+
+use async_nats::HeaderMap;
+use eventfold_runtime::domain::{CommandId, NewEvent, StreamId, Timestamp};
+use eventfold_runtime::storage::{ReplicatedAppend, decoders};
+
+/// The header naming the claim's token an event was written under.
+pub const HEADER_TOKEN: &str = "Ef-Token";
+/// The header `i/n`: the event's index in its append, and the append's
+/// event count.
+pub const HEADER_APPEND: &str = "Ef-Append";
+/// The header holding the append's command id.
+pub const HEADER_COMMAND: &str = "Ef-Command";
+/// The header naming the node that wrote a claim marker.
+pub const HEADER_NODE: &str = "Ef-Node";
+
+/// The subjects of one cluster's log.
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (a NATS token: letters, digits, `-`, `_`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Every subject of the log (the stream's subject filter).
+    pub fn all(&self) -> Vec<String> {
+        vec![
+            format!("{}.e.>", self.prefix),
+            format!("{}.fence.*", self.prefix),
+        ]
+    }
+
+    /// The subject of `stream`'s events, in `partition`: the stream id in
+    /// hex, since ids may hold characters subjects cannot (`.`, `*`, `>`).
+    pub fn events(&self, partition: u32, stream: &StreamId) -> String {
+        let mut subject = format!("{}.e.{partition}.", self.prefix);
+        for byte in stream.as_str().as_bytes() {
+            subject.push_str(&format!("{byte:02x}"));
+        }
+        subject
+    }
+
+    /// The subject of `partition`'s claim markers: every event of the
+    /// partition is accepted only while the last marker on it is the one
+    /// its writer claimed with.
+    pub fn fence(&self, partition: u32) -> String {
+        format!("{}.fence.{partition}", self.prefix)
+    }
+
+    /// The subject commands for `partition` are sent to; its owner alone
+    /// listens.
+    pub fn commands(&self, partition: u32) -> String {
+        format!("{}.cmd.{partition}", self.prefix)
+    }
+
+    /// The partition of a fence subject, when `subject` is one.
+    pub fn fence_partition(&self, subject: &str) -> Option<u32> {
+        subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".fence.")?
+            .parse()
+            .ok()
+    }
+
+    /// The partition of an events subject, when `subject` is one.
+    pub fn events_partition(&self, subject: &str) -> Option<u32> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".e.")?;
+        rest.split('.').next()?.parse().ok()
+    }
+}
+
+/// The message id of event `index` of an append: with a command id, one
+/// derived from it, so that JetStream drops a retried append as a
+/// duplicate within its window; else the event's own id.
+pub fn message_id(command: Option<CommandId>, event: &NewEvent, index: usize) -> String {
+    match command {
+        Some(id) => format!("{id}.{index}"),
+        None => event.metadata.event_id.to_string(),
+    }
+}
+
+/// The headers of event `index` of `count`, written under the claim with
+/// `token` whose marker is at `fence_sequence` on `fence_subject`.
+pub struct EventHeaders<'a> {
+    /// The partition's fence subject.
+    pub fence_subject: &'a str,
+    /// The sequence of the claim's marker.
+    pub fence_sequence: u64,
+    /// The claim's token.
+    pub token: u64,
+    /// The append's command id.
+    pub command: Option<CommandId>,
+}
+
+impl EventHeaders<'_> {
+    /// The headers of event `index` of `count`.
+    pub fn build(&self, event: &NewEvent, index: usize, count: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            message_id(self.command, event, index).as_str(),
+        );
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            self.fence_sequence.to_string().as_str(),
+        );
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            self.fence_subject,
+        );
+        headers.insert(HEADER_TOKEN, self.token.to_string().as_str());
+        headers.insert(HEADER_APPEND, format!("{index}/{count}").as_str());
+        if let Some(id) = self.command {
+            headers.insert(HEADER_COMMAND, id.to_string().as_str());
+        }
+        headers
+    }
+}
+
+/// The position an event message's record says: a placeholder (the
+/// store's records never hold 0), since the log's sequence is the position.
+pub const WIRE_POSITION: u64 = 1;
+
+/// The payload of an event message: the store's record of `event` at
+/// [`WIRE_POSITION`], its `version`, time 0 (the log's time is
+/// JetStream's).
+pub fn encode_event(stream: &StreamId, event: &NewEvent, version: u64) -> bytes::Bytes {
+    decoders::encode_record(
+        stream,
+        event,
+        WIRE_POSITION,
+        version,
+        Timestamp::from_micros(0),
+    )
+    .into()
+}
+
+/// Why a message of the log could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The payload is not an event record (its checksum or a length fails).
+    #[error("message {sequence}: {source}")]
+    Corrupt {
+        /// The message's sequence.
+        sequence: u64,
+        /// What the record decoder found.
+        #[source]
+        source: eventfold_runtime::storage::Corruption,
+    },
+    /// A header is missing or malformed.
+    #[error("message {sequence}: header {header} is missing or malformed")]
+    Header {
+        /// The message's sequence.
+        sequence: u64,
+        /// The header.
+        header: &'static str,
+    },
+    /// An append's messages do not follow each other (an index out of
+    /// order, another stream in the middle).
+    #[error("message {sequence}: not the next event of the append before it")]
+    Interleaved {
+        /// The message's sequence.
+        sequence: u64,
+    },
+}
+
+/// One event message as the follower reads it.
+pub struct EventMessage<'a> {
+    /// Its stream sequence: the event's position.
+    pub sequence: u64,
+    /// Its headers.
+    pub headers: Option<&'a HeaderMap>,
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
+/// What an event message says, decoded.
+pub struct DecodedEvent {
+    /// The event.
+    pub event: NewEvent,
+    /// Its stream.
+    pub stream: StreamId,
+    /// Its version.
+    pub version: u64,
+    /// Its index in its append and the append's count.
+    pub index: usize,
+    /// The append's event count.
+    pub count: usize,
+    /// The claim token it was written under.
+    pub token: u64,
+    /// The append's command id.
+    pub command: Option<CommandId>,
+}
+
+fn header<'a>(message: &EventMessage<'a>, name: &'static str) -> Option<&'a str> {
+    message
+        .headers
+        .and_then(|h| h.get(name))
+        .map(|value| value.as_str())
+}
+
+/// Decodes an event message.
+pub fn decode_event(message: &EventMessage<'_>) -> Result<DecodedEvent, WireError> {
+    let sequence = message.sequence;
+    let record = decoders::record(&WIRE_POSITION.to_be_bytes(), message.payload)
+        .map_err(|source| WireError::Corrupt { sequence, source })?;
+    let malformed = |header| WireError::Header { sequence, header };
+    let (index, count) = header(message, HEADER_APPEND)
+        .and_then(|value| value.split_once('/'))
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .filter(|(i, n)| i < n)
+        .ok_or_else(|| malformed(HEADER_APPEND))?;
+    let token = header(message, HEADER_TOKEN)
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| malformed(HEADER_TOKEN))?;
+    let command = match header(message, HEADER_COMMAND) {
+        None => None,
+        Some(value) => Some(
+            value
+                .parse::<uuid::Uuid>()
+                .map(CommandId::from)
+                .map_err(|_| malformed(HEADER_COMMAND))?,
+        ),
+    };
+    Ok(DecodedEvent {
+        event: NewEvent {
+            event_type: record.event_type,
+            schema_version: record.schema_version,
+            payload: record.payload,
+            metadata: record.metadata,
+        },
+        stream: record.stream_id,
+        version: record.version,
+        index,
+        count,
+        token,
+        command,
+    })
+}
+
+/// Gathers the messages of one append into the entry a replica writes.
+#[derive(Default)]
+pub struct AppendAssembler {
+    open: Option<ReplicatedAppend>,
+}
+
+impl AppendAssembler {
+    /// Takes the next event message; the whole append once its last event
+    /// has come.
+    pub fn push(
+        &mut self,
+        sequence: u64,
+        recorded_at: Timestamp,
+        decoded: DecodedEvent,
+    ) -> Result<Option<ReplicatedAppend>, WireError> {
+        let interleaved = || WireError::Interleaved { sequence };
+        match &mut self.open {
+            None => {
+                if decoded.index != 0 {
+                    return Err(interleaved());
+                }
+                self.open = Some(ReplicatedAppend {
+                    first_position: sequence,
+                    stream: decoded.stream,
+                    first_version: decoded.version,
+                    recorded_at,
+                    events: vec![decoded.event],
+                    command_id: decoded.command,
+                });
+            }
+            Some(open) => {
+                let next = open.events.len();
+                if decoded.index != next
+                    || decoded.stream != open.stream
+                    || decoded.version != open.first_version + next as u64
+                    || sequence != open.first_position + next as u64
+                {
+                    return Err(interleaved());
+                }
+                open.events.push(decoded.event);
+            }
+        }
+        if decoded.index + 1 == decoded.count {
+            Ok(self.open.take())
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Whether an append is half read.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+}

@@ -97,15 +97,19 @@ fi
 missing=()
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 have_libclang || missing+=(libclang-dev)
+# The cluster crate's etcd client compiles etcd's protocol files with protoc
+# (PROTOC names another one).
+[ -n "${PROTOC:-}" ] || command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "eventfold: installing build dependencies: ${missing[*]}" >&2
   if command -v apt-get >/dev/null 2>&1; then
     apt_install "${missing[@]}"
   else
-    echo "error: missing ${missing[*]} and no apt-get here. Install a C++ compiler and libclang" >&2
+    echo "error: missing ${missing[*]} and no apt-get here. Install a C++ compiler, libclang" >&2
     echo "       (LLVM's clang library; Fedora: clang-devel, macOS: xcode-select --install)," >&2
-    echo "       or point LIBCLANG_PATH at the directory holding libclang.so." >&2
+    echo "       or point LIBCLANG_PATH at the directory holding libclang.so, and protoc" >&2
+    echo "       (Protocol Buffers' compiler; Fedora: protobuf-compiler, macOS: brew install protobuf)." >&2
     exit 1
   fi
   have_libclang || { echo "error: libclang is still missing after installing ${missing[*]}" >&2; exit 1; }

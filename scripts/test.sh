@@ -16,6 +16,8 @@ if [ -z "${EVENTFOLD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 \
     exit 1
   fi
 fi
+# The cluster's tests start JetStream servers and etcd members of their own.
+source scripts/cluster-deps.sh
 echo "== libclang detection"
 bash scripts/tests/libclang-detection.sh
 echo "== cargo fmt --check"

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 /// JetStream's error code for a failed expected-sequence check.
 pub const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// JetStream's error code for an atomic batch holding a message id it has
+/// seen within its window: the batch was sent before and landed.
+pub const BATCH_DUPLICATE_MESSAGE_ID: u64 = 10201;
 
 /// How the log is laid out and reached.
 #[derive(Clone, Debug)]
@@ -91,6 +94,13 @@ pub enum LogError {
     /// fenced by a newer one; for a marker, another marker came first.
     #[error("the log refused the write: {description}")]
     WrongLastSequence {
+        /// JetStream's words.
+        description: String,
+    },
+    /// An atomic batch was sent before and landed (JetStream knows its
+    /// message ids); unlike a single message, it does not say where.
+    #[error("the append landed before: {description}")]
+    AlreadyLanded {
         /// JetStream's words.
         description: String,
     },
@@ -400,6 +410,11 @@ fn read_answer(payload: &[u8]) -> Result<Landed, LogError> {
     if let Some(error) = answer.error {
         if error.err_code == WRONG_LAST_SEQUENCE {
             return Err(LogError::WrongLastSequence {
+                description: error.description,
+            });
+        }
+        if error.err_code == BATCH_DUPLICATE_MESSAGE_ID {
+            return Err(LogError::AlreadyLanded {
                 description: error.description,
             });
         }

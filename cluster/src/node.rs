@@ -162,12 +162,30 @@ impl NodeBuilder {
             OwnershipConfig::new(&config.cluster, &config.node, config.partitions);
         ownership_config.lease_ttl = config.lease_ttl;
         ownership_config.rebalance_every = config.rebalance_every;
+        let release: ownership::Release = {
+            let runtime = runtime.clone();
+            let partitions = config.partitions;
+            Arc::new(move |partition| {
+                let runtime = runtime.clone();
+                Box::pin(async move {
+                    runtime
+                        .release_streams(move |stream| {
+                            partition_of(stream.as_str(), partitions) == partition
+                        })
+                        .await;
+                })
+            })
+        };
+        let parts = ownership::Parts {
+            log: log.clone(),
+            progress: progress.clone(),
+            claims: Arc::clone(&claims),
+            release,
+        };
         let ownership = io.spawn(ownership::run(
             ownership_config,
             etcd,
-            log.clone(),
-            progress.clone(),
-            Arc::clone(&claims),
+            parts,
             stopped.clone(),
         ));
         let routes = Arc::new(self.routes);

@@ -21,6 +21,8 @@ use crate::log::{Log, LogError};
 use crate::partition::partitions_of;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -91,26 +93,42 @@ pub enum OwnershipError {
     LeaseLost,
 }
 
+/// Lets go of what a node holds of a partition's aggregates (their actors
+/// and cached states): called before a claim is used, since another node
+/// may have written them meanwhile, and after one is lost.
+pub type Release = Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// What the ownership loop works with.
+pub struct Parts {
+    /// The log, for the claims' markers.
+    pub log: Log,
+    /// The replica's progress, to wait for a marker.
+    pub progress: Progress,
+    /// The node's claims.
+    pub claims: Arc<Claims>,
+    /// Lets go of a partition's aggregates.
+    pub release: Release,
+}
+
 /// Runs membership and ownership until `stop` turns true; then hands every
 /// partition off and revokes the lease.
 pub async fn run(
     config: OwnershipConfig,
     mut etcd: Client,
-    log: Log,
-    progress: Progress,
-    claims: Arc<Claims>,
+    parts: Parts,
     mut stop: watch::Receiver<bool>,
 ) {
     let owner = Owner {
         config,
-        log,
-        progress,
-        claims,
+        log: parts.log,
+        progress: parts.progress,
+        claims: parts.claims,
+        release: parts.release,
     };
     while !*stop.borrow() {
         if let Err(error) = owner.session(&mut etcd, &mut stop).await {
             tracing::warn!(node = %owner.config.node, %error, "ownership session ended");
-            owner.claims.clear();
+            owner.lose_all().await;
             tokio::select! {
                 _ = tokio::time::sleep(owner.config.rebalance_every) => {}
                 _ = stop.changed() => {}
@@ -124,9 +142,20 @@ struct Owner {
     log: Log,
     progress: Progress,
     claims: Arc<Claims>,
+    release: Release,
 }
 
 impl Owner {
+    /// Drops every claim at once (the lease is lost), then lets go of
+    /// their aggregates.
+    async fn lose_all(&self) {
+        let held = self.claims.held();
+        self.claims.clear();
+        for (partition, _) in held {
+            (self.release)(partition).await;
+        }
+    }
+
     /// One lease's life: register, keep it, rebalance; returns when the
     /// lease is lost (an error) or the node stops (after the hand-off).
     async fn session(
@@ -154,7 +183,6 @@ impl Owner {
         let mut rebalance = tokio::time::interval(self.config.rebalance_every);
         loop {
             if Instant::now() + margin >= deadline {
-                self.claims.clear();
                 return Err(OwnershipError::LeaseLost);
             }
             tokio::select! {
@@ -167,7 +195,6 @@ impl Owner {
                     match tokio::time::timeout(deadline.saturating_duration_since(sent), renewed).await {
                         Ok(Ok(Some(answer))) if answer.ttl() > 0 => deadline = sent + ttl,
                         Ok(Ok(_)) => {
-                            self.claims.clear();
                             return Err(OwnershipError::LeaseLost);
                         }
                         Ok(Err(error)) => {
@@ -180,7 +207,6 @@ impl Owner {
                             }
                         }
                         Err(_) => {
-                            self.claims.clear();
                             return Err(OwnershipError::LeaseLost);
                         }
                     }
@@ -283,6 +309,7 @@ impl Owner {
             return Ok(());
         };
         self.progress.wait_for(fence.sequence).await?;
+        (self.release)(partition).await;
         self.claims.insert(
             partition,
             Claim {
@@ -307,6 +334,7 @@ impl Owner {
         }
         self.claims.remove(partition);
         self.release_key(etcd, partition).await;
+        (self.release)(partition).await;
         tracing::info!(node = %self.config.node, partition, "handed off");
         Ok(())
     }

@@ -201,6 +201,11 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
             .await
         {
             Ok(landed) => break landed,
+            // Sent before, by an attempt whose answer was lost: it is in
+            // the log; the replica says where once it has caught up.
+            Err(LogError::AlreadyLanded { .. }) => {
+                return landed_before(shared, job, version).await;
+            }
             Err(LogError::WrongLastSequence { .. }) => {
                 shared.claims.fenced(job.partition, claim.token);
                 return Err(unavailable(
@@ -257,6 +262,58 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
         last_position: landed.last_sequence,
         deduplicated: false,
     })
+}
+
+/// The outcome of an append the log already holds (an atomic batch sent
+/// again): read from the replica once it has applied the log's end.
+async fn landed_before(
+    shared: &Shared,
+    job: &Job,
+    version: u64,
+) -> Result<AppendOutcome, AppendError> {
+    let stream = &job.stream;
+    let stopping = || unavailable(stream, Unavailability::Stopping);
+    let no_answer = |e: LogError| unavailable(stream, Unavailability::NoAnswer(e.to_string()));
+    let end = shared.log.last_sequence().await.map_err(no_answer)?;
+    match tokio::time::timeout(REPLICA_WAIT_MAX, shared.progress.wait_for(end)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => return Err(stopping()),
+    }
+    let read = |e: ReadError| unavailable(stream, Unavailability::Refused(e.to_string()));
+    if let Some(id) = job.command_id
+        && let Some(mut original) = shared.replica.command_outcome(id).map_err(read)?
+    {
+        original.deduplicated = true;
+        return Ok(original);
+    }
+    let events = &job.part.events;
+    let found = shared
+        .replica
+        .read_stream(stream, version + 1, Direction::Forward, events.len())
+        .map_err(read)?;
+    let same = found.len() == events.len()
+        && found
+            .iter()
+            .zip(events)
+            .all(|(f, e)| f.metadata.event_id == e.metadata.event_id);
+    match (same, found.first(), found.last()) {
+        (true, Some(first), Some(last)) => Ok(AppendOutcome {
+            streams: vec![StreamWritten {
+                stream: stream.clone(),
+                first_version: first.version,
+                last_version: last.version,
+            }],
+            first_position: first.position,
+            last_position: last.position,
+            deduplicated: false,
+        }),
+        _ => Err(unavailable(
+            stream,
+            Unavailability::Refused(
+                "the log holds this append's message ids, the stream other events".into(),
+            ),
+        )),
+    }
 }
 
 impl EventStore for ClusterStore {

@@ -98,3 +98,44 @@ pub fn covered(nodes: &[&ClusterNode], partitions: u32) -> bool {
     all.sort_unstable();
     all == (0..partitions).collect::<Vec<_>>()
 }
+
+/// Executes `Add(n)` on `id` through `node`, retrying with the same command
+/// id while the owner is unavailable, up to `limit`; the outcome's version
+/// and position, and how long it took.
+pub fn add_retrying(
+    io: &tokio::runtime::Runtime,
+    node: &ClusterNode,
+    id: &str,
+    n: u64,
+    limit: Duration,
+) -> Result<(u64, u64, Duration), Box<dyn std::error::Error>> {
+    let command_id = CommandId::random();
+    let started = Instant::now();
+    loop {
+        let result = io.block_on(
+            node.execute::<Counter>(
+                id,
+                Cmd::Add(n),
+                eventfold_runtime::ExecuteOptions::new()
+                    .command_id(command_id)
+                    .timeout(Duration::from_secs(5)),
+            ),
+        );
+        match result {
+            Ok(outcome) => {
+                return Ok((
+                    outcome.version,
+                    outcome.position.unwrap_or(0),
+                    started.elapsed(),
+                ));
+            }
+            Err(
+                eventfold_cluster::ClusterCommandError::OwnerUnavailable { .. }
+                | eventfold_cluster::ClusterCommandError::Timeout(_),
+            ) if started.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}

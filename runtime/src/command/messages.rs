@@ -10,6 +10,7 @@ use crate::error::CommandError;
 use crate::metric_names::REJECTIONS_TOTAL;
 use actix::prelude::*;
 use eventfold_domain::{Aggregate, StreamId};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A command's result, as the caller receives it.
@@ -96,5 +97,20 @@ impl Message for DeleteStream {
 pub(crate) struct Passivate;
 
 impl Message for Passivate {
+    type Result = ();
+}
+
+/// Which streams a [`Release`] lets go of.
+pub(crate) type StreamMatcher = Arc<dyn Fn(&StreamId) -> bool + Send + Sync>;
+
+/// Tells a shard to stop the actors of the streams `matches` says, and to
+/// forget their cached states (their stream is now written elsewhere);
+/// `done` hears once they have stopped.
+pub(crate) struct Release {
+    pub matches: StreamMatcher,
+    pub done: oneshot::Sender<()>,
+}
+
+impl Message for Release {
     type Result = ();
 }

@@ -204,6 +204,27 @@ impl Router {
 
     /// Asks every shard to passivate its actors, and waits (blocking) until
     /// each has answered: every command taken has been answered.
+    /// Stops the actors of the streams `matches` says on every shard and
+    /// forgets their cached states; returns once they have stopped.
+    pub(crate) async fn release(&self, matches: super::messages::StreamMatcher) {
+        let waits: Vec<_> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let (done, released) = oneshot::channel();
+                shard.do_send(super::messages::Release {
+                    matches: Arc::clone(&matches),
+                    done,
+                });
+                released
+            })
+            .collect();
+        for released in waits {
+            // A shard whose thread is gone holds no actor.
+            let _ = released.await;
+        }
+    }
+
     pub(crate) fn drain_blocking(&self) {
         let waits: Vec<_> = self
             .shards

@@ -9,7 +9,7 @@
 //! actor loads a stream no earlier actor is still writing to.
 
 use super::actor::AggregateActor;
-use super::messages::{DeleteStream, Drain, Execute, Passivate, Spawn, Stopped, refuse};
+use super::messages::{DeleteStream, Drain, Execute, Passivate, Release, Spawn, Stopped, refuse};
 use super::shared::{ShardLink, Shared};
 use super::state_cache::StateCache;
 use crate::error::CommandError;
@@ -20,7 +20,7 @@ use actix::prelude::*;
 use eventfold_domain::{Aggregate, StreamId};
 use lru::LruCache;
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -116,6 +116,10 @@ pub(crate) struct Shard {
     epoch: Instant,
     /// This shard's place among the shards (its `Shared::queued` count).
     index: usize,
+    /// Released streams whose actors are stopping (`release.rs`): their
+    /// state is not cached, and the waiters hear once none is left.
+    released: HashSet<StreamId>,
+    release_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Shard {
@@ -134,6 +138,8 @@ impl Shard {
             link: None,
             epoch: Instant::now(),
             index,
+            released: HashSet::new(),
+            release_waiters: Vec::new(),
         }
     }
 
@@ -322,6 +328,15 @@ impl Shard {
         }
     }
 
+    /// Answers the waiters of releases once every released actor stopped.
+    fn check_released(&mut self) {
+        if self.released.is_empty() {
+            for done in self.release_waiters.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
     fn check_drained(&mut self) {
         if self.draining && self.resident.is_empty() && self.stopping.is_empty() {
             for done in self.drained.drain(..) {
@@ -415,8 +430,10 @@ impl Handler<Stopped> for Shard {
         if was_stopping {
             // Cached before the held commands run: the first of them
             // activates the next actor from it. Not while shutting down.
+            let released = self.released.remove(&msg.stream);
             if let Some(state) = msg.state
                 && !self.draining
+                && !released
             {
                 self.cache.put(msg.stream.clone(), state);
             }
@@ -425,6 +442,7 @@ impl Handler<Stopped> for Shard {
                     command(self, ctx);
                 }
             }
+            self.check_released();
         } else if self
             .resident
             .peek(&msg.stream)
@@ -434,6 +452,37 @@ impl Handler<Stopped> for Shard {
             self.resident.pop(&msg.stream);
         }
         self.check_drained();
+    }
+}
+
+impl Handler<Release> for Shard {
+    type Result = ();
+
+    /// Stops the actors of the streams released and forgets their cached
+    /// states; answers once they have stopped (their states are not
+    /// cached when they do).
+    fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
+        let streams: Vec<StreamId> = self
+            .resident
+            .iter()
+            .filter(|(stream, _)| (msg.matches)(stream))
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        for stream in streams {
+            if let Some(resident) = self.resident.pop(&stream) {
+                self.released.insert(stream.clone());
+                self.begin_passivation(stream, resident);
+            }
+        }
+        for (stream, (generation, _)) in &self.stopping {
+            // A deletion's entry stops no actor.
+            if *generation != DELETING && (msg.matches)(stream) {
+                self.released.insert(stream.clone());
+            }
+        }
+        self.cache.forget_where(&*msg.matches);
+        self.release_waiters.push(msg.done);
+        self.check_released();
     }
 }
 

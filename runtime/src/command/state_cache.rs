@@ -96,6 +96,21 @@ impl StateCache {
         (cached.kind == kind).then_some(cached)
     }
 
+    /// Drops the states of every stream `matches` says.
+    pub(crate) fn forget_where(&mut self, matches: &dyn Fn(&StreamId) -> bool) {
+        let streams: Vec<StreamId> = self
+            .entries
+            .iter()
+            .filter(|(stream, _)| matches(stream))
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        for stream in streams {
+            if let Some(old) = self.entries.pop(&stream) {
+                self.bytes -= old.bytes(&stream);
+            }
+        }
+    }
+
     /// Bytes counted for the entries held.
     #[cfg(test)]
     fn bytes(&self) -> usize {

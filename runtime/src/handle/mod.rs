@@ -310,6 +310,19 @@ impl RuntimeHandle {
             .load(Ordering::Relaxed)
     }
 
+    /// Stops the aggregate actors of every stream `matches` says and
+    /// forgets their cached states, so that the next command for one of
+    /// them loads it from the store afresh; returns once they have
+    /// stopped. For a store whose streams can be written elsewhere (a
+    /// cluster node that loses or gains a partition). Commands for those
+    /// streams that arrive meanwhile wait, then run on a fresh actor.
+    pub async fn release_streams(
+        &self,
+        matches: impl Fn(&eventfold_domain::StreamId) -> bool + Send + Sync + 'static,
+    ) {
+        self.inner.router.release(Arc::new(matches)).await;
+    }
+
     /// Stops taking commands (later calls fail with `ShutDown`), lets every
     /// aggregate finish the commands it has taken and its appends become
     /// durable, lets projections commit what they have handled, closes the

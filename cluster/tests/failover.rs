@@ -1,0 +1,114 @@
+//! Nodes that leave: one handed off gracefully loses no command; one that
+//! dies (its lease runs out) has its partitions claimed by the others,
+//! and a command retried with its command id lands once.
+
+mod common;
+
+use common::*;
+use eventfold_cluster::local::LocalServices;
+use eventfold_runtime::domain::StreamId;
+use eventfold_runtime::storage::{Direction, EventStore};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[test]
+fn a_graceful_leave_and_a_death_keep_every_acknowledged_command_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let services = LocalServices::start(&dir.path().join("services"), 3, 3)?;
+    let a = node(&services, dir.path(), "node-a", 8, 3)?;
+    let b = node(&services, dir.path(), "node-b", 8, 3)?;
+    let c = node(&services, dir.path(), "node-c", 8, 3)?;
+    assert!(wait_until(Duration::from_secs(30), || covered(
+        &[&a, &b, &c],
+        8
+    ) && [&a, &b, &c]
+        .iter()
+        .all(|n| !n.partitions().is_empty())));
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut acknowledged: HashMap<String, u64> = HashMap::new();
+    let run = |acknowledged: &mut HashMap<String, u64>,
+               sender: &eventfold_cluster::ClusterNode,
+               round: u64|
+     -> TestResult {
+        for i in 0..24u64 {
+            let id = format!("c{i}");
+            let (version, _, _) = add_retrying(&io, sender, &id, round, Duration::from_secs(30))?;
+            let expected = acknowledged.get(&id).copied().unwrap_or(0) + 1;
+            assert_eq!(version, expected, "{id}");
+            acknowledged.insert(id, version);
+        }
+        Ok(())
+    };
+    run(&mut acknowledged, &a, 1)?;
+    // c leaves gracefully: its partitions go to a and b.
+    c.shutdown();
+    run(&mut acknowledged, &b, 2)?;
+    assert!(wait_until(Duration::from_secs(30), || covered(
+        &[&a, &b],
+        8
+    )));
+    // b dies: nothing is handed off; its lease runs out and a claims all.
+    let held_by_b = b.partitions();
+    drop(b);
+    let (_, _, waited) = add_retrying(&io, &a, "c0", 3, Duration::from_secs(60))?;
+    *acknowledged.entry("c0".into()).or_default() += 1;
+    assert!(wait_until(Duration::from_secs(30), || covered(&[&a], 8)));
+    eprintln!("partitions {held_by_b:?} of the dead node moved; a command waited {waited:?}");
+    run(&mut acknowledged, &a, 4)?;
+    // Every acknowledged command is in the log once, versions contiguous.
+    for (id, version) in &acknowledged {
+        let stream = StreamId::new(format!("counter-{id}"))?;
+        let events = a.store().read_stream(&stream, 1, Direction::Forward, 100)?;
+        assert_eq!(events.len() as u64, *version, "{id}");
+        for (n, event) in events.iter().enumerate() {
+            assert_eq!(event.version, n as u64 + 1);
+        }
+    }
+    assert!(a.store().verify()?.is_clean());
+    a.shutdown();
+    Ok(())
+}
+
+#[test]
+fn a_partition_that_comes_back_is_loaded_afresh() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let services = LocalServices::start(&dir.path().join("services"), 1, 1)?;
+    let a = node(&services, dir.path(), "node-a", 8, 1)?;
+    assert!(wait_until(Duration::from_secs(30), || covered(&[&a], 8)));
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let limit = Duration::from_secs(30);
+    // Every aggregate has an actor on a.
+    for i in 0..16u64 {
+        assert_eq!(add_retrying(&io, &a, &format!("c{i}"), 1, limit)?.0, 1);
+    }
+    // b joins and takes some partitions; their aggregates move on there.
+    let b = node(&services, dir.path(), "node-b", 8, 1)?;
+    assert!(wait_until(Duration::from_secs(30), || covered(
+        &[&a, &b],
+        8
+    ) && !b
+        .partitions()
+        .is_empty()));
+    for i in 0..16u64 {
+        assert_eq!(add_retrying(&io, &b, &format!("c{i}"), 1, limit)?.0, 2);
+    }
+    // b leaves: a holds everything again, and its old actors are gone:
+    // each aggregate is loaded with b's events, no command fails.
+    b.shutdown();
+    assert!(wait_until(Duration::from_secs(30), || covered(&[&a], 8)));
+    for i in 0..16u64 {
+        let id = format!("c{i}");
+        let outcome = io.block_on(a.execute::<Counter>(
+            &id,
+            Cmd::Add(1),
+            eventfold_runtime::ExecuteOptions::new(),
+        ))?;
+        assert_eq!(outcome.version, 3, "{id}");
+    }
+    a.shutdown();
+    Ok(())
+}

@@ -23,6 +23,9 @@ use tokio::sync::watch;
 /// the follower waits for the oldest before it hands over more.
 pub const REPLICA_IN_FLIGHT_MAX: usize = 1024;
 
+/// The pause before the follower reads the log again after it could not.
+pub const FOLLOW_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Why the follower stopped.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -100,6 +103,15 @@ impl Progress {
         }
     }
 
+    /// Why the follower stopped, if it did: a node whose replica stopped
+    /// cannot hold a partition.
+    pub fn stopped(&self) -> Option<FollowError> {
+        match &*self.applied.borrow() {
+            Applied::Stopped(_, error) => Some(error.clone()),
+            Applied::Through(_) => None,
+        }
+    }
+
     /// The last claim marker of `partition` the follower applied.
     pub fn fence(&self, partition: u32) -> Option<Fence> {
         self.fences.read().ok()?.get(&partition).copied()
@@ -126,7 +138,18 @@ pub fn start(log: Log, replica: RocksStore) -> Progress {
             pending: VecDeque::new(),
             next: head + 1,
         };
-        let error = follower.run().await;
+        let error = loop {
+            match follower.run().await {
+                // The log could not be read for a while (a leader
+                // election, a server restarting): read again from where
+                // the follower is.
+                FollowError::Log(words) => {
+                    tracing::warn!(%words, next = follower.next, "reading the log again");
+                    tokio::time::sleep(FOLLOW_RETRY_PAUSE).await;
+                }
+                error => break error,
+            }
+        };
         let applied = follower.drain().await;
         tracing::error!(%error, applied, "the follower stopped");
         let _ = follower.sender.send(Applied::Stopped(applied, error));

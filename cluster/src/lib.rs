@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod claims;
+pub mod client;
 pub mod follower;
 pub mod local;
 pub mod log;
@@ -14,6 +15,7 @@ pub mod route;
 pub mod store;
 pub mod wire;
 
+pub use client::ClusterClient;
 pub use node::{ClusterNode, NodeBuilder, NodeConfig, NodeError};
 pub use route::ClusterCommandError;
 pub use store::ClusterStore;

@@ -5,6 +5,7 @@
 //! owners.
 
 use crate::claims::Claims;
+use crate::client::ClusterClient;
 use crate::follower::{self, Progress};
 use crate::log::{Log, LogConfig, LogError};
 use crate::ownership::{self, OwnershipConfig};
@@ -25,9 +26,6 @@ use tokio::sync::watch;
 /// Threads of the runtime that serves the node's log traffic (appends,
 /// the follower, ownership, command routes).
 pub const IO_THREADS: usize = 2;
-/// How long a routed command waits for its owner's answer when its
-/// options give no timeout.
-pub const ROUTED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a node needs to join a cluster.
 #[derive(Clone, Debug)]
@@ -196,14 +194,19 @@ impl NodeBuilder {
             runtime.clone(),
             stopped,
         ));
+        let client = ClusterClient::from_connection(
+            log.client().clone(),
+            log.subjects().clone(),
+            config.partitions,
+        );
         Ok(ClusterNode {
             config,
             io: Some(io),
             runtime,
             store,
-            log,
             claims,
             progress,
+            client,
             stop,
             ownership: Some(ownership),
         })
@@ -216,9 +219,9 @@ pub struct ClusterNode {
     io: Option<tokio::runtime::Runtime>,
     runtime: RuntimeHandle,
     store: ClusterStore,
-    log: Log,
     claims: Arc<Claims>,
     progress: Progress,
+    client: ClusterClient,
     stop: watch::Sender<bool>,
     ownership: Option<tokio::task::JoinHandle<()>>,
 }
@@ -280,46 +283,24 @@ impl ClusterNode {
         })?;
         let partition = partition_of(stream.as_str(), self.config.partitions);
         if self.claims.active(partition).is_some() {
+            let explicit = options.expected_version.is_some();
             return self
                 .runtime
                 .execute_with::<A>(id, command, options)
                 .await
-                .map_err(|e| route::local_error(e, partition));
+                .map_err(|e| route::local_error(e, partition, explicit));
         }
-        let timeout = options.timeout.unwrap_or(ROUTED_TIMEOUT);
-        let routed =
-            route::routed::<A>(id, &command, &options).map_err(ClusterCommandError::Encoding)?;
-        let bytes = route::encode(&routed).map_err(ClusterCommandError::Encoding)?;
-        let subject = self.log.subjects().commands(partition);
-        let client = self.log.client().clone();
-        let request = async move {
-            let reply = tokio::time::timeout(timeout, client.request(subject, bytes.into())).await;
-            match reply {
-                Err(_) => Err(ClusterCommandError::Timeout(timeout)),
-                Ok(Err(error)) => match error.kind() {
-                    async_nats::RequestErrorKind::NoResponders => {
-                        Err(ClusterCommandError::OwnerUnavailable { partition })
-                    }
-                    async_nats::RequestErrorKind::TimedOut => {
-                        Err(ClusterCommandError::Timeout(timeout))
-                    }
-                    _ => Err(ClusterCommandError::OwnerUnavailable { partition }),
-                },
-                Ok(Ok(message)) => route::decode::<RoutedReply>(&message.payload)
-                    .map_err(ClusterCommandError::Encoding),
-            }
-        };
-        // The request runs on the node's I/O runtime, whatever runs the caller.
+        // Sent on the node's I/O runtime, whatever runs the caller.
         let io = self
             .io
             .as_ref()
             .map(|io| io.handle().clone())
             .ok_or(ClusterCommandError::OwnerUnavailable { partition })?;
-        let reply = io
-            .spawn(request)
+        let client = self.client.clone();
+        let id = id.to_owned();
+        io.spawn(async move { client.execute::<A>(&id, command, options).await })
             .await
-            .map_err(|_| ClusterCommandError::OwnerUnavailable { partition })??;
-        route::answer_of::<A>(reply)
+            .map_err(|_| ClusterCommandError::OwnerUnavailable { partition })?
     }
 
     /// Leaves the cluster: hands every partition off (no new appends,

@@ -212,8 +212,17 @@ impl Owner {
                     }
                 }
                 _ = rebalance.tick() => {
-                    if let Err(error) = self.rebalance(etcd, lease, deadline - margin).await {
-                        tracing::debug!(node = %self.config.node, %error, "rebalance round failed");
+                    match self.rebalance(etcd, lease, deadline - margin).await {
+                        Ok(()) => {}
+                        // The replica stopped: give every partition up,
+                        // and the member key with the lease.
+                        Err(error @ OwnershipError::Replica(_)) => {
+                            let _ = etcd.lease_revoke(lease).await;
+                            return Err(error);
+                        }
+                        Err(error) => {
+                            tracing::debug!(node = %self.config.node, %error, "rebalance round failed");
+                        }
                     }
                 }
                 _ = stop.changed() => {
@@ -232,6 +241,11 @@ impl Owner {
         lease: i64,
         valid_until: Instant,
     ) -> Result<(), OwnershipError> {
+        if let Some(error) = self.progress.stopped() {
+            // A replica that stopped cannot tell what a partition holds:
+            // hold none (the session ends, the claims go).
+            return Err(error.into());
+        }
         let prefix = format!("{}/members/", self.config.base());
         let members: Vec<String> = etcd
             .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
@@ -359,4 +373,24 @@ impl Owner {
             tracing::debug!(partition, %error, "releasing a claim key failed; its lease ends it");
         }
     }
+}
+
+/// Who holds each partition of `cluster` now, as etcd says (for tools and
+/// the harness: a node's own view is its [`Claims`]).
+pub async fn owners(
+    etcd: &mut Client,
+    cluster: &str,
+) -> Result<std::collections::HashMap<u32, String>, OwnershipError> {
+    let prefix = format!("/eventfold/{cluster}/owners/");
+    let answer = etcd
+        .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(answer
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let partition = kv.key_str().ok()?.strip_prefix(&prefix)?.parse().ok()?;
+            Some((partition, kv.value_str().ok()?.to_owned()))
+        })
+        .collect())
 }

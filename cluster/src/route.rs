@@ -35,6 +35,16 @@ pub enum ClusterCommandError<E: std::error::Error + 'static> {
         /// The partition.
         partition: u32,
     },
+    /// The aggregate's history changed under the command while it was
+    /// decided (its partition moved, or a preceding append was refused):
+    /// nothing was written; retry with the same command id.
+    #[error(
+        "the aggregate moved while the command was decided (partition {partition}); retry with the same command id"
+    )]
+    Moved {
+        /// The partition.
+        partition: u32,
+    },
     /// The command failed on this node's runtime.
     #[error(transparent)]
     Local(CommandError<E>),
@@ -75,6 +85,7 @@ pub(crate) enum RoutedReply {
     },
     Rejected(Vec<u8>),
     OwnerUnavailable(u32),
+    Moved(u32),
     Timeout(u64),
     Failed(String),
 }
@@ -136,9 +147,13 @@ pub(crate) fn unavailable_partition(error: &AppendError) -> Option<u32> {
 }
 
 /// A local command's error, as the cluster reports it.
+/// `explicit`: the caller gave an expected version, so a version
+/// conflict is its to handle; otherwise the conflict is with the
+/// runtime's own chaining of appends, and a retry is safe.
 pub(crate) fn local_error<E: std::error::Error + 'static>(
     error: CommandError<E>,
     partition: u32,
+    explicit: bool,
 ) -> ClusterCommandError<E> {
     match error {
         CommandError::Rejected(error) => ClusterCommandError::Rejected(error),
@@ -147,6 +162,10 @@ pub(crate) fn local_error<E: std::error::Error + 'static>(
         }
         CommandError::Store(AppendError::Unavailable { .. }) => {
             ClusterCommandError::OwnerUnavailable { partition }
+        }
+        CommandError::PrecedingAppendFailed => ClusterCommandError::Moved { partition },
+        CommandError::WrongExpectedVersion { .. } if !explicit => {
+            ClusterCommandError::Moved { partition }
         }
         other => ClusterCommandError::Local(other),
     }
@@ -177,6 +196,7 @@ where
         RoutedReply::OwnerUnavailable(partition) => {
             Err(ClusterCommandError::OwnerUnavailable { partition })
         }
+        RoutedReply::Moved(partition) => Err(ClusterCommandError::Moved { partition }),
         RoutedReply::Timeout(ms) => Err(ClusterCommandError::Timeout(Duration::from_millis(ms))),
         RoutedReply::Failed(words) => Err(ClusterCommandError::Remote(words)),
     }
@@ -208,6 +228,7 @@ impl Routes {
                         Err(words) => return RoutedReply::Failed(format!("the command: {words}")),
                     };
                     let options = options_of(&routed);
+                    let explicit = routed.expected_version.is_some();
                     match runtime
                         .execute_with::<A>(&routed.id, command, options)
                         .await
@@ -225,6 +246,12 @@ impl Routes {
                             Ok(bytes) => RoutedReply::Rejected(bytes),
                             Err(words) => RoutedReply::Failed(format!("the refusal: {words}")),
                         },
+                        // Nothing was written: the append before it failed
+                        // (its partition was lost, most likely). Retry.
+                        Err(CommandError::PrecedingAppendFailed) => RoutedReply::Moved(partition),
+                        Err(CommandError::WrongExpectedVersion { .. }) if !explicit => {
+                            RoutedReply::Moved(partition)
+                        }
                         Err(CommandError::Timeout(after)) => RoutedReply::Timeout(
                             u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
                         ),

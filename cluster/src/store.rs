@@ -51,6 +51,14 @@ struct Shared {
     claims: Arc<Claims>,
     partitions: u32,
     queued: AtomicUsize,
+    /// Streams whose last append landed in the log but was not yet seen
+    /// applied by the replica, with its sequence: the next append of the
+    /// stream waits for it before it checks its version, so that an
+    /// append answered with an error after it landed (the replica stopped,
+    /// or was slow) is never decided over again. An entry goes once the
+    /// replica applied it; only a replica that stopped keeps them, and its
+    /// node gives its partitions up.
+    landed: std::sync::Mutex<HashMap<StreamId, u64>>,
 }
 
 /// The store of a cluster node.
@@ -78,6 +86,7 @@ impl ClusterStore {
             claims,
             partitions,
             queued: AtomicUsize::new(0),
+            landed: std::sync::Mutex::new(HashMap::new()),
         });
         let (jobs, receiver) = mpsc::channel(PUBLISH_QUEUE_MAX);
         runtime.spawn(dispatch(receiver, Arc::clone(&shared)));
@@ -155,6 +164,17 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
         ));
     };
     let claim = in_flight.claim;
+    let unapplied = shared
+        .landed
+        .lock()
+        .ok()
+        .and_then(|landed| landed.get(stream).copied());
+    if let Some(sequence) = unapplied {
+        match tokio::time::timeout(REPLICA_WAIT_MAX, shared.progress.wait_for(sequence)).await {
+            Ok(Ok(())) => forget_landed(shared, stream, sequence),
+            Ok(Err(_)) | Err(_) => return Err(unavailable(stream, Unavailability::Stopping)),
+        }
+    }
     // The replica's reads block this runtime's thread for as long as
     // RocksDB takes (microseconds from its memtables and cache): this
     // runtime serves only the log's traffic (appends, the follower, the
@@ -236,13 +256,16 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
         }
     };
     drop(in_flight);
+    if let Ok(mut pending) = shared.landed.lock() {
+        pending.insert(stream.clone(), landed.last_sequence);
+    }
     match tokio::time::timeout(
         REPLICA_WAIT_MAX,
         shared.progress.wait_for(landed.last_sequence),
     )
     .await
     {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => forget_landed(shared, stream, landed.last_sequence),
         Ok(Err(_)) | Err(_) => return Err(unavailable(stream, Unavailability::Stopping)),
     }
     if landed.duplicate
@@ -262,6 +285,15 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
         last_position: landed.last_sequence,
         deduplicated: false,
     })
+}
+
+/// Forgets that `stream`'s append at `sequence` waits to be applied.
+fn forget_landed(shared: &Shared, stream: &StreamId, sequence: u64) {
+    if let Ok(mut landed) = shared.landed.lock()
+        && landed.get(stream).is_some_and(|s| *s <= sequence)
+    {
+        landed.remove(stream);
+    }
 }
 
 /// The outcome of an append the log already holds (an atomic batch sent

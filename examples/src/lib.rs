@@ -173,7 +173,7 @@ impl DomainEvent for AccountEvent {
 }
 
 /// Why an account refused a command.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum AccountError {
     /// `Open` on an open account.
     #[error("the account is already open")]

@@ -218,6 +218,13 @@ pub fn stuck(store: &RocksStore, name: &str) -> Result<Vec<StuckInstance>, Inspe
     Ok(stuck_in(&model_of(name), store)?)
 }
 
+/// The read-model name a projection's queries read now (`{name}@v{N}`, its
+/// active version), for tools that read its entries from the store.
+pub fn read_model_name(store: &RocksStore, name: &str) -> Result<String, InspectError> {
+    let version = crate::read::registry::active_version(store, name)?;
+    Ok(crate::read::registry::model_name(name, version))
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_consumer;

@@ -131,6 +131,7 @@ pub fn add_retrying(
             }
             Err(
                 eventfold_cluster::ClusterCommandError::OwnerUnavailable { .. }
+                | eventfold_cluster::ClusterCommandError::Moved { .. }
                 | eventfold_cluster::ClusterCommandError::Timeout(_),
             ) if started.elapsed() < limit => {
                 std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,175 @@
+//! The checks after each fault, made from the log itself: every message
+//! read from JetStream in order and decoded as eventfold's, every
+//! acknowledged command found once, versions contiguous, tokens never going
+//! back along a stream, money conserved.
+
+use eventfold_cluster::log::Log;
+use eventfold_cluster::wire::{self, EventMessage};
+use eventfold_examples::{Account, AccountEvent};
+use eventfold_runtime::domain::{Aggregate, CommandId, StreamId};
+use eventfold_runtime::storage::payload;
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+
+/// A command the harness sent: acknowledged (with its version and
+/// position) or given up (its outcome unknown).
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub account: String,
+    pub amount: u64,
+    pub command_id: CommandId,
+    pub acknowledged: Option<(u64, u64)>,
+}
+
+/// What the log holds, folded.
+#[derive(Default)]
+pub struct Folded {
+    /// Messages read (events and markers).
+    pub messages: u64,
+    /// Events per command id.
+    pub commands: HashMap<CommandId, u32>,
+    /// Per stream: its version and the last token.
+    pub streams: HashMap<String, (u64, u64)>,
+    /// Per account stream: the balance the events make.
+    pub balances: HashMap<String, i128>,
+    /// Position of each command id's event.
+    pub positions: HashMap<CommandId, (u64, u64)>,
+    /// What each position holds: stream, version, command id.
+    pub at: HashMap<u64, (String, u64, Option<CommandId>)>,
+}
+
+/// Reads the whole log and folds it; every fault found is an error.
+pub async fn fold(log: &Log) -> Result<Folded, String> {
+    let end = log.last_sequence().await.map_err(|e| e.to_string())?;
+    let mut folded = Folded::default();
+    if end == 0 {
+        return Ok(folded);
+    }
+    let stream = log
+        .jetstream()
+        .get_stream(&log.config().stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let subjects = log.subjects();
+    let mut expected = 1;
+    while expected <= end {
+        let message = messages
+            .next()
+            .await
+            .ok_or("the log's consumer ended")?
+            .map_err(|e| e.to_string())?;
+        let sequence = message.info().map_err(|e| e.to_string())?.stream_sequence;
+        if sequence != expected {
+            return Err(format!(
+                "a gap in the log: {sequence} after {}",
+                expected - 1
+            ));
+        }
+        expected += 1;
+        folded.messages += 1;
+        if let Some(partition) = subjects.fence_partition(&message.subject) {
+            folded.at.insert(
+                sequence,
+                (format!("marker of partition {partition}"), 0, None),
+            );
+            continue;
+        }
+        let decoded = wire::decode_event(&EventMessage {
+            sequence,
+            headers: message.headers.as_ref(),
+            payload: &message.payload,
+        })
+        .map_err(|e| e.to_string())?;
+        let stream_id = decoded.stream.as_str().to_owned();
+        let (version, token) = folded.streams.get(&stream_id).copied().unwrap_or((0, 0));
+        if decoded.version != version + 1 {
+            return Err(format!(
+                "{stream_id}: version {} after {version} at {sequence}",
+                decoded.version
+            ));
+        }
+        if decoded.token < token {
+            return Err(format!(
+                "{stream_id}: token {} after {token} at {sequence}: fencing went back",
+                decoded.token
+            ));
+        }
+        folded
+            .streams
+            .insert(stream_id.clone(), (decoded.version, decoded.token));
+        if let Some(id) = decoded.command
+            && decoded.index == 0
+        {
+            *folded.commands.entry(id).or_default() += 1;
+            folded.positions.insert(id, (decoded.version, sequence));
+        }
+        folded.at.insert(
+            sequence,
+            (stream_id.clone(), decoded.version, decoded.command),
+        );
+        let event: AccountEvent = payload::decode(&decoded.event.payload)
+            .map_err(|e| format!("{stream_id} at {sequence}: {e}"))?;
+        *folded.balances.entry(stream_id).or_default() += event.balance_delta();
+    }
+    Ok(folded)
+}
+
+/// Checks the commands sent against the folded log; a description of
+/// each fault found.
+pub fn against(sent: &[Sent], folded: &Folded) -> Vec<String> {
+    let mut faults = Vec::new();
+    let mut expected: HashMap<String, i128> = HashMap::new();
+    let mut seen = HashSet::new();
+    for command in sent {
+        if !seen.insert(command.command_id) {
+            faults.push(format!(
+                "command id {} sent twice by the harness",
+                command.command_id
+            ));
+        }
+        let count = folded
+            .commands
+            .get(&command.command_id)
+            .copied()
+            .unwrap_or(0);
+        if count > 1 {
+            faults.push(format!(
+                "command {} is in the log {count} times",
+                command.command_id
+            ));
+        }
+        match (command.acknowledged, folded.positions.get(&command.command_id)) {
+            (Some(ack), Some(found)) if ack != *found => faults.push(format!(
+                "command {} acknowledged at {ack:?}, in the log at {found:?}",
+                command.command_id
+            )),
+            (Some(ack), None) => faults.push(format!(
+                "acknowledged command {} (account {}, version and position {ack:?}) is not in the log; that position holds {:?}",
+                command.command_id,
+                command.account,
+                folded.at.get(&ack.1)
+            )),
+            _ => {}
+        }
+        if count > 0 {
+            let stream = StreamId::for_aggregate(Account::KIND, &command.account)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default();
+            *expected.entry(stream).or_default() += i128::from(command.amount);
+        }
+    }
+    for (account, balance) in &folded.balances {
+        let wanted = expected.get(account).copied().unwrap_or(0);
+        if *balance != wanted {
+            faults.push(format!(
+                "{account}: the log makes {balance}, the commands that landed {wanted}"
+            ));
+        }
+    }
+    faults
+}

@@ -26,6 +26,10 @@ echo "== cargo clippy"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --release --locked --workspace
+# The cluster's harness, short form: a few thousand deposits across 3 nodes,
+# one fault of each kind, every check (scripts/cluster.sh for the long form).
+echo "== cluster harness"
+bash scripts/cluster.sh --commands 600 --accounts 60
 # Coverage-guided fuzzing of the record and snapshot decoders (cargo fuzz with
 # libFuzzer, stable Rust, no sanitizer): a short run here, a longer one by
 # hand with FUZZ_SECONDS=600 (docs/reliability.md). The seeded mutation

@@ -286,13 +286,31 @@ impl Owner {
                 self.config.node.as_bytes(),
                 Some(PutOptions::new().with_lease(lease)),
             )]);
+        let txn = txn.or_else([TxnOp::get(key.clone(), None)]);
         let answer = etcd.txn(txn).await?;
-        if !answer.succeeded() {
-            return Ok(()); // held by another node, which hands it off in time
-        }
-        let token = answer
-            .header()
-            .map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0));
+        let token = if answer.succeeded() {
+            answer
+                .header()
+                .map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0))
+        } else {
+            // Held: by another node, which hands it off in time; or still
+            // by this one, under this lease, after the node gave the
+            // claim up (an append it could not resolve). Then it is taken
+            // up again with a new marker, which fences whatever of the
+            // old claim may still land.
+            let mine = answer.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.value() == self.config.node.as_bytes() && kv.lease() == lease)
+                    .map(|kv| u64::try_from(kv.create_revision()).unwrap_or(0)),
+                _ => None,
+            });
+            match mine {
+                Some(token) => token,
+                None => return Ok(()),
+            }
+        };
         let mut fence = None;
         for _ in 0..FENCE_ATTEMPTS_MAX {
             let after = self

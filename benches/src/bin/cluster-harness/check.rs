@@ -58,9 +58,9 @@ pub async fn fold(log: &Log) -> Result<Folded, String> {
     let subjects = log.subjects();
     let mut expected = 1;
     while expected <= end {
-        let message = messages
-            .next()
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
             .await
+            .map_err(|_| format!("position {expected} of {end} did not come within 30 s"))?
             .ok_or("the log's consumer ended")?
             .map_err(|e| e.to_string())?;
         let sequence = message.info().map_err(|e| e.to_string())?.stream_sequence;

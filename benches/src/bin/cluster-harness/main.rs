@@ -56,6 +56,10 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
+/// The longest a phase's workload may take: a cluster that stops
+/// acknowledging commands fails the run instead of hanging it.
+const PHASE_TIME_MAX: Duration = Duration::from_secs(180);
+
 /// The faults, one per phase.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -382,6 +386,7 @@ async fn workload(
     partitions: u32,
 ) -> Result<(), String> {
     let queue = Arc::new(Mutex::new(commands.into_iter()));
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..workers.max(1) {
         let (client, record, queue) = (client.clone(), Arc::clone(record), Arc::clone(&queue));
@@ -391,6 +396,11 @@ async fn workload(
                 let Some((account, amount)) = next else {
                     return Ok::<(), String>(());
                 };
+                if started.elapsed() > PHASE_TIME_MAX {
+                    return Err(format!(
+                        "the phase did not finish within {PHASE_TIME_MAX:?}: commands stopped being acknowledged"
+                    ));
+                }
                 let command_id = CommandId::random();
                 let command = if amount == 0 {
                     AccountCommand::Open {

@@ -34,13 +34,16 @@ fn commands_reach_their_owner_from_any_node_and_replicas_agree() -> TestResult {
     for round in 0..3u64 {
         for i in 0..40u64 {
             let sender = if i % 2 == 0 { &a } else { &b };
-            let outcome = io.block_on(sender.execute::<Counter>(
+            // Retried with its command id if a partition moves meanwhile.
+            let (version, position, _) = add_retrying(
+                &io,
+                sender,
                 &format!("c{i}"),
-                Cmd::Add(i + 1),
-                ExecuteOptions::new(),
-            ))?;
-            assert_eq!(outcome.version, round + 1);
-            last = last.max(outcome.position.unwrap_or(0));
+                i + 1,
+                Duration::from_secs(60),
+            )?;
+            assert_eq!(version, round + 1);
+            last = last.max(position);
         }
     }
     // A refusal comes back typed from whichever node owns the aggregate.

@@ -72,7 +72,7 @@ pub fn node(
     config.nats_urls = services.nats_urls();
     config.etcd_endpoints = services.etcd_endpoints();
     config.log.replicas = replicas;
-    config.lease_ttl = Duration::from_secs(2);
+    config.lease_ttl = Duration::from_secs(3);
     config.rebalance_every = Duration::from_millis(100);
     Ok(ClusterNode::builder(config)
         .aggregate::<Counter>()

@@ -62,6 +62,16 @@ impl ClusterClient {
         Some(partition_of(stream.as_str(), self.partitions))
     }
 
+    /// The partition of aggregate `id` of `A`, or why the id is invalid.
+    pub(crate) fn partition_checked<A: Aggregate>(
+        &self,
+        id: &str,
+    ) -> Result<u32, ClusterCommandError<A::Error>> {
+        let stream = StreamId::for_aggregate(A::KIND, id)
+            .map_err(|e| ClusterCommandError::Local(CommandError::InvalidId(e)))?;
+        Ok(partition_of(stream.as_str(), self.partitions))
+    }
+
     /// Sends a command of `A` to the owner of its partition and waits for
     /// its answer. `OwnerUnavailable` and `Timeout` mean: retry with the
     /// same command id.
@@ -74,9 +84,7 @@ impl ClusterClient {
     where
         A::Error: DeserializeOwned,
     {
-        let stream = StreamId::for_aggregate(A::KIND, id)
-            .map_err(|e| ClusterCommandError::Local(CommandError::InvalidId(e)))?;
-        let partition = partition_of(stream.as_str(), self.partitions);
+        let partition = self.partition_checked::<A>(id)?;
         let timeout = options.timeout.unwrap_or(ROUTED_TIMEOUT);
         let routed =
             route::routed::<A>(id, &command, &options).map_err(ClusterCommandError::Encoding)?;

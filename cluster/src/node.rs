@@ -12,7 +12,7 @@ use crate::ownership::{self, OwnershipConfig};
 use crate::partition::partition_of;
 use crate::route::{self, ClusterCommandError, RoutedReply, Routes};
 use crate::store::ClusterStore;
-use eventfold_runtime::domain::{Aggregate, StreamId};
+use eventfold_runtime::domain::Aggregate;
 use eventfold_runtime::storage::{Durability, OpenError, RocksStore, StoreOptions};
 use eventfold_runtime::{CommandOutcome, ExecuteOptions, Runtime, RuntimeBuilder, RuntimeHandle};
 use futures::StreamExt;
@@ -263,8 +263,7 @@ impl ClusterNode {
 
     /// The partition of aggregate `id` of `A`.
     pub fn partition_of<A: Aggregate>(&self, id: &str) -> Option<u32> {
-        let stream = StreamId::for_aggregate(A::KIND, id).ok()?;
-        Some(partition_of(stream.as_str(), self.config.partitions))
+        self.client.partition_of::<A>(id)
     }
 
     /// Executes a command of `A` on the node that owns its partition:
@@ -278,10 +277,7 @@ impl ClusterNode {
     where
         A::Error: DeserializeOwned,
     {
-        let stream = StreamId::for_aggregate(A::KIND, id).map_err(|e| {
-            ClusterCommandError::Local(eventfold_runtime::CommandError::InvalidId(e))
-        })?;
-        let partition = partition_of(stream.as_str(), self.config.partitions);
+        let partition = self.client.partition_checked::<A>(id)?;
         if self.claims.active(partition).is_some() {
             let explicit = options.expected_version.is_some();
             return self

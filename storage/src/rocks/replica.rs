@@ -6,14 +6,13 @@
 
 use super::RocksStore;
 use super::syncer::Decision;
-use super::writer::{Job, Pending, Tip, Work, Writer};
+use super::writer::{Job, Pending, Work, Writer, write_events};
 use crate::api::{AppendOutcome, PendingAppend, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
 use crate::keyspaces::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS};
 use crate::replica::Replicated;
 use crate::validate;
-use eventfold_domain::RecordedEvent;
 use std::sync::Arc;
 
 impl RocksStore {
@@ -103,41 +102,14 @@ impl Writer {
         let streams = self.shared.cf(&db, CF_STREAMS)?;
         let recorded_at = append.recorded_at.max(self.replicated_at);
         self.replicated_at = recorded_at;
-        let mut version = tip.version;
-        let mut last_event = None;
-        let mut index_keys = codec::StreamKeys::new(append.stream.as_str());
-        for (mut record, event) in records.into_iter().zip(append.events) {
-            version += 1;
-            last_event = Some(event.metadata.event_id);
-            let position = *pending.position;
-            codec::seal_event(&mut record, position, version, recorded_at);
-            if let Some(events) = pending.events.as_deref_mut() {
-                events.push(RecordedEvent {
-                    stream_id: append.stream.clone(),
-                    version,
-                    position,
-                    recorded_at,
-                    event_type: event.event_type,
-                    schema_version: event.schema_version,
-                    payload: event.payload,
-                    metadata: event.metadata,
-                });
-            }
-            pending
-                .batch
-                .put_cf(global, codec::global_key(position), &record);
-            pending
-                .batch
-                .put_cf(streams, index_keys.at(version), codec::global_key(position));
-            *pending.position += 1;
-        }
-        pending.versions.insert(
-            append.stream.clone(),
-            Tip {
-                version,
-                last_event,
-                tombstoned: false,
-            },
+        let version = write_events(
+            pending,
+            [global, streams],
+            &append.stream,
+            tip.version,
+            records,
+            append.events,
+            recorded_at,
         );
         let outcome = AppendOutcome {
             streams: vec![StreamWritten {

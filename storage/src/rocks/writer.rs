@@ -424,41 +424,14 @@ impl Writer {
         let mut written = Vec::with_capacity(request.streams.len());
         let command_id = request.command_id;
         for ((part, records), before) in request.streams.into_iter().zip(records).zip(current) {
-            let mut version = before;
-            let mut last_event = None;
-            let mut index_keys = codec::StreamKeys::new(part.stream.as_str());
-            for (mut record, event) in records.into_iter().zip(part.events) {
-                version += 1;
-                last_event = Some(event.metadata.event_id);
-                let position = *pending.position;
-                codec::seal_event(&mut record, position, version, pending.recorded_at);
-                if let Some(events) = pending.events.as_deref_mut() {
-                    events.push(RecordedEvent {
-                        stream_id: part.stream.clone(),
-                        version,
-                        position,
-                        recorded_at: pending.recorded_at,
-                        event_type: event.event_type,
-                        schema_version: event.schema_version,
-                        payload: event.payload,
-                        metadata: event.metadata,
-                    });
-                }
-                pending
-                    .batch
-                    .put_cf(global, codec::global_key(position), &record);
-                pending
-                    .batch
-                    .put_cf(streams, index_keys.at(version), codec::global_key(position));
-                *pending.position += 1;
-            }
-            pending.versions.insert(
-                part.stream.clone(),
-                Tip {
-                    version,
-                    last_event,
-                    tombstoned: false,
-                },
+            let version = write_events(
+                pending,
+                [global, streams],
+                &part.stream,
+                before,
+                records,
+                part.events,
+                pending.recorded_at,
             );
             self.upkeep.appended(&self.options, &part.stream);
             written.push(StreamWritten {
@@ -483,6 +456,60 @@ impl Writer {
         }
         Ok(Decision::Write(outcome))
     }
+}
+
+/// Writes the sealed records of `events` (encoded as `records`) of
+/// `stream` after its version `before` at the batch's next positions, with
+/// their index entries, recording them for the commit listener and the
+/// stream's new tip in `pending`; the stream's new version. `keyspaces`
+/// are `global` and `streams`.
+pub(super) fn write_events(
+    pending: &mut Pending<'_>,
+    keyspaces: [&rocksdb::ColumnFamily; 2],
+    stream: &StreamId,
+    before: u64,
+    records: Vec<Vec<u8>>,
+    events: Vec<eventfold_domain::NewEvent>,
+    recorded_at: Timestamp,
+) -> u64 {
+    let [global, streams] = keyspaces;
+    let mut version = before;
+    let mut last_event = None;
+    let mut index_keys = codec::StreamKeys::new(stream.as_str());
+    for (mut record, event) in records.into_iter().zip(events) {
+        version += 1;
+        last_event = Some(event.metadata.event_id);
+        let position = *pending.position;
+        codec::seal_event(&mut record, position, version, recorded_at);
+        if let Some(listened) = pending.events.as_deref_mut() {
+            listened.push(RecordedEvent {
+                stream_id: stream.clone(),
+                version,
+                position,
+                recorded_at,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.payload,
+                metadata: event.metadata,
+            });
+        }
+        pending
+            .batch
+            .put_cf(global, codec::global_key(position), &record);
+        pending
+            .batch
+            .put_cf(streams, index_keys.at(version), codec::global_key(position));
+        *pending.position += 1;
+    }
+    pending.versions.insert(
+        stream.clone(),
+        Tip {
+            version,
+            last_event,
+            tombstoned: false,
+        },
+    );
+    version
 }
 
 /// What the jobs of one batch share while it is being built.

@@ -38,6 +38,10 @@ pub struct Folded {
     pub at: HashMap<u64, (String, u64, Option<CommandId>)>,
 }
 
+/// Reads of the log that may fail (an election after a fault) before the
+/// fold gives up.
+const FOLD_READ_ATTEMPTS: usize = 10;
+
 /// Reads the whole log and folds it; every fault found is an error.
 pub async fn fold(log: &Log) -> Result<Folded, String> {
     let end = log.last_sequence().await.map_err(|e| e.to_string())?;
@@ -50,19 +54,53 @@ pub async fn fold(log: &Log) -> Result<Folded, String> {
         .get_stream(&log.config().stream)
         .await
         .map_err(|e| e.to_string())?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     let subjects = log.subjects();
     let mut expected = 1;
+    let mut messages = None;
+    let mut failures = 0;
     while expected <= end {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(30), messages.next())
-            .await
-            .map_err(|_| format!("position {expected} of {end} did not come within 30 s"))?
-            .ok_or("the log's consumer ended")?
-            .map_err(|e| e.to_string())?;
+        // A consumer from where the fold is, again after a read failed
+        // (the services may be electing after the last fault).
+        if messages.is_none() {
+            let config = async_nats::jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: expected,
+                },
+                ..Default::default()
+            };
+            let opened = match stream.create_consumer(config).await {
+                Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match opened {
+                Ok(opened) => messages = Some(opened),
+                Err(error) => {
+                    failures += 1;
+                    if failures > FOLD_READ_ATTEMPTS {
+                        return Err(format!("reading the log: {error}"));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(reading) = messages.as_mut() else {
+            continue;
+        };
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), reading.next()).await;
+        let message = match next {
+            Ok(Some(Ok(message))) => message,
+            failed => {
+                failures += 1;
+                if failures > FOLD_READ_ATTEMPTS {
+                    return Err(format!(
+                        "position {expected} of {end} could not be read: {failed:?}"
+                    ));
+                }
+                messages = None;
+                continue;
+            }
+        };
         let sequence = message.info().map_err(|e| e.to_string())?.stream_sequence;
         if sequence != expected {
             return Err(format!(

@@ -93,7 +93,8 @@ enum Restore {
 struct Record {
     sent: Mutex<Vec<Sent>>,
     /// When each acknowledgement came, with its account's partition.
-    acks: Mutex<Vec<(Instant, u32)>>,
+    /// (sent, acknowledged, partition) of each acknowledged command.
+    acks: Mutex<Vec<(Instant, Instant, u32)>>,
     done: AtomicUsize,
 }
 
@@ -225,6 +226,21 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     Ok(clean)
 }
 
+/// `ask` until it answers, for at most 30 s: the services may be electing
+/// a leader after the last fault.
+fn retrying<T, E: std::fmt::Display>(mut ask: impl FnMut() -> Result<T, E>) -> Result<T, String> {
+    let started = Instant::now();
+    loop {
+        match ask() {
+            Ok(answer) => return Ok(answer),
+            Err(error) if started.elapsed() > Duration::from_secs(30) => {
+                return Err(error.to_string());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// Waits until etcd says every partition has an owner.
 fn wait_covered(
     io: &tokio::runtime::Runtime,
@@ -233,7 +249,10 @@ fn wait_covered(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     loop {
-        let owners = io.block_on(eventfold_cluster::ownership::owners(etcd, "bank"))?;
+        // etcd may be electing (its leader was just killed): asked again.
+        let owners = io
+            .block_on(eventfold_cluster::ownership::owners(etcd, "bank"))
+            .unwrap_or_default();
         if owners.len() as u32 == partitions {
             return Ok(());
         }
@@ -275,7 +294,7 @@ fn phase(
     while record.done.load(Ordering::SeqCst) < count / 3 && !work.is_finished() {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let owners = io.block_on(eventfold_cluster::ownership::owners(etcd, "bank"))?;
+    let owners = retrying(|| io.block_on(eventfold_cluster::ownership::owners(etcd, "bank")))?;
     let victim = owners.get(&0).cloned().unwrap_or_else(|| "node-1".into());
     let hit: HashSet<u32> = match fault {
         Fault::KillOwner | Fault::PauseOwner => owners
@@ -294,12 +313,12 @@ fn phase(
             Restore::Node(victim.clone())
         }
         Fault::KillStreamLeader => {
-            let leader = io.block_on(nodes::stream_leader(log))?;
+            let leader = retrying(|| io.block_on(nodes::stream_leader(log)))?;
             services.kill(&leader)?;
             Restore::Service(leader)
         }
         Fault::KillEtcdLeader => {
-            let leader = io.block_on(nodes::etcd_leader(services))?;
+            let leader = retrying(|| io.block_on(nodes::etcd_leader(services)))?;
             services.kill(&leader)?;
             Restore::Service(leader)
         }
@@ -325,28 +344,30 @@ fn phase(
         Restore::Node(name) => nodes.restart(&name)?,
         Restore::Service(name) => services.restart(&name)?,
     }
-    let acks: Vec<(Instant, u32)> = record
+    let acks: Vec<(Instant, Instant, u32)> = record
         .acks
         .lock()
         .map(|acks| {
             acks.iter()
-                .filter(|(at, _)| *at > fault_at)
+                .filter(|(_, at, _)| *at > fault_at)
                 .copied()
                 .collect()
         })
         .unwrap_or_default();
+    // The first command sent after the fault to a partition it hit, from
+    // the fault to its acknowledgement.
     let failover = match fault {
         Fault::KillOwner | Fault::PauseOwner => acks
             .iter()
-            .filter(|(_, partition)| hit.contains(partition))
-            .map(|(at, _)| *at - fault_at)
+            .filter(|(sent, _, partition)| *sent > fault_at && hit.contains(partition))
+            .map(|(_, at, _)| *at - fault_at)
             .min(),
         _ => None,
     };
     let stall = match fault {
         Fault::None => None,
         _ => {
-            let mut times: Vec<Instant> = acks.iter().map(|(at, _)| *at).collect();
+            let mut times: Vec<Instant> = acks.iter().map(|(_, at, _)| *at).collect();
             times.sort();
             let mut last = fault_at;
             let mut longest = Duration::ZERO;
@@ -412,11 +433,12 @@ async fn workload(
                 let partition = client
                     .partition_of::<Account>(&account)
                     .unwrap_or(partitions);
+                let sent_at = Instant::now();
                 let acknowledged = send(&client, &account, command, command_id).await?;
                 if acknowledged.is_some()
                     && let Ok(mut acks) = record.acks.lock()
                 {
-                    acks.push((Instant::now(), partition));
+                    acks.push((sent_at, Instant::now(), partition));
                 }
                 if let Ok(mut sent) = record.sent.lock() {
                     sent.push(Sent {

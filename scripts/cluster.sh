@@ -15,4 +15,4 @@ source scripts/ensure-deps.sh
 source scripts/cluster-deps.sh
 cargo build --release --locked -p eventfold-examples --bin cluster-node
 cargo build --release --locked -p eventfold-benches --bin cluster-harness
-exec target/release/cluster-harness "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/cluster-harness" "$@"

@@ -45,6 +45,11 @@ const FOLD_READ_ATTEMPTS: usize = 10;
 /// Reads the whole log and folds it; every fault found is an error.
 pub async fn fold(log: &Log) -> Result<Folded, String> {
     let end = log.last_sequence().await.map_err(|e| e.to_string())?;
+    fold_until(log, end).await
+}
+
+/// Folds the log's positions 1 to `end`.
+pub async fn fold_until(log: &Log, end: u64) -> Result<Folded, String> {
     let mut folded = Folded::default();
     if end == 0 {
         return Ok(folded);

@@ -208,7 +208,7 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let folded = io.block_on(check::fold(&log))?;
     let mut projection_faults = Vec::new();
     for (name, path) in replicas {
-        projection_faults.extend(projection_check(&name, &path, &folded)?);
+        projection_faults.extend(projection_check(&io, &log, &name, &path)?);
     }
     for fault in &projection_faults {
         eprintln!("FAULT (projection): {fault}");
@@ -498,21 +498,27 @@ async fn send(
 
 /// A node's balances read model against the log's fold.
 fn projection_check(
+    io: &tokio::runtime::Runtime,
+    log: &Log,
     name: &str,
     path: &std::path::Path,
-    folded: &check::Folded,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     use eventfold_runtime::storage::{EventStore, RocksStore, StoreOptions, payload};
     let store = RocksStore::open(path, StoreOptions::default())?;
     let model = eventfold_runtime::inspect::read_model_name(&store, "balances")?;
     let checkpoint = store.checkpoint(&model)?.unwrap_or(0);
+    let head = store.head();
     let mut faults = Vec::new();
-    if checkpoint < store.head() {
+    if checkpoint > head {
         faults.push(format!(
-            "{name}: the projection stopped at {checkpoint}, its replica at {}",
-            store.head()
+            "{name}: the projection is at {checkpoint}, past its replica's {head}"
         ));
     }
+    // The node may have stopped before its replica or its projection
+    // caught up: its read model must be the fold of the log up to its
+    // checkpoint, exactly.
+    println!("{name}: replica at {head}, balances projection at {checkpoint}");
+    let folded = io.block_on(check::fold_until(log, checkpoint))?;
     for (account, balance) in &folded.balances {
         let held: i128 = match store.read_model_get(&model, account.as_bytes())? {
             Some(bytes) => payload::decode(&bytes)?,
@@ -520,7 +526,7 @@ fn projection_check(
         };
         if held != *balance {
             faults.push(format!(
-                "{name}: {account} is {held} in its projection, {balance} in the log"
+                "{name}: {account} is {held} in its projection, {balance} in the log up to {checkpoint}"
             ));
         }
     }

@@ -6,7 +6,7 @@
 
 use super::RocksStore;
 use super::syncer::Decision;
-use super::writer::{Job, Pending, Work, Writer, write_events};
+use super::writer::{Job, Pending, Work, Writer, record_outcome, write_events};
 use crate::api::{AppendOutcome, PendingAppend, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
@@ -128,12 +128,7 @@ impl Writer {
             && self.applied_command(id, pending.commands)?.is_none()
         {
             let commands = self.shared.cf(&db, CF_IDEMPOTENCY)?;
-            pending.batch.put_cf(
-                commands,
-                codec::command_key(id),
-                codec::encode_outcome(&outcome),
-            );
-            pending.commands.insert(id, outcome.clone());
+            record_outcome(pending, commands, id, &outcome);
         }
         Ok(Decision::Write(outcome))
     }

@@ -447,12 +447,7 @@ impl Writer {
             deduplicated: false,
         };
         if let Some(id) = command_id {
-            pending.batch.put_cf(
-                commands,
-                codec::command_key(id),
-                codec::encode_outcome(&outcome),
-            );
-            pending.commands.insert(id, outcome.clone());
+            record_outcome(pending, commands, id, &outcome);
         }
         Ok(Decision::Write(outcome))
     }
@@ -510,6 +505,23 @@ pub(super) fn write_events(
         },
     );
     version
+}
+
+/// Records `outcome` as the outcome of command id `id` in the batch
+/// (`commands` is the `idempotency` keyspace) and for the batch's later
+/// jobs.
+pub(super) fn record_outcome(
+    pending: &mut Pending<'_>,
+    commands: &rocksdb::ColumnFamily,
+    id: CommandId,
+    outcome: &AppendOutcome,
+) {
+    pending.batch.put_cf(
+        commands,
+        codec::command_key(id),
+        codec::encode_outcome(outcome),
+    );
+    pending.commands.insert(id, outcome.clone());
 }
 
 /// What the jobs of one batch share while it is being built.

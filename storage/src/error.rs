@@ -208,6 +208,10 @@ pub enum AppendError {
         /// Why.
         reason: Unavailability,
     },
+    /// A replicated entry's read-model changes are invalid (a name, a
+    /// size): nothing was written.
+    #[error("the replicated read-model changes: {0}")]
+    ReadModel(#[source] WriteError),
 }
 
 /// Why a cluster's log refused or could not take an append.
@@ -241,6 +245,13 @@ pub enum Unavailability {
     /// The node is stopping or its replica stopped.
     #[error("the node is stopping")]
     Stopping,
+    /// This node does not hold the claim on a single-runner (a process
+    /// manager that runs once in the cluster), or its claim was fenced.
+    #[error("the claim on {name} is not held by this node")]
+    NotHeld {
+        /// The single-runner's name.
+        name: String,
+    },
 }
 
 /// A file of the store that the storage engine found damaged: a table
@@ -325,6 +336,17 @@ pub enum WriteError {
     /// created or forgotten).
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The store cannot reach the log that makes the write durable (a
+    /// cluster's JetStream), or lost the right to write `model` (the
+    /// claim on the process manager it belongs to is held elsewhere, or
+    /// was fenced). Nothing is known to be written unless it is read back.
+    #[error("the log is unavailable for read model {model}: {reason}")]
+    Unavailable {
+        /// The read model.
+        model: String,
+        /// Why.
+        reason: Unavailability,
+    },
 }
 
 /// Why a name of a checkpoint, read model or snapshot owner was refused.

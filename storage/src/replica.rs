@@ -8,6 +8,7 @@
 //! position that holds none, so that a position read here names the same
 //! entry on every node.
 
+use crate::api::ReadModelBatch;
 use eventfold_domain::{CommandId, NewEvent, StreamId, Timestamp};
 
 /// One entry of the source log, as a replica writes it.
@@ -22,6 +23,19 @@ pub enum Replicated {
         /// The position.
         position: u64,
     },
+    /// Positions of the source log that hold read-model changes written
+    /// through it (a cluster's process-manager state): the positions are
+    /// written as positions readers step over, and the changes (with their
+    /// checkpoint) in the same write, so that a replica holds a position
+    /// only with what was written at it.
+    ReadModel {
+        /// The first position.
+        first_position: u64,
+        /// The last position (the changes may span several).
+        last_position: u64,
+        /// The changes.
+        batch: ReadModelBatch,
+    },
 }
 
 impl Replicated {
@@ -30,6 +44,7 @@ impl Replicated {
         match self {
             Replicated::Append(append) => append.first_position,
             Replicated::Skip { position } => *position,
+            Replicated::ReadModel { first_position, .. } => *first_position,
         }
     }
 
@@ -41,6 +56,7 @@ impl Replicated {
                 .saturating_add(append.events.len() as u64)
                 .saturating_sub(1),
             Replicated::Skip { position } => *position,
+            Replicated::ReadModel { last_position, .. } => *last_position,
         }
     }
 }

@@ -113,3 +113,92 @@ fn replicated_events_reach_the_commit_listener() -> TestResult {
     assert_eq!(seen, vec![1, 2, 4]);
     Ok(())
 }
+
+#[test]
+fn read_model_changes_land_with_their_positions_and_survive_a_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("replica");
+    {
+        let store = RocksStore::open(&path, StoreOptions::default())?;
+        store.replicate(append(1, "account-1", 1, 1, 10)).wait()?;
+        let mut batch = ReadModelBatch::new();
+        batch.put("$pm.transfers", b"i1".to_vec(), b"state one".to_vec());
+        batch.put("$pm.transfers", b"i2".to_vec(), b"state two".to_vec());
+        batch.set_checkpoint("$pm.transfers", 1);
+        let outcome = store
+            .replicate(Replicated::ReadModel {
+                first_position: 2,
+                last_position: 3,
+                batch,
+            })
+            .wait()?;
+        assert_eq!((outcome.first_position, outcome.last_position), (2, 3));
+        let mut later = ReadModelBatch::new();
+        later.delete("$pm.transfers", b"i1".to_vec());
+        later.set_checkpoint("$pm.transfers", 3);
+        store
+            .replicate(Replicated::ReadModel {
+                first_position: 4,
+                last_position: 4,
+                batch: later,
+            })
+            .wait()?;
+        store.replicate(append(5, "account-1", 2, 1, 20)).wait()?;
+    }
+    let store = RocksStore::open(&path, StoreOptions::default())?;
+    assert_eq!(store.head(), 5);
+    let positions: Vec<u64> = store
+        .read_all(1, 100, &Filter::all())?
+        .events
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(
+        positions,
+        vec![1, 5],
+        "the read model's positions hold no event"
+    );
+    assert_eq!(store.read_model_get("$pm.transfers", b"i1")?, None);
+    assert_eq!(
+        store.read_model_get("$pm.transfers", b"i2")?,
+        Some(b"state two".to_vec())
+    );
+    assert_eq!(store.checkpoint("$pm.transfers")?, Some(3));
+    assert!(store.verify()?.is_clean());
+    Ok(())
+}
+
+#[test]
+fn read_model_entries_out_of_order_or_invalid_are_refused_with_nothing_written() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = RocksStore::open(dir.path(), StoreOptions::default())?;
+    let mut batch = ReadModelBatch::new();
+    batch.put("$pm.p", b"k".to_vec(), b"v".to_vec());
+    let entry = |first, last, batch: &ReadModelBatch| Replicated::ReadModel {
+        first_position: first,
+        last_position: last,
+        batch: batch.clone(),
+    };
+    assert_eq!(
+        store.replicate(entry(2, 2, &batch)).wait(),
+        Err(AppendError::ReplicaOutOfOrder {
+            expected: 1,
+            found: 2
+        })
+    );
+    assert!(matches!(
+        store.replicate(entry(1, 0, &batch)).wait(),
+        Err(AppendError::ReplicaOutOfOrder { .. })
+    ));
+    let mut invalid = ReadModelBatch::new();
+    invalid.put("", b"k".to_vec(), b"v".to_vec());
+    assert!(matches!(
+        store.replicate(entry(1, 1, &invalid)).wait(),
+        Err(AppendError::ReadModel(WriteError::InvalidName(_)))
+    ));
+    assert_eq!(store.head(), 0);
+    assert_eq!(store.read_model_get("$pm.p", b"k")?, None);
+    store.replicate(entry(1, 1, &batch)).wait()?;
+    assert_eq!(store.read_model_get("$pm.p", b"k")?, Some(b"v".to_vec()));
+    Ok(())
+}

@@ -5,12 +5,13 @@
 //! not assigned.
 
 use super::RocksStore;
+use super::store::put_read_model;
 use super::syncer::Decision;
 use super::writer::{Job, Pending, Work, Writer, record_outcome, write_events};
 use crate::api::{AppendOutcome, PendingAppend, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
-use crate::keyspaces::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS};
+use crate::keyspaces::{CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_STREAMS};
 use crate::replica::Replicated;
 use crate::validate;
 use std::sync::Arc;
@@ -44,6 +45,22 @@ impl RocksStore {
                     .collect()
             }
             Replicated::Skip { .. } => Vec::new(),
+            Replicated::ReadModel {
+                first_position,
+                last_position,
+                batch,
+            } => {
+                if last_position < first_position {
+                    return PendingAppend::ready(Err(AppendError::ReplicaOutOfOrder {
+                        expected: *first_position,
+                        found: *last_position,
+                    }));
+                }
+                if let Err(error) = validate::read_model_batch(batch, self.options()) {
+                    return PendingAppend::ready(Err(AppendError::ReadModel(error)));
+                }
+                Vec::new()
+            }
         };
         let bytes = records.iter().map(Vec::len).sum();
         let (reply, receiver) = oneshot::channel();
@@ -86,6 +103,29 @@ impl Writer {
                     streams: Vec::new(),
                     first_position: position,
                     last_position: position,
+                    deduplicated: false,
+                }));
+            }
+            Replicated::ReadModel {
+                first_position,
+                last_position,
+                batch,
+            } => {
+                for position in first_position..=last_position {
+                    pending.batch.put_cf(
+                        global,
+                        codec::global_key(position),
+                        codec::encode_erased(position),
+                    );
+                }
+                let models = self.shared.cf(&db, CF_READ_MODELS)?;
+                let checkpoints = self.shared.cf(&db, CF_CHECKPOINTS)?;
+                put_read_model(pending.batch, [models, checkpoints], &batch);
+                *pending.position = last_position + 1;
+                return Ok(Decision::Write(AppendOutcome {
+                    streams: Vec::new(),
+                    first_position,
+                    last_position,
                     deduplicated: false,
                 }));
             }

@@ -493,27 +493,7 @@ impl EventStore for RocksStore {
         let models = self.cf(CF_READ_MODELS).map_err(missing)?;
         let checkpoints = self.cf(CF_CHECKPOINTS).map_err(missing)?;
         let mut write = WriteBatch::default();
-        for (model, op) in &batch.ops {
-            match op {
-                ReadModelOp::Put { key, value } => {
-                    write.put_cf(
-                        models,
-                        codec::read_model_key(model, key),
-                        codec::encode_opaque(value),
-                    );
-                }
-                ReadModelOp::Delete { key } => {
-                    write.delete_cf(models, codec::read_model_key(model, key));
-                }
-            }
-        }
-        if let Some((name, position)) = &batch.checkpoint {
-            write.put_cf(
-                checkpoints,
-                name.as_bytes(),
-                codec::encode_checkpoint(*position),
-            );
-        }
+        put_read_model(&mut write, [models, checkpoints], &batch);
         let sync = if batch.relaxed {
             DirectSync::Covered
         } else {
@@ -559,5 +539,35 @@ impl EventStore for RocksStore {
             appends: shared.stats_appends.load(Ordering::Relaxed),
             events: shared.stats_events.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Adds `batch`'s changes and checkpoint to `write` (the read models' and
+/// checkpoints' column families, in that order).
+pub(super) fn put_read_model(
+    write: &mut WriteBatch,
+    [models, checkpoints]: [&rocksdb::ColumnFamily; 2],
+    batch: &ReadModelBatch,
+) {
+    for (model, op) in &batch.ops {
+        match op {
+            ReadModelOp::Put { key, value } => {
+                write.put_cf(
+                    models,
+                    codec::read_model_key(model, key),
+                    codec::encode_opaque(value),
+                );
+            }
+            ReadModelOp::Delete { key } => {
+                write.delete_cf(models, codec::read_model_key(model, key));
+            }
+        }
+    }
+    if let Some((name, position)) = &batch.checkpoint {
+        write.put_cf(
+            checkpoints,
+            name.as_bytes(),
+            codec::encode_checkpoint(*position),
+        );
     }
 }

@@ -58,6 +58,7 @@ impl Runtime {
             dispatch: DispatchTable::new(),
             clock: Arc::new(eventfold_domain::SystemClock),
             upcasters: Upcasters::new(),
+            placement: None,
         }
     }
 }
@@ -73,6 +74,7 @@ pub struct RuntimeBuilder {
     dispatch: DispatchTable,
     clock: Arc<dyn eventfold_domain::Clock>,
     upcasters: Upcasters,
+    placement: Option<Arc<dyn process::ProcessPlacement>>,
 }
 
 impl RuntimeBuilder {
@@ -186,7 +188,28 @@ impl RuntimeBuilder {
     pub fn aggregate<A: Aggregate>(mut self) -> Self {
         self.kinds.push(A::KIND);
         self.dispatch
-            .insert(A::KIND, Arc::new(TypedDispatch::<A>::new()));
+            .insert(A::KIND, Arc::new(TypedDispatch::<A>::new(None)));
+        self
+    }
+
+    /// Registers an aggregate type whose commands from process managers
+    /// go through `sender` when another node hosts the aggregate (a
+    /// cluster node routes them to their partition's owner).
+    pub fn aggregate_sent_by<A: Aggregate>(
+        mut self,
+        sender: Arc<dyn process::CommandSender<A>>,
+    ) -> Self {
+        self.kinds.push(A::KIND);
+        self.dispatch
+            .insert(A::KIND, Arc::new(TypedDispatch::<A>::new(Some(sender))));
+        self
+    }
+
+    /// Decides where each process manager runs (see
+    /// [`ProcessPlacement`](process::ProcessPlacement)); without one, all
+    /// run here.
+    pub fn process_placement(mut self, placement: Arc<dyn process::ProcessPlacement>) -> Self {
+        self.placement = Some(placement);
         self
     }
 
@@ -366,6 +389,7 @@ impl RuntimeBuilder {
             router: Arc::clone(&router),
             upcasters,
             keys,
+            placement: self.placement,
         };
         let processes = match Processes::start(self.processes, &environment) {
             Ok(processes) => processes,

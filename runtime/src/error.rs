@@ -269,6 +269,10 @@ pub enum ControlRefusal {
     /// Its control mailbox is full (or closed): try again.
     #[error("the mailbox of {0} is full or closed")]
     MailboxFull(String),
+    /// The process manager runs on another node of the cluster now: ask
+    /// that node.
+    #[error("{0} runs on another node of the cluster")]
+    Elsewhere(String),
 }
 
 /// What stops a process manager, or fails a control request: the store, a

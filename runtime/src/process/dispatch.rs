@@ -1,13 +1,15 @@
 //! Sending an outbox command to its aggregate: through the runtime's
-//! router, with the command's deterministic id, retried with backoff as the
-//! process manager's settings say; the answer becomes a `ResultOutcome`
-//! for the instance.
+//! router (or the [`CommandSender`] registered for its type, when another
+//! node hosts it), with the command's deterministic id, retried with
+//! backoff as the process manager's settings say; the answer becomes a
+//! `ResultOutcome` for the instance.
 
 use super::records::OutboxRecord;
 use super::results::ResultOutcome;
 use super::settings::ProcessSettings;
 use crate::command::router::Router;
 use crate::error::CommandError;
+use crate::{CommandOutcome, ExecuteOptions};
 use eventfold_domain::{Aggregate, CausationId, CommandId, CorrelationId};
 use eventfold_storage::{EventStore, payload};
 use std::collections::HashMap;
@@ -40,11 +42,43 @@ pub(crate) trait Dispatch: Send + Sync {
 /// The aggregate types commands can be sent to, by `KIND`.
 pub(crate) type DispatchTable = HashMap<&'static str, Arc<dyn Dispatch>>;
 
-pub(crate) struct TypedDispatch<A>(PhantomData<fn() -> A>);
+/// The answer of a command sent to another node.
+pub type SentCommand<A> = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    CommandOutcome<<A as Aggregate>::Event>,
+                    CommandError<<A as Aggregate>::Error>,
+                >,
+            > + Send,
+    >,
+>;
 
-impl<A> TypedDispatch<A> {
-    pub(crate) fn new() -> Self {
-        Self(PhantomData)
+/// Sends the commands process managers address to aggregates of `A` that
+/// another node hosts (a cluster routes each to its partition's owner).
+///
+/// An error other than [`CommandError::Rejected`], `InvalidId`,
+/// `NotRegistered`, `Encode` or `ShutDown` is retried with the same
+/// command id as the process manager's `dispatch_retry` says.
+pub trait CommandSender<A: Aggregate>: Send + Sync + 'static {
+    /// Whether this runtime hosts aggregate `id` now: its own router
+    /// executes the command then, and [`send`](Self::send) is not asked.
+    fn hosted_here(&self, id: &str) -> bool;
+    /// The command's answer from the node that hosts aggregate `id`.
+    fn send(&self, id: &str, command: A::Command, options: ExecuteOptions) -> SentCommand<A>;
+}
+
+pub(crate) struct TypedDispatch<A: Aggregate> {
+    sender: Option<Arc<dyn CommandSender<A>>>,
+    _kind: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> TypedDispatch<A> {
+    pub(crate) fn new(sender: Option<Arc<dyn CommandSender<A>>>) -> Self {
+        Self {
+            sender,
+            _kind: PhantomData,
+        }
     }
 }
 
@@ -62,6 +96,7 @@ impl<A: Aggregate> Dispatch for TypedDispatch<A> {
         let payload = entry.payload.clone();
         let command_id = CommandId::from_bytes(entry.command_id);
         let retry = settings.dispatch_retry.clone();
+        let sender = self.sender.clone();
         let mut options = settings.execute_options(command_id);
         if let Some(correlation) = entry.trace.correlation {
             options = options.correlation_id(CorrelationId::from_bytes(correlation));
@@ -80,8 +115,17 @@ impl<A: Aggregate> Dispatch for TypedDispatch<A> {
                         )));
                     }
                 };
-                let answer = router.submit::<A>(&aggregate_id, command, options.clone());
-                match answer.await {
+                let answer = match &sender {
+                    Some(sender) if !sender.hosted_here(&aggregate_id) => {
+                        sender.send(&aggregate_id, command, options.clone()).await
+                    }
+                    _ => {
+                        router
+                            .submit::<A>(&aggregate_id, command, options.clone())
+                            .await
+                    }
+                };
+                match answer {
                     Ok(mut outcome) => {
                         if outcome.deduplicated && outcome.events.is_empty() {
                             // The answer of a duplicate found at append time

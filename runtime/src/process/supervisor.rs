@@ -47,6 +47,7 @@ pub(crate) struct HostEnvironment {
     pub router: Arc<Router>,
     pub upcasters: Arc<crate::evolution::Upcasters>,
     pub keys: Arc<crate::personal::SubjectKeys>,
+    pub placement: Option<Arc<dyn super::control::ProcessPlacement>>,
 }
 
 impl Processes {
@@ -68,6 +69,7 @@ impl Processes {
                 upcasters: Arc::clone(&environment.upcasters),
                 control: receiver,
                 shared: Arc::clone(&shared),
+                placement: environment.placement.clone(),
             };
             let host = (registration.make)(config);
             let name = format!("eventfold-pm-{}", registration.name);

@@ -343,6 +343,9 @@ pub enum ConsumerState {
     Stopped(String),
     /// A rebuild of this version is catching up; queries read the old one.
     Rebuilding,
+    /// Runs on another node of a cluster (a process manager elected to run
+    /// once): this runtime stands by and takes it over when it is granted.
+    Standby,
 }
 
 /// A consumer's status.

@@ -33,7 +33,7 @@ mod recover;
 mod step;
 
 use super::api::ProcessManager;
-use super::control::{HostConfig, HostRun, ProcessControl};
+use super::control::{HostConfig, HostRun, ProcessControl, ProcessPlacement};
 use super::dispatch::Delivery;
 use super::records::*;
 use crate::error::{ControlRefusal, ProcessFailure};
@@ -119,16 +119,68 @@ impl<P: ProcessManager> Host<P> {
 }
 
 impl<P: ProcessManager> HostRun for Host<P> {
-    fn run(mut self: Box<Self>) {
+    fn run(self: Box<Self>) {
+        let Some(placement) = self.config.placement.clone() else {
+            let mut host = self;
+            if let Ended::Failed(reason) = host.serve(None) {
+                host.stopped(reason);
+            }
+            return;
+        };
+        let mut host = self;
+        loop {
+            let Some(grant) = host.await_grant(&*placement) else {
+                return;
+            };
+            match host.serve(Some((&*placement, grant))) {
+                Ended::Told => return,
+                Ended::Failed(reason) => return host.stopped(reason),
+                Ended::Lost => {
+                    tracing::info!(process = %host.name, grant, "standing down: the grant moved");
+                    placement.stood_down(&host.name, grant);
+                    // What it held in memory may be stale: the next grant
+                    // starts from the store.
+                    host = host.renew();
+                }
+            }
+        }
+    }
+}
+
+/// Why a host stopped serving.
+enum Ended {
+    /// Told to stop.
+    Told,
+    /// Its grant moved (a placement decided it runs elsewhere now).
+    Lost,
+    /// A failure it cannot go past.
+    Failed(ProcessFailure),
+}
+
+impl<P: ProcessManager> Host<P> {
+    /// Serves until told to stop, until a failure, or (under a
+    /// placement) until `grant` is no longer this runtime's.
+    fn serve(&mut self, grant: Option<(&dyn ProcessPlacement, u64)>) -> Ended {
+        let held = |host: &Self| {
+            grant.is_none_or(|(placement, grant)| placement.grant(&host.name) == Some(grant))
+        };
+        let failed = |host: &Self, reason| {
+            if held(host) {
+                Ended::Failed(reason)
+            } else {
+                Ended::Lost
+            }
+        };
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
         {
             Ok(runtime) => runtime,
-            Err(error) => return self.stopped(ProcessFailure::NoRuntime(error.kind())),
+            Err(error) => return Ended::Failed(ProcessFailure::NoRuntime(error.kind())),
         };
+        self.config.shared.set_state(ConsumerState::CatchingUp);
         if let Err(reason) = self.recover() {
-            return self.stopped(reason);
+            return failed(self, reason);
         }
         let mut sub = Subscription::new(
             Arc::clone(&self.config.store),
@@ -138,6 +190,9 @@ impl<P: ProcessManager> HostRun for Host<P> {
             Arc::clone(&self.config.upcasters),
         );
         loop {
+            if !held(self) {
+                return Ended::Lost;
+            }
             match self.round(&runtime, &mut sub) {
                 Ok(true) => {}
                 Ok(false) => {
@@ -145,11 +200,44 @@ impl<P: ProcessManager> HostRun for Host<P> {
                     if let Err(reason) = self.commit() {
                         tracing::error!(process = %self.name, %reason, "final commit failed");
                     }
-                    return;
+                    return Ended::Told;
                 }
-                Err(reason) => return self.stopped(reason),
+                Err(reason) => return failed(self, reason),
             }
         }
+    }
+
+    /// Waits (answering control messages) until the placement grants this
+    /// runtime the process manager; `None` when told to stop first.
+    fn await_grant(&mut self, placement: &dyn ProcessPlacement) -> Option<u64> {
+        loop {
+            if self.config.shared.stopping.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(grant) = placement.grant(&self.name) {
+                return Some(grant);
+            }
+            self.config.shared.set_state(ConsumerState::Standby);
+            loop {
+                match self.config.control.try_recv() {
+                    Ok(ProcessControl::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                        return None;
+                    }
+                    Ok(ProcessControl::Resume(_, reply) | ProcessControl::Cancel(_, reply)) => {
+                        let refusal = ControlRefusal::Elsewhere(self.name.clone());
+                        let _ = reply.send(Err(refusal.into()));
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                }
+            }
+            std::thread::sleep(IDLE_WAIT);
+        }
+    }
+
+    /// A host with nothing in memory, to serve a new grant.
+    fn renew(self: Box<Self>) -> Box<Self> {
+        let Host { pm, config, .. } = *self;
+        Box::new(Host::new(pm, config))
     }
 }
 

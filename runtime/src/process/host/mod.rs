@@ -120,14 +120,13 @@ impl<P: ProcessManager> Host<P> {
 
 impl<P: ProcessManager> HostRun for Host<P> {
     fn run(self: Box<Self>) {
-        let Some(placement) = self.config.placement.clone() else {
-            let mut host = self;
+        let mut host = *self;
+        let Some(placement) = host.config.placement.clone() else {
             if let Ended::Failed(reason) = host.serve(None) {
                 host.stopped(reason);
             }
             return;
         };
-        let mut host = self;
         loop {
             let Some(grant) = host.await_grant(&*placement) else {
                 return;
@@ -235,9 +234,9 @@ impl<P: ProcessManager> Host<P> {
     }
 
     /// A host with nothing in memory, to serve a new grant.
-    fn renew(self: Box<Self>) -> Box<Self> {
-        let Host { pm, config, .. } = *self;
-        Box::new(Host::new(pm, config))
+    fn renew(self) -> Self {
+        let Host { pm, config, .. } = self;
+        Host::new(pm, config)
     }
 }
 

@@ -8,6 +8,8 @@ use crate::partition::partition_of;
 use crate::route::{self, ClusterCommandError, RoutedReply};
 use crate::wire::Subjects;
 use eventfold_runtime::domain::{Aggregate, StreamId};
+use eventfold_runtime::process::{CommandSender, SentCommand};
+use eventfold_runtime::storage::{AppendError, Unavailability};
 use eventfold_runtime::{CommandError, CommandOutcome, ExecuteOptions};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -105,5 +107,74 @@ impl ClusterClient {
                 .map_err(ClusterCommandError::Encoding)?,
         };
         route::answer_of::<A>(reply)
+    }
+}
+
+/// What a node's process managers send their commands with: set when
+/// the node starts.
+pub(crate) struct SenderParts {
+    pub client: ClusterClient,
+    pub claims: std::sync::Arc<crate::claims::Claims>,
+    pub io: tokio::runtime::Handle,
+}
+
+/// Sends process managers' commands for `A` to the owner of their
+/// partition; those of partitions this node holds run here.
+pub(crate) struct RoutedSender<A> {
+    pub parts: std::sync::Arc<std::sync::OnceLock<SenderParts>>,
+    pub kind: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> CommandSender<A> for RoutedSender<A>
+where
+    A::Error: DeserializeOwned,
+{
+    fn hosted_here(&self, id: &str) -> bool {
+        let Some(parts) = self.parts.get() else {
+            return true;
+        };
+        parts
+            .client
+            .partition_of::<A>(id)
+            .is_none_or(|partition| parts.claims.active(partition).is_some())
+    }
+
+    fn send(&self, id: &str, command: A::Command, options: ExecuteOptions) -> SentCommand<A> {
+        let Some(parts) = self.parts.get() else {
+            return Box::pin(async { Err(CommandError::ShutDown) });
+        };
+        let client = parts.client.clone();
+        let io = parts.io.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let stream = StreamId::for_aggregate(A::KIND, &id).map_err(CommandError::InvalidId)?;
+            // On the node's I/O runtime: the host's own runtime runs only
+            // while the host waits.
+            let sent = io.spawn(async move { client.execute::<A>(&id, command, options).await });
+            let answer = sent.await.map_err(|_| CommandError::ShutDown)?;
+            answer.map_err(|error| as_command_error(error, stream))
+        })
+    }
+}
+
+/// A routed command's error as the runtime's: those that say "retry with
+/// the same command id" as an unavailable log, which dispatch retries.
+fn as_command_error<E: std::error::Error + 'static>(
+    error: ClusterCommandError<E>,
+    stream: StreamId,
+) -> CommandError<E> {
+    let unavailable = |reason| CommandError::Store(AppendError::Unavailable { stream, reason });
+    match error {
+        ClusterCommandError::Rejected(error) => CommandError::Rejected(error),
+        ClusterCommandError::Local(error) => error,
+        ClusterCommandError::Timeout(limit) => CommandError::Timeout(limit),
+        ClusterCommandError::OwnerUnavailable { partition }
+        | ClusterCommandError::Moved { partition } => {
+            unavailable(Unavailability::NotOwner { partition })
+        }
+        ClusterCommandError::Remote(words) => unavailable(Unavailability::NoAnswer(format!(
+            "the owner failed it: {words}"
+        ))),
+        ClusterCommandError::Encoding(words) => CommandError::Encode(words),
     }
 }

@@ -10,7 +10,9 @@
 //! node's appends then fail (`Stopping`) instead of deciding on it.
 
 use crate::log::{Fence, Log};
-use crate::wire::{AppendAssembler, EventMessage, WireError, decode_event};
+use crate::wire::{
+    AppendAssembler, EventMessage, ReadModelAssembler, WireError, decode_event, token_of,
+};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use eventfold_runtime::domain::Timestamp;
 use eventfold_runtime::storage::{AppendError, EventStore, PendingAppend, Replicated, RocksStore};
@@ -135,6 +137,7 @@ pub fn start(log: Log, replica: RocksStore) -> Progress {
             fences,
             sender,
             assembler: AppendAssembler::default(),
+            models: ReadModelAssembler::default(),
             pending: VecDeque::new(),
             next: head + 1,
         };
@@ -163,6 +166,7 @@ struct Follower {
     fences: Arc<RwLock<HashMap<u32, Fence>>>,
     sender: watch::Sender<Applied>,
     assembler: AppendAssembler,
+    models: ReadModelAssembler,
     /// Entries handed to the replica, oldest first, with their last position.
     pending: VecDeque<(u64, PendingAppend)>,
     /// The next position to read.
@@ -313,6 +317,24 @@ impl Follower {
             self.assembler
                 .push(sequence, recorded_at, decoded)?
                 .map(Replicated::Append)
+        } else if let Some(fence) = subjects.read_model_fence(&message.subject) {
+            let message = EventMessage {
+                sequence,
+                headers: message.headers.as_ref(),
+                payload: &message.payload,
+            };
+            let token = token_of(&message)?;
+            if let Some(current) = self.fence_token(fence)
+                && token != current
+            {
+                return Err(FollowError::Fencing {
+                    position: sequence,
+                    partition: fence,
+                    token,
+                    current,
+                });
+            }
+            self.models.push(&message)?
         } else {
             // Not a subject of ours (the stream's filter allows none):
             // kept as a position without an event.

@@ -56,10 +56,12 @@ pub mod client;
 pub mod follower;
 pub mod local;
 pub mod log;
+mod models;
 pub mod node;
 pub mod ownership;
 pub mod partition;
 pub mod route;
+pub mod singletons;
 pub mod store;
 pub mod wire;
 

@@ -4,7 +4,7 @@
 //! quorum of its servers stored them; each event carries the check that
 //! makes a stale owner's append fail (see [`crate::wire`]).
 
-use crate::wire::{EventHeaders, HEADER_NODE, HEADER_TOKEN, Subjects, encode_event};
+use crate::wire::{EventHeaders, HEADER_APPEND, HEADER_NODE, HEADER_TOKEN, Subjects, encode_event};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use eventfold_runtime::domain::{CommandId, NewEvent, StreamId};
@@ -360,45 +360,105 @@ impl Log {
             command,
         };
         let count = events.len();
+        let messages = events
+            .iter()
+            .enumerate()
+            .map(|(index, event)| {
+                (
+                    headers.build(event, index, count),
+                    encode_event(stream, event, first_version + index as u64),
+                )
+            })
+            .collect();
         let batch = events
             .first()
             .map(|e| format!("{}", e.metadata.event_id))
             .unwrap_or_default();
+        self.publish(subject, &batch, messages).await
+    }
+
+    /// Writes read-model changes of the single-runner fenced on `fence`
+    /// (its claim's marker `claim`): `chunks` from
+    /// [`encode_read_model`](crate::wire::encode_read_model), one message
+    /// or an atomic batch; `commit` makes the message ids (the same for a
+    /// retry of the same commit).
+    pub async fn write_read_model(
+        &self,
+        fence: u32,
+        claim: Fence,
+        chunks: Vec<bytes::Bytes>,
+        commit: &str,
+    ) -> Result<Landed, LogError> {
+        let fence_subject = self.subjects.fence(fence);
+        let count = chunks.len();
+        let messages = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(index, payload)| {
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("{commit}.{index}").as_str(),
+                );
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    claim.sequence.to_string().as_str(),
+                );
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    fence_subject.as_str(),
+                );
+                headers.insert(HEADER_TOKEN, claim.token.to_string().as_str());
+                headers.insert(HEADER_APPEND, format!("{index}/{count}").as_str());
+                (headers, payload)
+            })
+            .collect();
+        self.publish(self.subjects.read_model(fence), commit, messages)
+            .await
+    }
+
+    /// Publishes `messages` to `subject`: one, or an atomic batch `batch`
+    /// of several; the answer to the last.
+    async fn publish(
+        &self,
+        subject: String,
+        batch: &str,
+        messages: Vec<(HeaderMap, bytes::Bytes)>,
+    ) -> Result<Landed, LogError> {
+        let count = messages.len();
         let mut last = None;
-        for (index, event) in events.iter().enumerate() {
-            let mut message_headers = headers.build(event, index, count);
-            let payload = encode_event(stream, event, first_version + index as u64);
+        for (index, (mut headers, payload)) in messages.into_iter().enumerate() {
             if count == 1 {
-                last = Some((message_headers, payload));
+                last = Some((headers, payload));
                 break;
             }
-            message_headers.insert(async_nats::header::NATS_BATCH_ID, batch.as_str());
-            message_headers.insert(
+            headers.insert(async_nats::header::NATS_BATCH_ID, batch);
+            headers.insert(
                 async_nats::header::NATS_BATCH_SEQUENCE,
                 (index + 1).to_string().as_str(),
             );
             if index + 1 == count {
-                message_headers.insert(
+                headers.insert(
                     async_nats::header::NATS_BATCH_COMMIT,
                     async_nats::header::NATS_BATCH_COMMIT_FINAL,
                 );
-                last = Some((message_headers, payload));
+                last = Some((headers, payload));
             } else {
                 self.client
-                    .publish_with_headers(subject.clone(), message_headers, payload)
+                    .publish_with_headers(subject.clone(), headers, payload)
                     .await?;
             }
         }
-        let Some((message_headers, payload)) = last else {
+        let Some((headers, payload)) = last else {
             return Err(LogError::Refused {
                 code: 400,
                 err_code: 0,
-                description: "an append without events".into(),
+                description: "a publish without messages".into(),
             });
         };
         let answer = self
             .client
-            .request_with_headers(subject, message_headers, payload)
+            .request_with_headers(subject, headers, payload)
             .await?;
         read_answer(&answer.payload)
     }

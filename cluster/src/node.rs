@@ -5,21 +5,23 @@
 //! owners.
 
 use crate::claims::Claims;
-use crate::client::ClusterClient;
+use crate::client::{ClusterClient, RoutedSender, SenderParts};
 use crate::follower::{self, Progress};
 use crate::log::{Log, LogConfig, LogError};
 use crate::ownership::{self, OwnershipConfig};
 use crate::partition::partition_of;
 use crate::route::{self, ClusterCommandError, RoutedReply, Routes};
+use crate::singletons::{FenceClash, Singletons};
 use crate::store::ClusterStore;
 use eventfold_runtime::domain::Aggregate;
+use eventfold_runtime::process::ProcessPlacement;
 use eventfold_runtime::storage::{Durability, OpenError, RocksStore, StoreOptions};
 use eventfold_runtime::{CommandOutcome, ExecuteOptions, Runtime, RuntimeBuilder, RuntimeHandle};
 use futures::StreamExt;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -86,6 +88,9 @@ pub enum NodeError {
     /// The runtime did not start.
     #[error("the runtime: {0}")]
     Runtime(#[from] eventfold_runtime::StartError),
+    /// Two process managers share a fence.
+    #[error(transparent)]
+    Fences(#[from] FenceClash),
     /// Too many partitions.
     #[error("{0} partitions, more than {max}", max = crate::partition::PARTITIONS_MAX)]
     Partitions(u32),
@@ -97,6 +102,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     routes: Routes,
     runtime: RuntimeBuilder,
+    senders: Arc<OnceLock<SenderParts>>,
 }
 
 impl NodeBuilder {
@@ -106,12 +112,19 @@ impl NodeBuilder {
         A::Error: Serialize + DeserializeOwned,
     {
         self.routes.add::<A>();
-        self.runtime = self.runtime.aggregate::<A>();
+        let sender = RoutedSender::<A> {
+            parts: Arc::clone(&self.senders),
+            kind: std::marker::PhantomData,
+        };
+        self.runtime = self.runtime.aggregate_sent_by::<A>(Arc::new(sender));
         self
     }
 
     /// Configures the rest of the runtime (projections, process managers,
-    /// settings); its store is the cluster's.
+    /// settings); its store is the cluster's. Each process manager runs
+    /// once in the cluster, on the node that holds its claim (see
+    /// [`crate::singletons`]); projections run on every node, each over
+    /// its own replica.
     pub fn runtime(mut self, configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> Self {
         self.runtime = configure(self.runtime);
         self
@@ -143,17 +156,29 @@ impl NodeBuilder {
             follower::start(log.clone(), replica.clone())
         };
         let claims = Claims::new(config.partitions);
+        let singletons = Singletons::new(self.runtime.process_names())?;
         let store = ClusterStore::new(
             replica.clone(),
             log.clone(),
             progress.clone(),
-            Arc::clone(&claims),
+            (Arc::clone(&claims), Arc::clone(&singletons)),
             config.partitions,
             io.handle(),
         );
+        let client = ClusterClient::from_connection(
+            log.client().clone(),
+            log.subjects().clone(),
+            config.partitions,
+        );
+        let _ = self.senders.set(SenderParts {
+            client: client.clone(),
+            claims: Arc::clone(&claims),
+            io: io.handle().clone(),
+        });
         let runtime = self
             .runtime
             .store(Arc::new(store.clone()), Some(replica.clone()))
+            .process_placement(Arc::clone(&singletons) as Arc<dyn ProcessPlacement>)
             .start()?;
         let (stop, stopped) = watch::channel(false);
         let mut ownership_config =
@@ -179,6 +204,7 @@ impl NodeBuilder {
             progress: progress.clone(),
             claims: Arc::clone(&claims),
             release,
+            singletons: Arc::clone(&singletons),
         };
         let ownership = io.spawn(ownership::run(
             ownership_config,
@@ -194,17 +220,13 @@ impl NodeBuilder {
             runtime.clone(),
             stopped,
         ));
-        let client = ClusterClient::from_connection(
-            log.client().clone(),
-            log.subjects().clone(),
-            config.partitions,
-        );
         Ok(ClusterNode {
             config,
             io: Some(io),
             runtime,
             store,
             claims,
+            singletons,
             progress,
             client,
             stop,
@@ -220,6 +242,7 @@ pub struct ClusterNode {
     runtime: RuntimeHandle,
     store: ClusterStore,
     claims: Arc<Claims>,
+    singletons: Arc<Singletons>,
     progress: Progress,
     client: ClusterClient,
     stop: watch::Sender<bool>,
@@ -233,6 +256,7 @@ impl ClusterNode {
             config,
             routes: Routes::default(),
             runtime: Runtime::builder(),
+            senders: Arc::new(OnceLock::new()),
         }
     }
 
@@ -254,6 +278,19 @@ impl ClusterNode {
     /// The partitions this node holds now.
     pub fn partitions(&self) -> Vec<u32> {
         self.claims.held().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// The process managers this node runs now (it holds their claims).
+    pub fn process_managers(&self) -> Vec<String> {
+        let mut held: Vec<String> = self
+            .singletons
+            .held()
+            .into_iter()
+            .filter(|(_, claim)| !claim.draining)
+            .map(|(name, _)| name)
+            .collect();
+        held.sort();
+        held
     }
 
     /// The last log position the replica applied.

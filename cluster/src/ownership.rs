@@ -18,7 +18,8 @@
 use crate::claims::{Claim, Claims};
 use crate::follower::Progress;
 use crate::log::{Log, LogError};
-use crate::partition::partitions_of;
+use crate::partition::{owner_of, partitions_of};
+use crate::singletons::Singletons;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -73,6 +74,10 @@ impl OwnershipConfig {
     fn owner_key(&self, partition: u32) -> String {
         format!("{}/owners/{partition}", self.base())
     }
+
+    fn singleton_key(&self, name: &str) -> String {
+        format!("{}/singletons/{name}", self.base())
+    }
 }
 
 /// Why an ownership step failed (each is retried on the next round).
@@ -108,6 +113,8 @@ pub struct Parts {
     pub claims: Arc<Claims>,
     /// Lets go of a partition's aggregates.
     pub release: Release,
+    /// The node's single-runners and their claims.
+    pub singletons: Arc<Singletons>,
 }
 
 /// Runs membership and ownership until `stop` turns true; then hands every
@@ -124,6 +131,7 @@ pub async fn run(
         progress: parts.progress,
         claims: parts.claims,
         release: parts.release,
+        singletons: parts.singletons,
     };
     while !*stop.borrow() {
         if let Err(error) = owner.session(&mut etcd, &mut stop).await {
@@ -143,12 +151,14 @@ struct Owner {
     progress: Progress,
     claims: Arc<Claims>,
     release: Release,
+    singletons: Arc<Singletons>,
 }
 
 impl Owner {
     /// Drops every claim at once (the lease is lost), then lets go of
     /// their aggregates.
     async fn lose_all(&self) {
+        self.singletons.clear();
         let held = self.claims.held();
         self.claims.clear();
         for (partition, _) in held {
@@ -268,7 +278,43 @@ impl Owner {
             }
             self.claim(etcd, lease, *partition).await?;
         }
+        let held: BTreeSet<String> = self.singletons.held().into_iter().map(|(n, _)| n).collect();
+        for (name, fence) in self.singletons.names() {
+            let wanted = owner_of(*fence, &members) == Some(self.config.node.as_str());
+            if held.contains(name) && !wanted {
+                self.hand_off_singleton(etcd, name).await;
+            } else if !held.contains(name) && wanted {
+                if Instant::now() >= valid_until {
+                    return Err(OwnershipError::LeaseLost);
+                }
+                let key = self.config.singleton_key(name);
+                if let Some(claim) = self.claim_key(etcd, lease, key, *fence).await? {
+                    self.singletons.insert(name, claim);
+                    tracing::info!(node = %self.config.node, %name, token = claim.token, "claimed the single-runner");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Hands the single-runner `name` off: its host stops (waited for up
+    /// to the hand-off timeout), the claim and its key go.
+    async fn hand_off_singleton(&self, etcd: &mut Client, name: &str) {
+        if let Some(claim) = self.singletons.active(name) {
+            self.singletons.drain(name);
+            let grant = claim.fence.sequence;
+            if !self
+                .singletons
+                .stood_down_from(name, grant, self.config.handoff_timeout)
+                .await
+            {
+                tracing::warn!(%name, "the host did not stand down in time; the next marker fences it");
+            }
+        }
+        self.singletons.remove(name);
+        self.release_key(etcd, self.config.singleton_key(name))
+            .await;
+        tracing::info!(node = %self.config.node, %name, "handed off the single-runner");
     }
 
     /// Claims `partition` if nobody holds it.
@@ -279,6 +325,25 @@ impl Owner {
         partition: u32,
     ) -> Result<(), OwnershipError> {
         let key = self.config.owner_key(partition);
+        let Some(claim) = self.claim_key(etcd, lease, key, partition).await? else {
+            return Ok(());
+        };
+        (self.release)(partition).await;
+        self.claims.insert(partition, claim);
+        tracing::info!(node = %self.config.node, partition, token = claim.token, "claimed");
+        Ok(())
+    }
+
+    /// Claims `key` if nobody holds it, and writes the claim's marker on
+    /// `fence`; the claim once the replica has applied the marker, `None`
+    /// when another node holds the key or the marker could not be placed.
+    async fn claim_key(
+        &self,
+        etcd: &mut Client,
+        lease: i64,
+        key: String,
+        fence: u32,
+    ) -> Result<Option<Claim>, OwnershipError> {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -295,7 +360,7 @@ impl Owner {
         } else {
             // Held: by another node, which hands it off in time; or still
             // by this one, under this lease, after the node gave the
-            // claim up (an append it could not resolve). Then it is taken
+            // claim up (a write it could not resolve). Then it is taken
             // up again with a new marker, which fences whatever of the
             // old claim may still land.
             let mine = answer.op_responses().into_iter().find_map(|op| match op {
@@ -308,50 +373,40 @@ impl Owner {
             });
             match mine {
                 Some(token) => token,
-                None => return Ok(()),
+                None => return Ok(None),
             }
         };
-        let mut fence = None;
+        let mut written = None;
         for _ in 0..FENCE_ATTEMPTS_MAX {
-            let after = self
-                .log
-                .last_fence(partition)
-                .await?
-                .map_or(0, |f| f.sequence);
+            let after = self.log.last_fence(fence).await?.map_or(0, |f| f.sequence);
             match self
                 .log
-                .write_fence(partition, token, &self.config.node, after)
+                .write_fence(fence, token, &self.config.node, after)
                 .await
             {
-                Ok(written) => {
-                    fence = Some(written);
+                Ok(marker) => {
+                    written = Some(marker);
                     break;
                 }
                 // Another marker came between: a claim older than ours
                 // (etcd says ours is current); write after it.
                 Err(LogError::WrongLastSequence { .. }) => continue,
                 Err(error) => {
-                    self.release_key(etcd, partition).await;
+                    self.release_key(etcd, key).await;
                     return Err(error.into());
                 }
             }
         }
-        let Some(fence) = fence else {
-            self.release_key(etcd, partition).await;
-            return Ok(());
+        let Some(marker) = written else {
+            self.release_key(etcd, key).await;
+            return Ok(None);
         };
-        self.progress.wait_for(fence.sequence).await?;
-        (self.release)(partition).await;
-        self.claims.insert(
-            partition,
-            Claim {
-                token,
-                fence,
-                draining: false,
-            },
-        );
-        tracing::info!(node = %self.config.node, partition, token, "claimed");
-        Ok(())
+        self.progress.wait_for(marker.sequence).await?;
+        Ok(Some(Claim {
+            token,
+            fence: marker,
+            draining: false,
+        }))
     }
 
     /// Hands `partition` off: no new appends, those under way finish, the
@@ -365,30 +420,34 @@ impl Owner {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.claims.remove(partition);
-        self.release_key(etcd, partition).await;
+        self.release_key(etcd, self.config.owner_key(partition))
+            .await;
         (self.release)(partition).await;
         tracing::info!(node = %self.config.node, partition, "handed off");
         Ok(())
     }
 
     async fn hand_off_all(&self, etcd: &mut Client) {
+        // The process managers first: they send commands to partitions.
+        for (name, _) in self.singletons.held() {
+            self.hand_off_singleton(etcd, &name).await;
+        }
         for (partition, _) in self.claims.held() {
             let _ = self.hand_off(etcd, partition).await;
         }
     }
 
-    /// Deletes the claim key of `partition` if it is still this node's.
-    async fn release_key(&self, etcd: &mut Client, partition: u32) {
-        let key = self.config.owner_key(partition);
+    /// Deletes the claim `key` if it is still this node's.
+    async fn release_key(&self, etcd: &mut Client, key: String) {
         let txn = Txn::new()
             .when([Compare::value(
                 key.clone(),
                 CompareOp::Equal,
                 self.config.node.as_bytes(),
             )])
-            .and_then([TxnOp::delete(key, None)]);
+            .and_then([TxnOp::delete(key.clone(), None)]);
         if let Err(error) = etcd.txn(txn).await {
-            tracing::debug!(partition, %error, "releasing a claim key failed; its lease ends it");
+            tracing::debug!(%key, %error, "releasing a claim key failed; its lease ends it");
         }
     }
 }

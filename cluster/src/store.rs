@@ -17,7 +17,9 @@
 use crate::claims::Claims;
 use crate::follower::Progress;
 use crate::log::{Log, LogError};
+use crate::models::ModelWriter;
 use crate::partition::partition_of;
+use crate::singletons::Singletons;
 use eventfold_runtime::domain::{StreamId, Timestamp};
 use eventfold_runtime::storage::*;
 use std::collections::{HashMap, VecDeque};
@@ -66,19 +68,27 @@ struct Shared {
 pub struct ClusterStore {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
+    models: ModelWriter,
 }
 
 impl ClusterStore {
-    /// A store writing to `log` under `claims`, reading `replica` (which
-    /// `progress`'s follower fills); its appends run on `runtime`.
+    /// A store writing to `log` under `claims` (and `singletons` for
+    /// process managers' state), reading `replica` (which `progress`'s
+    /// follower fills); its appends run on `runtime`.
     pub fn new(
         replica: RocksStore,
         log: Log,
         progress: Progress,
-        claims: Arc<Claims>,
+        (claims, singletons): (Arc<Claims>, Arc<Singletons>),
         partitions: u32,
         runtime: &tokio::runtime::Handle,
     ) -> Self {
+        let models = ModelWriter {
+            log: log.clone(),
+            progress: progress.clone(),
+            singletons,
+            io: runtime.clone(),
+        };
         let shared = Arc::new(Shared {
             replica,
             log,
@@ -90,7 +100,11 @@ impl ClusterStore {
         });
         let (jobs, receiver) = mpsc::channel(PUBLISH_QUEUE_MAX);
         runtime.spawn(dispatch(receiver, Arc::clone(&shared)));
-        Self { shared, jobs }
+        Self {
+            shared,
+            jobs,
+            models,
+        }
     }
 
     /// The replica: the node's local copy of the log, with its snapshots,
@@ -525,7 +539,10 @@ impl EventStore for ClusterStore {
     }
 
     fn commit_read_model(&self, batch: ReadModelBatch) -> Result<(), WriteError> {
-        self.shared.replica.commit_read_model(batch)
+        match self.models.owner_of(&batch)? {
+            Some((name, fence)) => self.models.commit(&name, fence, batch),
+            None => self.shared.replica.commit_read_model(batch),
+        }
     }
 
     fn verify(&self) -> Result<VerifyReport, ReadError> {

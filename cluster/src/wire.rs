@@ -5,7 +5,10 @@
 
 use async_nats::HeaderMap;
 use eventfold_runtime::domain::{CommandId, NewEvent, StreamId, Timestamp};
-use eventfold_runtime::storage::{ReplicatedAppend, decoders};
+use eventfold_runtime::storage::{
+    ReadModelBatch, ReadModelOp, Replicated, ReplicatedAppend, decoders,
+};
+use serde::{Deserialize, Serialize};
 
 /// The header naming the claim's token an event was written under.
 pub const HEADER_TOKEN: &str = "Ef-Token";
@@ -36,6 +39,7 @@ impl Subjects {
         vec![
             format!("{}.e.>", self.prefix),
             format!("{}.fence.*", self.prefix),
+            format!("{}.rm.*", self.prefix),
         ]
     }
 
@@ -60,6 +64,21 @@ impl Subjects {
     /// listens.
     pub fn commands(&self, partition: u32) -> String {
         format!("{}.cmd.{partition}", self.prefix)
+    }
+
+    /// The subject of the read-model changes of the single-runner whose
+    /// claims are fenced on `fence` (see [`crate::singletons`]).
+    pub fn read_model(&self, fence: u32) -> String {
+        format!("{}.rm.{fence}", self.prefix)
+    }
+
+    /// The fence of a read-model subject, when `subject` is one.
+    pub fn read_model_fence(&self, subject: &str) -> Option<u32> {
+        subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".rm.")?
+            .parse()
+            .ok()
     }
 
     /// The partition of a fence subject, when `subject` is one.
@@ -171,6 +190,14 @@ pub enum WireError {
     Interleaved {
         /// The message's sequence.
         sequence: u64,
+    },
+    /// A read-model message's checksum or encoding fails.
+    #[error("message {sequence}: the read-model changes do not decode: {reason}")]
+    ReadModel {
+        /// The message's sequence.
+        sequence: u64,
+        /// What failed.
+        reason: String,
     },
 }
 
@@ -301,4 +328,130 @@ impl AppendAssembler {
     pub fn is_open(&self) -> bool {
         self.open.is_some()
     }
+}
+
+/// The most bytes of read-model changes one message carries; larger
+/// batches go as an atomic batch of several.
+pub const READ_MODEL_CHUNK_BYTES: usize = 256 * 1024;
+
+/// One message's share of a read-model batch, as it travels.
+#[derive(Serialize, Deserialize, Default)]
+struct ReadModelChunk {
+    /// `(model, key, value)`: a put with a value, a delete without.
+    ops: Vec<(String, Vec<u8>, Option<Vec<u8>>)>,
+    checkpoint: Option<(String, u64)>,
+}
+
+/// The payloads of `batch`'s messages: its changes in order, split where
+/// a message would pass [`READ_MODEL_CHUNK_BYTES`] (a single larger change
+/// goes alone), the checkpoint with the last; each bincode, then its
+/// CRC32C (big-endian).
+pub fn encode_read_model(batch: &ReadModelBatch) -> Result<Vec<bytes::Bytes>, String> {
+    let mut chunks = vec![ReadModelChunk::default()];
+    let mut size = 0;
+    for (model, op) in &batch.ops {
+        let (key, value) = match op {
+            ReadModelOp::Put { key, value } => (key.clone(), Some(value.clone())),
+            ReadModelOp::Delete { key } => (key.clone(), None),
+        };
+        let bytes = model.len() + key.len() + value.as_ref().map_or(0, Vec::len);
+        if size > 0 && size + bytes > READ_MODEL_CHUNK_BYTES {
+            chunks.push(ReadModelChunk::default());
+            size = 0;
+        }
+        size += bytes;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.ops.push((model.clone(), key, value));
+        }
+    }
+    if let Some(chunk) = chunks.last_mut() {
+        chunk.checkpoint = batch.checkpoint.clone();
+    }
+    chunks
+        .iter()
+        .map(|chunk| {
+            let mut bytes = bincode::serde::encode_to_vec(chunk, bincode::config::standard())
+                .map_err(|e| e.to_string())?;
+            bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
+            Ok(bytes.into())
+        })
+        .collect()
+}
+
+/// The most bytes a read-model message may hold when it is decoded.
+const READ_MODEL_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Gathers the messages of one read-model batch (`Ef-Append` `i/n`) into
+/// the entry a replica writes.
+#[derive(Default)]
+pub struct ReadModelAssembler {
+    open: Option<(u64, ReadModelBatch)>,
+}
+
+impl ReadModelAssembler {
+    /// Takes the next read-model message; the whole batch once its last
+    /// message has come.
+    pub fn push(&mut self, message: &EventMessage<'_>) -> Result<Option<Replicated>, WireError> {
+        let sequence = message.sequence;
+        let (index, count) = header(message, HEADER_APPEND)
+            .and_then(|value| value.split_once('/'))
+            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+            .filter(|(i, n)| i < n)
+            .ok_or(WireError::Header {
+                sequence,
+                header: HEADER_APPEND,
+            })?;
+        let chunk = decode_chunk(sequence, message.payload)?;
+        let (first, batch) = match self.open.take() {
+            None if index == 0 => (sequence, ReadModelBatch::new()),
+            Some((first, batch)) if index > 0 && sequence == first + index as u64 => (first, batch),
+            _ => return Err(WireError::Interleaved { sequence }),
+        };
+        let mut batch = batch;
+        for (model, key, value) in chunk.ops {
+            match value {
+                Some(value) => batch.put(&model, key, value),
+                None => batch.delete(&model, key),
+            }
+        }
+        if let Some((name, position)) = chunk.checkpoint {
+            batch.set_checkpoint(&name, position);
+        }
+        if index + 1 < count {
+            self.open = Some((first, batch));
+            return Ok(None);
+        }
+        Ok(Some(Replicated::ReadModel {
+            first_position: first,
+            last_position: sequence,
+            batch,
+        }))
+    }
+}
+
+/// The claim token a message was written under.
+pub fn token_of(message: &EventMessage<'_>) -> Result<u64, WireError> {
+    header(message, HEADER_TOKEN)
+        .and_then(|value| value.parse().ok())
+        .ok_or(WireError::Header {
+            sequence: message.sequence,
+            header: HEADER_TOKEN,
+        })
+}
+
+fn decode_chunk(sequence: u64, payload: &[u8]) -> Result<ReadModelChunk, WireError> {
+    let failed = |reason: String| WireError::ReadModel { sequence, reason };
+    let (body, sum) = payload
+        .split_last_chunk::<4>()
+        .ok_or_else(|| failed("shorter than its checksum".into()))?;
+    if crc32c::crc32c(body) != u32::from_be_bytes(*sum) {
+        return Err(failed("the checksum does not match".into()));
+    }
+    let config = bincode::config::standard().with_limit::<READ_MODEL_MESSAGE_BYTES_MAX>();
+    let (chunk, read) =
+        bincode::serde::decode_from_slice(body, config).map_err(|e| failed(e.to_string()))?;
+    if read != body.len() {
+        return Err(failed("bytes after the changes".into()));
+    }
+    Ok(chunk)
 }

@@ -205,6 +205,11 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The names of the process managers registered so far.
+    pub fn process_names(&self) -> Vec<String> {
+        self.processes.iter().map(|p| p.name.clone()).collect()
+    }
+
     /// Decides where each process manager runs (see
     /// [`ProcessPlacement`](process::ProcessPlacement)); without one, all
     /// run here.

@@ -1,0 +1,151 @@
+//! The read models of single-runners, written through the log: a
+//! process manager's batch (its instances, outbox, timers and checkpoint
+//! in `$pm.{name}`) is published under its claim's fence and answered once
+//! this node's replica has applied it, so every node holds the state the
+//! holder last wrote and the next holder starts from it. Every other read
+//! model is the node's own (a projection each node keeps from its own
+//! replica) and is written to the replica directly.
+//!
+//! A batch whose answer does not come is sent again with the same message
+//! ids, up to [`PUBLISH_ATTEMPTS_MAX`]; then the claim is given up (the
+//! host stands down), and the next claim's marker fences whatever may
+//! still land.
+
+use crate::follower::Progress;
+use crate::log::{Log, LogError};
+use crate::singletons::Singletons;
+use crate::store::{PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX};
+use crate::wire::encode_read_model;
+use eventfold_runtime::storage::{ReadModelBatch, Unavailability, WriteError};
+use std::sync::Arc;
+
+/// The process manager whose state `model` is (`$pm.{name}`).
+fn process_of(model: &str) -> Option<&str> {
+    model.strip_prefix("$pm.")
+}
+
+/// Writes single-runners' read models through the log.
+#[derive(Clone)]
+pub(crate) struct ModelWriter {
+    pub log: Log,
+    pub progress: Progress,
+    pub singletons: Arc<Singletons>,
+    pub io: tokio::runtime::Handle,
+}
+
+impl ModelWriter {
+    /// The single-runner `batch` belongs to, with its fence; `None` for a
+    /// batch of the node's own read models. A batch that mixes a
+    /// single-runner's model with any other is refused.
+    pub fn owner_of(&self, batch: &ReadModelBatch) -> Result<Option<(String, u32)>, WriteError> {
+        let names = batch
+            .ops
+            .iter()
+            .map(|(model, _)| model.as_str())
+            .chain(batch.checkpoint.iter().map(|(name, _)| name.as_str()));
+        let mut owner: Option<&str> = None;
+        let mut own = false;
+        for model in names {
+            match process_of(model).filter(|name| self.singletons.fence(name).is_some()) {
+                Some(name) if owner.is_none_or(|o| o == name) => owner = Some(name),
+                Some(_) => return Err(mixed()),
+                None => own = true,
+            }
+        }
+        match owner {
+            Some(_) if own => Err(mixed()),
+            Some(name) => Ok(self.singletons.fence(name).map(|f| (name.to_owned(), f))),
+            None => Ok(None),
+        }
+    }
+
+    /// Publishes `batch` of single-runner `name` under its claim and
+    /// waits until the replica applied it. Blocks the calling thread (a
+    /// process manager's host, which serves nothing else).
+    pub fn commit(&self, name: &str, fence: u32, batch: ReadModelBatch) -> Result<(), WriteError> {
+        let model = format!("$pm.{name}");
+        let unavailable = |reason| WriteError::Unavailable {
+            model: model.clone(),
+            reason,
+        };
+        let Some(claim) = self.singletons.active(name) else {
+            return Err(unavailable(Unavailability::NotHeld {
+                name: name.to_owned(),
+            }));
+        };
+        let chunks =
+            encode_read_model(&batch).map_err(|e| unavailable(Unavailability::Refused(e)))?;
+        let commit = format!(
+            "rm.{fence}.{}.{}",
+            claim.fence.sequence,
+            self.singletons.next_commit()
+        );
+        let writer = self.clone();
+        let name = name.to_owned();
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        self.io.spawn(async move {
+            let result = writer.publish(&name, fence, claim, chunks, &commit).await;
+            let _ = answer.send(result);
+        });
+        answered
+            .recv()
+            .unwrap_or(Err(Unavailability::Stopping))
+            .map_err(unavailable)
+    }
+
+    async fn publish(
+        &self,
+        name: &str,
+        fence: u32,
+        claim: crate::claims::Claim,
+        chunks: Vec<bytes::Bytes>,
+        commit: &str,
+    ) -> Result<(), Unavailability> {
+        let mut attempt = 0;
+        let landed = loop {
+            attempt += 1;
+            match self
+                .log
+                .write_read_model(fence, claim.fence, chunks.clone(), commit)
+                .await
+            {
+                Ok(landed) => break landed.last_sequence,
+                // Sent before by an attempt whose answer was lost: it is
+                // in the log, at most at its end.
+                Err(LogError::AlreadyLanded { .. }) => {
+                    break self
+                        .log
+                        .last_sequence()
+                        .await
+                        .map_err(|e| Unavailability::NoAnswer(e.to_string()))?;
+                }
+                Err(LogError::WrongLastSequence { .. }) => {
+                    self.singletons.fenced(name, claim.fence.sequence);
+                    return Err(Unavailability::Fenced {
+                        partition: fence,
+                        token: claim.token,
+                    });
+                }
+                Err(error) if error.outcome_unknown() && attempt < PUBLISH_ATTEMPTS_MAX => {
+                    tracing::debug!(%name, attempt, %error, "read model unanswered; sending again");
+                    tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
+                }
+                Err(error) if error.outcome_unknown() => {
+                    self.singletons.fenced(name, claim.fence.sequence);
+                    return Err(Unavailability::NoAnswer(error.to_string()));
+                }
+                Err(error) => return Err(Unavailability::Refused(error.to_string())),
+            }
+        };
+        match tokio::time::timeout(REPLICA_WAIT_MAX, self.progress.wait_for(landed)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(Unavailability::Stopping),
+        }
+    }
+}
+
+fn mixed() -> WriteError {
+    WriteError::Unsupported {
+        operation: "a batch mixing a process manager's state with other read models",
+    }
+}

@@ -1,0 +1,211 @@
+//! Process managers in the cluster: each runs on one node, sends its
+//! commands to whichever node owns their partition, and when its node dies
+//! another takes it over from the state the first wrote through the log
+//! (instances, outbox, timers, checkpoint): every command once, every
+//! timer fired once.
+
+mod common;
+
+use common::*;
+use eventfold_cluster::local::LocalServices;
+use eventfold_cluster::{ClusterNode, NodeConfig};
+use eventfold_runtime::domain::*;
+use eventfold_runtime::process::*;
+use eventfold_runtime::projection::decode;
+use eventfold_runtime::storage::{Direction, Filter};
+use eventfold_runtime::{ConsumerState, RuntimeHandle};
+use std::path::Path;
+use std::time::Duration;
+
+const NAME: &str = "relay";
+const SOURCES: u64 = 12;
+const LATER: Duration = Duration::from_secs(4);
+
+/// For each `Added(n)` to `src{i}`: adds `n` to `dst{i}` at once, and 1
+/// more `LATER`.
+struct Relay;
+
+impl ProcessManager for Relay {
+    type State = u64;
+    type Error = std::convert::Infallible;
+    fn name(&self) -> &str {
+        NAME
+    }
+    fn filter(&self) -> Filter {
+        Filter::categories([Counter::KIND])
+    }
+    fn associate(&self, event: &RecordedEvent) -> Association {
+        match event.stream_id.as_str().strip_prefix("counter-src") {
+            Some(i) => Association::Start(format!("{i}-{}", event.version)),
+            None => Association::Ignore,
+        }
+    }
+    fn handle(
+        &mut self,
+        results: &mut u64,
+        input: Input<'_>,
+        effects: &mut Effects,
+    ) -> Result<(), Self::Error> {
+        let instance = effects.instance().to_owned();
+        let target = format!("dst{}", instance.split('-').next().unwrap_or_default());
+        match input {
+            Input::Event(event) => {
+                if let Ok(Ev::Added(n)) = decode::<Ev>(event) {
+                    effects.send::<Counter>(&target, Cmd::Add(n));
+                    effects.set_timer_after("later", LATER);
+                }
+            }
+            Input::Result(_) => *results += 1,
+            Input::Timer(_) => {
+                effects.send::<Counter>(&target, Cmd::Add(1));
+                effects.finish();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn relay_node(
+    services: &LocalServices,
+    dir: &Path,
+    name: &str,
+) -> Result<ClusterNode, Box<dyn std::error::Error>> {
+    let mut config = NodeConfig::new("test", name, dir.join(name));
+    config.partitions = 8;
+    config.nats_urls = services.nats_urls();
+    config.etcd_endpoints = services.etcd_endpoints();
+    config.lease_ttl = Duration::from_secs(3);
+    config.rebalance_every = Duration::from_millis(100);
+    Ok(ClusterNode::builder(config)
+        .aggregate::<Counter>()
+        .runtime(|b| {
+            b.shards(2)
+                .process_manager(|| Relay, ProcessSettings::default())
+        })
+        .start()?)
+}
+
+fn events_of(runtime: &RuntimeHandle, id: &str) -> Vec<Ev> {
+    let Ok(stream) = StreamId::new(format!("counter-{id}")) else {
+        return Vec::new();
+    };
+    runtime
+        .store()
+        .read_stream(&stream, 1, Direction::Forward, 100)
+        .map(|events| events.iter().filter_map(|e| decode::<Ev>(e).ok()).collect())
+        .unwrap_or_default()
+}
+
+fn holders<'a>(nodes: &[&'a ClusterNode]) -> Vec<&'a ClusterNode> {
+    nodes
+        .iter()
+        .copied()
+        .filter(|n| n.process_managers() == vec![NAME.to_owned()])
+        .collect()
+}
+
+#[test]
+fn a_process_manager_runs_once_and_moves_with_its_state_when_its_node_dies() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let services = LocalServices::start(&dir.path().join("services"), 3, 3)?;
+    let nodes = vec![
+        relay_node(&services, dir.path(), "node-a")?,
+        relay_node(&services, dir.path(), "node-b")?,
+        relay_node(&services, dir.path(), "node-c")?,
+    ];
+    let all: Vec<&ClusterNode> = nodes.iter().collect();
+    assert!(wait_until(Duration::from_secs(30), || covered(&all, 8)
+        && holders(&all).len() == 1));
+    let holder = holders(&all)[0].name().to_owned();
+    for node in &all {
+        let state = node.runtime().process_status(NAME)?.state;
+        let expected = if node.name() == holder {
+            vec![ConsumerState::CatchingUp, ConsumerState::Live]
+        } else {
+            vec![ConsumerState::Standby]
+        };
+        assert!(expected.contains(&state), "{}: {state:?}", node.name());
+    }
+
+    // Commands through a node that does not run the process manager.
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sender = all
+        .iter()
+        .find(|n| n.name() != holder)
+        .ok_or("a second node")?;
+    for i in 0..SOURCES {
+        add_retrying(
+            &io,
+            sender,
+            &format!("src{i}"),
+            i + 2,
+            Duration::from_secs(30),
+        )?;
+    }
+    // The first commands land (on the owners of the dst partitions) ...
+    assert!(wait_until(Duration::from_secs(30), || (0..SOURCES).all(
+        |i| events_of(sender.runtime(), &format!("dst{i}")) == vec![Ev::Added(i + 2)]
+    )));
+    // ... and every node reads the instances' state, written through the log.
+    assert!(wait_until(Duration::from_secs(10), || {
+        (0..SOURCES).all(|i| {
+            sender
+                .runtime()
+                .process_instance::<u64>(NAME, &format!("{i}-1"))
+                .is_ok_and(|view| view.is_some_and(|v| v.state == 1 && v.timers.len() == 1))
+        })
+    }));
+
+    // The holder dies before its timers are due.
+    let mut survivors = Vec::new();
+    for node in nodes {
+        if node.name() == holder {
+            drop(node);
+        } else {
+            survivors.push(node);
+        }
+    }
+    let alive: Vec<&ClusterNode> = survivors.iter().collect();
+    assert!(wait_until(Duration::from_secs(30), || holders(&alive)
+        .len()
+        == 1));
+    // Its timers fire on the new holder, once each.
+    assert!(wait_until(Duration::from_secs(30), || (0..SOURCES).all(
+        |i| { events_of(alive[0].runtime(), &format!("dst{i}")).len() == 2 }
+    )));
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..SOURCES {
+        assert_eq!(
+            events_of(alive[0].runtime(), &format!("dst{i}")),
+            vec![Ev::Added(i + 2), Ev::Added(1)],
+            "dst{i}: each command once"
+        );
+        let view = alive[0]
+            .runtime()
+            .process_instance::<u64>(NAME, &format!("{i}-1"))?
+            .ok_or("an instance")?;
+        assert_eq!(view.status, InstanceStatus::Finished);
+    }
+    // A graceful leave hands it over too.
+    let leaving = holders(&alive)[0].name().to_owned();
+    let mut rest = Vec::new();
+    for node in survivors {
+        if node.name() == leaving {
+            node.shutdown();
+        } else {
+            rest.push(node);
+        }
+    }
+    let last: Vec<&ClusterNode> = rest.iter().collect();
+    assert!(wait_until(Duration::from_secs(30), || holders(&last).len() == 1));
+    add_retrying(&io, last[0], "src0", 5, Duration::from_secs(30))?;
+    assert!(wait_until(Duration::from_secs(30), || {
+        events_of(last[0].runtime(), "dst0").len() == 3
+    }));
+    for node in rest {
+        node.shutdown();
+    }
+    Ok(())
+}

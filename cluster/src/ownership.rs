@@ -471,3 +471,22 @@ pub async fn owners(
         })
         .collect())
 }
+
+/// Who runs each process manager of `cluster` now, as etcd says.
+pub async fn singleton_holders(
+    etcd: &mut Client,
+    cluster: &str,
+) -> Result<std::collections::HashMap<String, String>, OwnershipError> {
+    let prefix = format!("/eventfold/{cluster}/singletons/");
+    let answer = etcd
+        .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(answer
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let name = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
+            Some((name, kv.value_str().ok()?.to_owned()))
+        })
+        .collect())
+}

@@ -1,6 +1,7 @@
 //! The bank as one node of a cluster: accounts executed here when their
 //! partition is this node's (and for any node that sends them), the
-//! balances projection kept on this node's replica. Runs until SIGTERM or
+//! balances projection kept on this node's replica, the transfers process
+//! manager run here while this node holds its claim. Runs until SIGTERM or
 //! SIGINT, then hands its partitions off and exits 0.
 //!
 //! ```text
@@ -12,7 +13,9 @@ use clap::Parser;
 use eventfold_cluster::{ClusterNode, NodeConfig};
 use eventfold_examples::Account;
 use eventfold_examples::balances::Balances;
+use eventfold_examples::transfers::TransferProcess;
 use eventfold_runtime::ConsumerSettings;
+use eventfold_runtime::process::ProcessSettings;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,6 +83,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             builder
                 .shards(shards)
                 .projection(|| Balances, ConsumerSettings::default())
+                .process_manager(TransferProcess::default, ProcessSettings::default())
         })
         .start()?;
     eprintln!("cluster-node {}: started", node.name());

@@ -1,7 +1,8 @@
 //! The checks after each fault, made from the log itself: every message
 //! read from JetStream in order and decoded as eventfold's, every
 //! acknowledged command found once, versions contiguous, tokens never going
-//! back along a stream, money conserved.
+//! back along a stream, every transfer debited once and then credited or
+//! refunded once (never both), money conserved.
 
 use eventfold_cluster::log::Log;
 use eventfold_cluster::wire::{self, EventMessage};
@@ -17,8 +18,19 @@ use std::collections::{HashMap, HashSet};
 pub struct Sent {
     pub account: String,
     pub amount: u64,
+    /// A transfer's target (else a deposit, or an opening when `amount`
+    /// is 0).
+    pub to: Option<String>,
     pub command_id: CommandId,
     pub acknowledged: Option<(u64, u64)>,
+}
+
+/// One transfer as the log tells it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TransferSeen {
+    pub debits: u32,
+    pub credits: u32,
+    pub refunds: u32,
 }
 
 /// What the log holds, folded.
@@ -36,6 +48,21 @@ pub struct Folded {
     pub positions: HashMap<CommandId, (u64, u64)>,
     /// What each position holds: stream, version, command id.
     pub at: HashMap<u64, (String, u64, Option<CommandId>)>,
+    /// Every transfer, by id.
+    pub transfers: HashMap<String, TransferSeen>,
+    /// Per account stream: money in and out by transfers (credits and
+    /// refunds in, debits out).
+    pub transferred: HashMap<String, i128>,
+}
+
+impl Folded {
+    /// Transfers debited and not yet credited or refunded.
+    pub fn open_transfers(&self) -> usize {
+        self.transfers
+            .values()
+            .filter(|t| t.debits > 0 && t.credits + t.refunds == 0)
+            .count()
+    }
 }
 
 /// Reads of the log that may fail (an election after a fault) before the
@@ -122,6 +149,13 @@ pub async fn fold_until(log: &Log, end: u64) -> Result<Folded, String> {
             );
             continue;
         }
+        if let Some(fence) = subjects.read_model_fence(&message.subject) {
+            folded.at.insert(
+                sequence,
+                (format!("process manager state of fence {fence}"), 0, None),
+            );
+            continue;
+        }
         let decoded = wire::decode_event(&EventMessage {
             sequence,
             headers: message.headers.as_ref(),
@@ -157,7 +191,23 @@ pub async fn fold_until(log: &Log, end: u64) -> Result<Folded, String> {
         );
         let event: AccountEvent = payload::decode(&decoded.event.payload)
             .map_err(|e| format!("{stream_id} at {sequence}: {e}"))?;
-        *folded.balances.entry(stream_id).or_default() += event.balance_delta();
+        let delta = event.balance_delta();
+        let transfer = match &event {
+            AccountEvent::TransferDebited { transfer_id, .. } => Some((transfer_id, 0)),
+            AccountEvent::TransferCredited { transfer_id, .. } => Some((transfer_id, 1)),
+            AccountEvent::TransferRefunded { transfer_id, .. } => Some((transfer_id, 2)),
+            _ => None,
+        };
+        if let Some((id, what)) = transfer {
+            let seen = folded.transfers.entry(id.clone()).or_default();
+            match what {
+                0 => seen.debits += 1,
+                1 => seen.credits += 1,
+                _ => seen.refunds += 1,
+            }
+            *folded.transferred.entry(stream_id.clone()).or_default() += delta;
+        }
+        *folded.balances.entry(stream_id).or_default() += delta;
     }
     Ok(folded)
 }
@@ -167,6 +217,7 @@ pub async fn fold_until(log: &Log, end: u64) -> Result<Folded, String> {
 pub fn against(sent: &[Sent], folded: &Folded) -> Vec<String> {
     let mut faults = Vec::new();
     let mut expected: HashMap<String, i128> = HashMap::new();
+    let mut deposited: i128 = 0;
     let mut seen = HashSet::new();
     for command in sent {
         if !seen.insert(command.command_id) {
@@ -199,18 +250,42 @@ pub fn against(sent: &[Sent], folded: &Folded) -> Vec<String> {
             )),
             _ => {}
         }
-        if count > 0 {
+        if count > 0 && command.to.is_none() {
             let stream = StreamId::for_aggregate(Account::KIND, &command.account)
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default();
             *expected.entry(stream).or_default() += i128::from(command.amount);
+            deposited += i128::from(command.amount);
         }
+    }
+    // Each account: the deposits that landed, and what transfers moved
+    // (from the log: the process manager's credits and refunds are its
+    // own commands).
+    for (account, moved) in &folded.transferred {
+        *expected.entry(account.clone()).or_default() += moved;
     }
     for (account, balance) in &folded.balances {
         let wanted = expected.get(account).copied().unwrap_or(0);
         if *balance != wanted {
             faults.push(format!(
                 "{account}: the log makes {balance}, the commands that landed {wanted}"
+            ));
+        }
+    }
+    // With every transfer settled, transfers moved money between
+    // accounts and made or lost none: the accounts hold what was deposited.
+    let total: i128 = folded.balances.values().sum();
+    let moved: i128 = folded.transferred.values().sum();
+    if folded.open_transfers() == 0 && (moved != 0 || total != deposited) {
+        faults.push(format!(
+            "money: the accounts hold {total}, the deposits that landed made {deposited}, transfers moved {moved} in all"
+        ));
+    }
+    for (id, seen) in &folded.transfers {
+        if seen.debits != 1 || seen.credits + seen.refunds > 1 {
+            faults.push(format!(
+                "transfer {id}: debited {} times, credited {}, refunded {}",
+                seen.debits, seen.credits, seen.refunds
             ));
         }
     }

@@ -1,8 +1,11 @@
 //! The cluster's harness: 3 etcd members, 3 JetStream servers and 3
 //! eventfold nodes (`cluster-node`, the bank) on loopback, each with its
-//! own directory; a bounded workload of deposits (unique command ids,
-//! every acknowledgement recorded) in phases, each with one fault injected
-//! by stored PID; the checks after each phase; the figures.
+//! own directory; a bounded workload of deposits and transfers (unique
+//! command ids, every acknowledgement recorded) in phases: deposits alone
+//! (W1's shape), transfers alone (W7's: each settled by the transfers
+//! process manager, which runs on one node), then a mix with one fault
+//! injected by stored PID per phase; the checks after each phase; the
+//! figures.
 //!
 //! ```text
 //! cargo build --release -p eventfold-examples --bin cluster-node
@@ -11,27 +14,30 @@
 
 mod check;
 mod nodes;
+mod work;
 
 use check::Sent;
 use clap::Parser;
+use eventfold_cluster::ClusterClient;
 use eventfold_cluster::local::LocalServices;
 use eventfold_cluster::log::{Log, LogConfig};
-use eventfold_cluster::{ClusterClient, ClusterCommandError};
-use eventfold_examples::{Account, AccountCommand, AccountError};
-use eventfold_runtime::ExecuteOptions;
-use eventfold_runtime::domain::CommandId;
 use nodes::Nodes;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use work::{Order, workload};
 
 #[derive(Parser, Clone)]
 #[command(about = "Faults injected into a 3-node eventfold cluster, and the checks after each")]
 struct Args {
-    /// Deposits per phase.
+    /// Commands per phase.
     #[arg(long, default_value_t = 2000)]
     commands: usize,
+    /// Of the commands of a fault phase, the percentage that are
+    /// transfers (the others are deposits).
+    #[arg(long, default_value_t = 25)]
+    transfer_share: u64,
     /// Accounts.
     #[arg(long, default_value_t = 200)]
     accounts: usize,
@@ -56,9 +62,12 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-/// The longest a phase's workload may take: a cluster that stops
-/// acknowledging commands fails the run instead of hanging it.
-const PHASE_TIME_MAX: Duration = Duration::from_secs(180);
+/// The longest the transfers of a phase may take to settle after its
+/// commands were acknowledged.
+const SETTLE_TIME_MAX: Duration = Duration::from_secs(120);
+
+/// What every account is funded with before the phases.
+const FUNDING: u64 = 1_000_000;
 
 /// The faults, one per phase.
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +83,7 @@ impl Fault {
     fn name(self) -> &'static str {
         match self {
             Fault::None => "none (steady)",
-            Fault::KillOwner => "kill -9 of an owner",
+            Fault::KillOwner => "kill -9 of an owner (runs transfers)",
             Fault::KillStreamLeader => "kill -9 of the JetStream leader",
             Fault::KillEtcdLeader => "kill -9 of the etcd leader",
             Fault::PauseOwner => "SIGSTOP of an owner past its lease",
@@ -99,8 +108,13 @@ struct Record {
 }
 
 struct Phase {
+    label: &'static str,
     fault: Fault,
     commands: usize,
+    /// Transfers among the commands.
+    transfers: usize,
+    /// From the phase's start until every transfer was settled.
+    settled: Option<Duration>,
     seconds: f64,
     cpu_micros: Vec<(String, u64)>,
     /// From the fault to the first acknowledgement of a partition it hit
@@ -156,36 +170,60 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         acks: Mutex::new(Vec::new()),
         done: AtomicUsize::new(0),
     });
-    // Every account opened first.
-    let opened = (0..args.accounts)
-        .map(|i| (i.to_string(), 0))
-        .collect::<Vec<_>>();
-    io.block_on(workload(
-        &client,
-        &record,
-        opened,
-        args.workers,
-        args.partitions,
-    ))?;
+    // Every account opened, then funded.
+    for order in [Order::Open, Order::Deposit(FUNDING)] {
+        let orders = (0..args.accounts)
+            .map(|i| (i.to_string(), order.clone()))
+            .collect::<Vec<_>>();
+        io.block_on(workload(
+            &client,
+            &record,
+            orders,
+            args.workers,
+            args.partitions,
+        ))?;
+    }
     let mut phases = Vec::new();
-    let mut faults = vec![Fault::None];
+    let mut plan = vec![
+        ("steady: deposits (W1)", Fault::None, 0),
+        ("steady: transfers (W7)", Fault::None, 100),
+    ];
     for _ in 0..args.rounds {
-        faults.extend([
+        for fault in [
             Fault::KillOwner,
             Fault::KillStreamLeader,
             Fault::KillEtcdLeader,
             Fault::PauseOwner,
-        ]);
+        ] {
+            plan.push((fault.name(), fault, args.transfer_share.min(100)));
+        }
     }
     let mut seed = 0x5eed_u64;
-    for fault in faults {
-        let commands: Vec<(String, u64)> = (0..args.commands)
+    let mut transfers = 0u64;
+    for (label, fault, share) in plan {
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 20
+        };
+        let commands: Vec<(String, Order)> = (0..args.commands)
             .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let account = (seed >> 33) as usize % args.accounts;
-                (account.to_string(), 1 + (seed >> 20) % 100)
+                let account = next() as usize % args.accounts;
+                let amount = 1 + next() % 100;
+                let order = if next() % 100 < share {
+                    transfers += 1;
+                    let to = (account + 1 + next() as usize % (args.accounts - 1).max(1))
+                        % args.accounts;
+                    Order::Transfer {
+                        id: format!("t{transfers}"),
+                        to: to.to_string(),
+                        amount,
+                    }
+                } else {
+                    Order::Deposit(amount)
+                };
+                (account.to_string(), order)
             })
             .collect();
         let phase = phase(
@@ -197,7 +235,7 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             &client,
             &mut etcd,
             &record,
-            fault,
+            (label, fault),
             commands,
         )?;
         report(&phase);
@@ -273,10 +311,14 @@ fn phase(
     client: &ClusterClient,
     etcd: &mut etcd_client::Client,
     record: &Arc<Record>,
-    fault: Fault,
-    commands: Vec<(String, u64)>,
+    (label, fault): (&'static str, Fault),
+    commands: Vec<(String, Order)>,
 ) -> Result<Phase, Box<dyn std::error::Error>> {
     let count = commands.len();
+    let transfers = commands
+        .iter()
+        .filter(|(_, order)| matches!(order, Order::Transfer { .. }))
+        .count();
     let pids = nodes.pids();
     let cpu_before: Vec<(String, u64)> = pids
         .iter()
@@ -295,7 +337,18 @@ fn phase(
         std::thread::sleep(Duration::from_millis(5));
     }
     let owners = retrying(|| io.block_on(eventfold_cluster::ownership::owners(etcd, "bank")))?;
-    let victim = owners.get(&0).cloned().unwrap_or_else(|| "node-1".into());
+    // An owner killed is the one that runs the transfers process manager
+    // (it owns partitions too); an owner paused, partition 0's.
+    let runs_transfers = retrying(|| {
+        io.block_on(eventfold_cluster::ownership::singleton_holders(
+            etcd, "bank",
+        ))
+    })?
+    .remove(eventfold_examples::transfers::NAME);
+    let victim = match (fault, runs_transfers) {
+        (Fault::KillOwner, Some(holder)) => holder,
+        _ => owners.get(&0).cloned().unwrap_or_else(|| "node-1".into()),
+    };
     let hit: HashSet<u32> = match fault {
         Fault::KillOwner | Fault::PauseOwner => owners
             .iter()
@@ -332,6 +385,8 @@ fn phase(
     };
     let outcome = io.block_on(work)?;
     let seconds = started.elapsed().as_secs_f64();
+    const PHASE_TIME_LIMIT: Duration =
+        Duration::from_secs(work::PHASE_TIME_MAX.as_secs() + SETTLE_TIME_MAX.as_secs());
     let cpu_micros = cpu_before
         .into_iter()
         .filter_map(|(name, before)| {
@@ -383,117 +438,33 @@ fn phase(
         faults.push(error);
     }
     wait_covered(io, etcd, args.partitions)?;
-    let folded = io.block_on(check::fold(log))?;
+    // Every transfer settled by the process manager, wherever it runs.
+    let mut folded = io.block_on(check::fold(log))?;
+    while folded.open_transfers() > 0 && started.elapsed() < PHASE_TIME_LIMIT {
+        std::thread::sleep(Duration::from_millis(100));
+        folded = io.block_on(check::fold(log))?;
+    }
+    let settled = (transfers > 0).then(|| started.elapsed());
+    if folded.open_transfers() > 0 {
+        faults.push(format!(
+            "{} transfers still open {SETTLE_TIME_MAX:?} after the phase",
+            folded.open_transfers()
+        ));
+    }
     let sent = record.sent.lock().map(|s| s.clone()).unwrap_or_default();
     faults.extend(check::against(&sent, &folded));
     Ok(Phase {
+        label,
         fault,
         commands: count,
+        transfers,
+        settled,
         seconds,
         cpu_micros,
         failover,
         stall,
         faults,
     })
-}
-
-/// Sends every command, `workers` at a time, each retried with its command
-/// id while the owner is unavailable (at most a minute).
-async fn workload(
-    client: &ClusterClient,
-    record: &Arc<Record>,
-    commands: Vec<(String, u64)>,
-    workers: usize,
-    partitions: u32,
-) -> Result<(), String> {
-    let queue = Arc::new(Mutex::new(commands.into_iter()));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers.max(1) {
-        let (client, record, queue) = (client.clone(), Arc::clone(record), Arc::clone(&queue));
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = queue.lock().ok().and_then(|mut q| q.next());
-                let Some((account, amount)) = next else {
-                    return Ok::<(), String>(());
-                };
-                if started.elapsed() > PHASE_TIME_MAX {
-                    return Err(format!(
-                        "the phase did not finish within {PHASE_TIME_MAX:?}: commands stopped being acknowledged"
-                    ));
-                }
-                let command_id = CommandId::random();
-                let command = if amount == 0 {
-                    AccountCommand::Open {
-                        owner: format!("owner {account}"),
-                    }
-                } else {
-                    AccountCommand::Deposit { amount }
-                };
-                let partition = client
-                    .partition_of::<Account>(&account)
-                    .unwrap_or(partitions);
-                let sent_at = Instant::now();
-                let acknowledged = send(&client, &account, command, command_id).await?;
-                if acknowledged.is_some()
-                    && let Ok(mut acks) = record.acks.lock()
-                {
-                    acks.push((sent_at, Instant::now(), partition));
-                }
-                if let Ok(mut sent) = record.sent.lock() {
-                    sent.push(Sent {
-                        account,
-                        amount,
-                        command_id,
-                        acknowledged,
-                    });
-                }
-                record.done.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    Ok(())
-}
-
-/// One command until it is acknowledged (its version and position) or
-/// given up (`None`: its outcome unknown).
-async fn send(
-    client: &ClusterClient,
-    account: &str,
-    command: AccountCommand,
-    command_id: CommandId,
-) -> Result<Option<(u64, u64)>, String> {
-    let started = Instant::now();
-    loop {
-        let options = ExecuteOptions::new()
-            .command_id(command_id)
-            .timeout(Duration::from_secs(5));
-        match client
-            .execute::<Account>(account, command.clone(), options)
-            .await
-        {
-            Ok(outcome) => return Ok(Some((outcome.version, outcome.position.unwrap_or(0)))),
-            Err(ClusterCommandError::Rejected(AccountError::AlreadyOpen)) => return Ok(None),
-            Err(
-                ClusterCommandError::OwnerUnavailable { .. }
-                | ClusterCommandError::Moved { .. }
-                | ClusterCommandError::Timeout(_),
-            ) if started.elapsed() < Duration::from_secs(60) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(
-                ClusterCommandError::OwnerUnavailable { .. }
-                | ClusterCommandError::Moved { .. }
-                | ClusterCommandError::Timeout(_),
-            ) => {
-                return Ok(None);
-            }
-            Err(error) => return Err(format!("account {account}: {error}")),
-        }
-    }
 }
 
 /// A node's balances read model against the log's fold.
@@ -536,9 +507,18 @@ fn projection_check(
 
 fn report(phase: &Phase) {
     let cpu: u64 = phase.cpu_micros.iter().map(|(_, c)| c).sum();
+    let transfers = match phase.settled {
+        Some(settled) => format!(
+            ", {} transfers settled in {:.2} s ({:.0}/s)",
+            phase.transfers,
+            settled.as_secs_f64(),
+            phase.transfers as f64 / settled.as_secs_f64()
+        ),
+        None => String::new(),
+    };
     println!(
-        "phase {:<36} {:>6} commands in {:>6.2} s: {:>7.0}/s, CPU {:>6.1} µs per command over 3 nodes{}{}",
-        phase.fault.name(),
+        "phase {:<36} {:>6} commands in {:>6.2} s: {:>7.0}/s, CPU {:>6.1} µs per command over 3 nodes{transfers}{}{}",
+        phase.label,
         phase.commands,
         phase.seconds,
         phase.commands as f64 / phase.seconds,
@@ -566,8 +546,11 @@ fn figures_json(phases: &[Phase], clean: bool) -> serde_json::Value {
     serde_json::json!({
         "clean": clean,
         "phases": phases.iter().map(|p| serde_json::json!({
+            "phase": p.label,
             "fault": p.fault.name(),
             "commands": p.commands,
+            "transfers": p.transfers,
+            "transfers_settled_s": p.settled.map(|s| s.as_secs_f64()),
             "seconds": p.seconds,
             "commands_per_s": p.commands as f64 / p.seconds,
             "cpu_us_per_command_by_node": p.cpu_micros.iter()

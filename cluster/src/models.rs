@@ -34,29 +34,9 @@ pub(crate) struct ModelWriter {
 }
 
 impl ModelWriter {
-    /// The single-runner `batch` belongs to, with its fence; `None` for a
-    /// batch of the node's own read models. A batch that mixes a
-    /// single-runner's model with any other is refused.
+    /// The single-runner `batch` belongs to (see [`owner_of`]).
     pub fn owner_of(&self, batch: &ReadModelBatch) -> Result<Option<(String, u32)>, WriteError> {
-        let names = batch
-            .ops
-            .iter()
-            .map(|(model, _)| model.as_str())
-            .chain(batch.checkpoint.iter().map(|(name, _)| name.as_str()));
-        let mut owner: Option<&str> = None;
-        let mut own = false;
-        for model in names {
-            match process_of(model).filter(|name| self.singletons.fence(name).is_some()) {
-                Some(name) if owner.is_none_or(|o| o == name) => owner = Some(name),
-                Some(_) => return Err(mixed()),
-                None => own = true,
-            }
-        }
-        match owner {
-            Some(_) if own => Err(mixed()),
-            Some(name) => Ok(self.singletons.fence(name).map(|f| (name.to_owned(), f))),
-            None => Ok(None),
-        }
+        owner_of(&self.singletons, batch)
     }
 
     /// Publishes `batch` of single-runner `name` under its claim and
@@ -144,8 +124,75 @@ impl ModelWriter {
     }
 }
 
+/// The single-runner `batch` belongs to, with its fence; `None` for a
+/// batch of the node's own read models. A batch that mixes a
+/// single-runner's model with any other is refused.
+fn owner_of(
+    singletons: &Singletons,
+    batch: &ReadModelBatch,
+) -> Result<Option<(String, u32)>, WriteError> {
+    let names = batch
+        .ops
+        .iter()
+        .map(|(model, _)| model.as_str())
+        .chain(batch.checkpoint.iter().map(|(name, _)| name.as_str()));
+    let mut owner: Option<&str> = None;
+    let mut own = false;
+    for model in names {
+        match process_of(model).filter(|name| singletons.fence(name).is_some()) {
+            Some(name) if owner.is_none_or(|o| o == name) => owner = Some(name),
+            Some(_) => return Err(mixed()),
+            None => own = true,
+        }
+    }
+    match owner {
+        Some(_) if own => Err(mixed()),
+        Some(name) => Ok(singletons.fence(name).map(|f| (name.to_owned(), f))),
+        None => Ok(None),
+    }
+}
+
 fn mixed() -> WriteError {
     WriteError::Unsupported {
         operation: "a batch mixing a process manager's state with other read models",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::singletons::{FenceClash, fence_of};
+
+    #[test]
+    fn a_batch_belongs_to_its_process_manager_or_to_the_node() -> Result<(), FenceClash> {
+        let singletons = Singletons::new(vec!["transfers".into(), "billing".into()])?;
+        let mut state = ReadModelBatch::new();
+        state.put("$pm.transfers", b"i1".to_vec(), b"s".to_vec());
+        state.set_checkpoint("$pm.transfers", 9);
+        assert_eq!(
+            owner_of(&singletons, &state),
+            Ok(Some(("transfers".into(), fence_of("transfers"))))
+        );
+        let mut projection = ReadModelBatch::new();
+        projection.put("balances", b"a".to_vec(), b"1".to_vec());
+        projection.set_checkpoint("balances", 9);
+        assert_eq!(owner_of(&singletons, &projection), Ok(None));
+        // Not one of this node's process managers: the node's own.
+        let mut unknown = ReadModelBatch::new();
+        unknown.put("$pm.other", b"k".to_vec(), b"v".to_vec());
+        assert_eq!(owner_of(&singletons, &unknown), Ok(None));
+        let mut mixed_models = state.clone();
+        mixed_models.put("balances", b"a".to_vec(), b"1".to_vec());
+        assert!(matches!(
+            owner_of(&singletons, &mixed_models),
+            Err(WriteError::Unsupported { .. })
+        ));
+        let mut two = state;
+        two.put("$pm.billing", b"k".to_vec(), b"v".to_vec());
+        assert!(matches!(
+            owner_of(&singletons, &two),
+            Err(WriteError::Unsupported { .. })
+        ));
+        Ok(())
     }
 }

@@ -455,3 +455,102 @@ fn decode_chunk(sequence: u64, payload: &[u8]) -> Result<ReadModelChunk, WireErr
     }
     Ok(chunk)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(chunks: &[bytes::Bytes], first: u64) -> Vec<(u64, HeaderMap)> {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let mut headers = HeaderMap::new();
+                headers.insert(HEADER_APPEND, format!("{i}/{}", chunks.len()).as_str());
+                (first + i as u64, headers)
+            })
+            .collect()
+    }
+
+    fn assemble(
+        chunks: &[bytes::Bytes],
+        first: u64,
+    ) -> Result<Vec<Option<Replicated>>, WireError> {
+        let mut assembler = ReadModelAssembler::default();
+        messages(chunks, first)
+            .iter()
+            .zip(chunks)
+            .map(|((sequence, headers), payload)| {
+                assembler.push(&EventMessage {
+                    sequence: *sequence,
+                    headers: Some(headers),
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_batch_travels_in_chunks_and_comes_back_whole() -> Result<(), String> {
+        let mut batch = ReadModelBatch::new();
+        for i in 0..40u32 {
+            batch.put("$pm.t", i.to_be_bytes().to_vec(), vec![i as u8; 20_000]);
+        }
+        batch.delete("$pm.t", b"gone".to_vec());
+        batch.set_checkpoint("$pm.t", 77);
+        let chunks = encode_read_model(&batch)?;
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|c| c.len() <= READ_MODEL_CHUNK_BYTES + 1024));
+        let entries = assemble(&chunks, 10).map_err(|e| e.to_string())?;
+        let (last, earlier) = entries.split_last().ok_or("no entries")?;
+        assert!(earlier.iter().all(Option::is_none));
+        assert_eq!(
+            last,
+            &Some(Replicated::ReadModel {
+                first_position: 10,
+                last_position: 10 + chunks.len() as u64 - 1,
+                batch,
+            })
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_or_misordered_chunks_are_refused() -> Result<(), String> {
+        let mut batch = ReadModelBatch::new();
+        batch.put("$pm.t", b"k".to_vec(), b"v".to_vec());
+        let chunks = encode_read_model(&batch)?;
+        let mut damaged = chunks[0].to_vec();
+        damaged[0] ^= 1;
+        assert!(matches!(
+            assemble(&[damaged.into()], 1),
+            Err(WireError::ReadModel { sequence: 1, .. })
+        ));
+        assert!(matches!(
+            assemble(&[bytes::Bytes::from_static(b"ab")], 1),
+            Err(WireError::ReadModel { .. })
+        ));
+        // The second message of a batch without its first.
+        let mut assembler = ReadModelAssembler::default();
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_APPEND, "1/2");
+        assert!(matches!(
+            assembler.push(&EventMessage {
+                sequence: 5,
+                headers: Some(&headers),
+                payload: &chunks[0],
+            }),
+            Err(WireError::Interleaved { sequence: 5 })
+        ));
+        // No `Ef-Append` header.
+        assert!(matches!(
+            assembler.push(&EventMessage {
+                sequence: 6,
+                headers: None,
+                payload: &chunks[0],
+            }),
+            Err(WireError::Header { sequence: 6, .. })
+        ));
+        Ok(())
+    }
+}

@@ -309,7 +309,7 @@ impl Log {
     /// Writes the marker of a claim on `partition` with `token`, accepted
     /// only if the partition's last marker is still `after` (its sequence;
     /// 0 for none): a claimer that was overtaken cannot fence the newer
-    /// claim. Retried with the same message id, a marker is written once.
+    /// claim. Retried with the same arguments, a marker is written once.
     pub async fn write_fence(
         &self,
         partition: u32,
@@ -320,7 +320,10 @@ impl Log {
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("claim.{partition}.{token}").as_str(),
+            // Unique to this claim and the marker it follows: a claim
+            // taken up again (the same token) writes a new marker, not a
+            // duplicate of its first.
+            format!("claim.{partition}.{token}.{after}").as_str(),
         );
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,

@@ -472,10 +472,7 @@ mod tests {
             .collect()
     }
 
-    fn assemble(
-        chunks: &[bytes::Bytes],
-        first: u64,
-    ) -> Result<Vec<Option<Replicated>>, WireError> {
+    fn assemble(chunks: &[bytes::Bytes], first: u64) -> Result<Vec<Option<Replicated>>, WireError> {
         let mut assembler = ReadModelAssembler::default();
         messages(chunks, first)
             .iter()
@@ -500,7 +497,11 @@ mod tests {
         batch.set_checkpoint("$pm.t", 77);
         let chunks = encode_read_model(&batch)?;
         assert!(chunks.len() >= 3, "{} chunks", chunks.len());
-        assert!(chunks.iter().all(|c| c.len() <= READ_MODEL_CHUNK_BYTES + 1024));
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.len() <= READ_MODEL_CHUNK_BYTES + 1024)
+        );
         let entries = assemble(&chunks, 10).map_err(|e| e.to_string())?;
         let (last, earlier) = entries.split_last().ok_or("no entries")?;
         assert!(earlier.iter().all(Option::is_none));

@@ -112,3 +112,38 @@ fn a_partition_that_comes_back_is_loaded_afresh() -> TestResult {
     a.shutdown();
     Ok(())
 }
+
+#[test]
+fn a_claim_fenced_by_another_marker_is_taken_up_again_behind_a_new_one() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let services = LocalServices::start(&dir.path().join("services"), 1, 1)?;
+    let a = node(&services, dir.path(), "node-a", 8, 1)?;
+    assert!(wait_until(Duration::from_secs(30), || covered(&[&a], 8)));
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let limit = Duration::from_secs(30);
+    assert_eq!(add_retrying(&io, &a, "c1", 1, limit)?.0, 1);
+    let partition = a.partition_of::<Counter>("c1").ok_or("a partition")?;
+    let log = io.block_on(eventfold_cluster::log::Log::connect(
+        &services.nats_urls(),
+        eventfold_cluster::log::LogConfig {
+            replicas: 1,
+            ..Default::default()
+        },
+    ))?;
+    let last = io.block_on(log.last_fence(partition))?.ok_or("a marker")?;
+    io.block_on(log.write_fence(partition, last.token + 1_000_000, "intruder", last.sequence))?;
+    // The node's next append is refused by the log; it gives the claim
+    // up, takes it again behind a marker of its own, and the retry lands.
+    assert_eq!(add_retrying(&io, &a, "c1", 1, limit)?.0, 2);
+    let now = io.block_on(log.last_fence(partition))?.ok_or("a marker")?;
+    assert_eq!(now.token, last.token);
+    assert!(
+        now.sequence > last.sequence + 1,
+        "a new marker after the intruder's"
+    );
+    assert_eq!(add_retrying(&io, &a, "c1", 1, limit)?.0, 3);
+    a.shutdown();
+    Ok(())
+}

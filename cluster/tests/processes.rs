@@ -8,11 +8,13 @@ mod common;
 
 use common::*;
 use eventfold_cluster::local::LocalServices;
+use eventfold_cluster::log::{Log, LogConfig};
+use eventfold_cluster::singletons::fence_of;
 use eventfold_cluster::{ClusterNode, NodeConfig};
 use eventfold_runtime::domain::*;
 use eventfold_runtime::process::*;
 use eventfold_runtime::projection::decode;
-use eventfold_runtime::storage::{Direction, Filter};
+use eventfold_runtime::storage::{Direction, EventStore, Filter};
 use eventfold_runtime::{ConsumerState, RuntimeHandle};
 use std::path::Path;
 use std::time::Duration;
@@ -74,6 +76,7 @@ fn relay_node(
     config.partitions = 8;
     config.nats_urls = services.nats_urls();
     config.etcd_endpoints = services.etcd_endpoints();
+    config.log.replicas = services.nats_urls().len();
     config.lease_ttl = Duration::from_secs(3);
     config.rebalance_every = Duration::from_millis(100);
     Ok(ClusterNode::builder(config)
@@ -209,5 +212,70 @@ fn a_process_manager_runs_once_and_moves_with_its_state_when_its_node_dies() -> 
     for node in rest {
         node.shutdown();
     }
+    Ok(())
+}
+
+#[test]
+fn a_process_manager_fenced_by_a_newer_marker_stands_down_and_resumes_under_its_own() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let services = LocalServices::start(&dir.path().join("services"), 1, 1)?;
+    let node = relay_node(&services, dir.path(), "node-a")?;
+    assert!(wait_until(Duration::from_secs(30), || covered(&[&node], 8)
+        && holders(&[&node]).len() == 1));
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    add_retrying(&io, &node, "src0", 3, Duration::from_secs(30))?;
+    assert!(wait_until(Duration::from_secs(30), || {
+        events_of(node.runtime(), "dst0") == vec![Ev::Added(3)]
+    }));
+    // Another claimer's marker on the process manager's fence: the
+    // node's next write of its state is refused by the log.
+    let log = io.block_on(Log::connect(
+        &services.nats_urls(),
+        LogConfig {
+            replicas: 1,
+            ..LogConfig::default()
+        },
+    ))?;
+    let fence = fence_of(NAME);
+    let last = io
+        .block_on(log.last_fence(fence))?
+        .ok_or("the process manager's marker")?;
+    io.block_on(log.write_fence(fence, last.token + 1_000_000, "intruder", last.sequence))?;
+    add_retrying(&io, &node, "src1", 4, Duration::from_secs(30))?;
+    // It stands down, claims again behind a marker of its own, and
+    // handles what came meanwhile, once.
+    let answered = wait_until(Duration::from_secs(30), || {
+        events_of(node.runtime(), "dst1") == vec![Ev::Added(4)]
+    });
+    assert!(
+        answered,
+        "{:?} {:?} {:?}",
+        node.process_managers(),
+        node.runtime().process_status(NAME),
+        events_of(node.runtime(), "dst1")
+    );
+    let now = io.block_on(log.last_fence(fence))?.ok_or("a marker")?;
+    assert_eq!(
+        now.token, last.token,
+        "the node's claim again, under a new marker"
+    );
+    assert!(now.sequence > last.sequence);
+    assert!(wait_until(Duration::from_secs(30), || (0..2).all(|i| {
+        events_of(node.runtime(), &format!("dst{i}")).len() == 2
+    })));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        events_of(node.runtime(), "dst0"),
+        vec![Ev::Added(3), Ev::Added(1)]
+    );
+    assert_eq!(
+        events_of(node.runtime(), "dst1"),
+        vec![Ev::Added(4), Ev::Added(1)]
+    );
+    assert!(node.store().verify()?.is_clean());
+    node.shutdown();
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! The read models of single-runners, written through the log: a
 //! process manager's batch (its instances, outbox, timers and checkpoint
-//! in `$pm.{name}`) is published under its claim's fence and answered once
-//! this node's replica has applied it, so every node holds the state the
-//! holder last wrote and the next holder starts from it. Every other read
-//! model is the node's own (a projection each node keeps from its own
-//! replica) and is written to the replica directly.
+//! in `$pm.{name}`), or an event handler's (its checkpoint and dead
+//! letters), is published under its claim's fence and answered once this
+//! node's replica has applied it, so every node holds what the holder last
+//! wrote and the next holder starts from it. Every other read model is the
+//! node's own (a projection each node keeps from its own replica) and is
+//! written to the replica directly.
 //!
 //! A batch whose answer does not come is sent again with the same message
 //! ids, up to [`PUBLISH_ATTEMPTS_MAX`]; then the claim is given up (the
@@ -18,11 +19,6 @@ use crate::store::{PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX};
 use crate::wire::encode_read_model;
 use eventfold_runtime::storage::{ReadModelBatch, Unavailability, WriteError};
 use std::sync::Arc;
-
-/// The process manager whose state `model` is (`$pm.{name}`).
-fn process_of(model: &str) -> Option<&str> {
-    model.strip_prefix("$pm.")
-}
 
 /// Writes single-runners' read models through the log.
 #[derive(Clone)]
@@ -43,9 +39,8 @@ impl ModelWriter {
     /// waits until the replica applied it. Blocks the calling thread (a
     /// process manager's host, which serves nothing else).
     pub fn commit(&self, name: &str, fence: u32, batch: ReadModelBatch) -> Result<(), WriteError> {
-        let model = format!("$pm.{name}");
         let unavailable = |reason| WriteError::Unavailable {
-            model: model.clone(),
+            model: name.to_owned(),
             reason,
         };
         let Some(claim) = self.singletons.active(name) else {
@@ -139,7 +134,7 @@ fn owner_of(
     let mut owner: Option<&str> = None;
     let mut own = false;
     for model in names {
-        match process_of(model).filter(|name| singletons.fence(name).is_some()) {
+        match singletons.runner_of(model) {
             Some(name) if owner.is_none_or(|o| o == name) => owner = Some(name),
             Some(_) => return Err(mixed()),
             None => own = true,
@@ -165,7 +160,11 @@ mod tests {
 
     #[test]
     fn a_batch_belongs_to_its_process_manager_or_to_the_node() -> Result<(), FenceClash> {
-        let singletons = Singletons::new(vec!["transfers".into(), "billing".into()])?;
+        let runner = |name: &str| eventfold_runtime::SingleRunner {
+            name: name.into(),
+            kind: eventfold_runtime::RunnerKind::ProcessManager,
+        };
+        let singletons = Singletons::new(vec![runner("transfers"), runner("billing")])?;
         let mut state = ReadModelBatch::new();
         state.put("$pm.transfers", b"i1".to_vec(), b"s".to_vec());
         state.set_checkpoint("$pm.transfers", 9);

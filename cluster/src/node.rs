@@ -13,8 +13,8 @@ use crate::partition::partition_of;
 use crate::route::{self, ClusterCommandError, RoutedReply, Routes};
 use crate::singletons::{FenceClash, Singletons};
 use crate::store::ClusterStore;
+use eventfold_runtime::Placement;
 use eventfold_runtime::domain::Aggregate;
-use eventfold_runtime::process::ProcessPlacement;
 use eventfold_runtime::storage::{Durability, OpenError, RocksStore, StoreOptions};
 use eventfold_runtime::{CommandOutcome, ExecuteOptions, Runtime, RuntimeBuilder, RuntimeHandle};
 use futures::StreamExt;
@@ -121,10 +121,10 @@ impl NodeBuilder {
     }
 
     /// Configures the rest of the runtime (projections, process managers,
-    /// settings); its store is the cluster's. Each process manager runs
-    /// once in the cluster, on the node that holds its claim (see
-    /// [`crate::singletons`]); projections run on every node, each over
-    /// its own replica.
+    /// settings); its store is the cluster's. Each process manager and
+    /// event handler runs once in the cluster, on the node that holds its
+    /// claim (see [`crate::singletons`]); projections run on every node,
+    /// each over its own replica.
     pub fn runtime(mut self, configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> Self {
         self.runtime = configure(self.runtime);
         self
@@ -156,7 +156,7 @@ impl NodeBuilder {
             follower::start(log.clone(), replica.clone())
         };
         let claims = Claims::new(config.partitions);
-        let singletons = Singletons::new(self.runtime.process_names())?;
+        let singletons = Singletons::new(self.runtime.single_runners())?;
         let store = ClusterStore::new(
             replica.clone(),
             log.clone(),
@@ -178,7 +178,7 @@ impl NodeBuilder {
         let runtime = self
             .runtime
             .store(Arc::new(store.clone()), Some(replica.clone()))
-            .process_placement(Arc::clone(&singletons) as Arc<dyn ProcessPlacement>)
+            .process_placement(Arc::clone(&singletons) as Arc<dyn Placement>)
             .start()?;
         let (stop, stopped) = watch::channel(false);
         let mut ownership_config =
@@ -280,7 +280,8 @@ impl ClusterNode {
         self.claims.held().into_iter().map(|(p, _)| p).collect()
     }
 
-    /// The process managers this node runs now (it holds their claims).
+    /// The process managers and event handlers this node runs now (it
+    /// holds their claims).
     pub fn process_managers(&self) -> Vec<String> {
         let mut held: Vec<String> = self
             .singletons

@@ -1,22 +1,24 @@
-//! Single-runners: the process managers that run once in the cluster.
+//! Single-runners: the process managers and event handlers that run once
+//! in the cluster.
 //!
 //! Each has a claim in etcd like a partition's (`/singletons/{name}`,
 //! written only if absent, under the node's lease; the create revision is
 //! the token), placed by rendezvous hashing over the live members, and a
 //! fence of its own in the log: a number above every partition's
 //! ([`fence_of`]), whose markers go on `{prefix}.fence.{fence}` like a
-//! partition's. The process manager's state (instances, outbox, timers,
-//! checkpoint) is written through the log on `{prefix}.rm.{fence}` under
-//! that fence and applied by every node's follower into its replica, so
-//! the node that claims it next starts from the state the last one wrote.
+//! partition's. A process manager's state (instances, outbox, timers,
+//! checkpoint), or an event handler's checkpoint and dead letters, is
+//! written through the log on `{prefix}.rm.{fence}` under that fence and
+//! applied by every node's follower into its replica, so the node that
+//! claims it next starts from what the last one wrote.
 //!
 //! This node's [`Singletons`] is the runtime's
-//! [`ProcessPlacement`](eventfold_runtime::process::ProcessPlacement): a
+//! [`Placement`](eventfold_runtime::Placement): a
 //! host runs while its claim is held and not being handed off.
 
 use crate::claims::Claim;
 use crate::partition::PARTITIONS_MAX;
-use eventfold_runtime::process::ProcessPlacement;
+use eventfold_runtime::{Placement, RunnerKind, SingleRunner};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,6 +35,7 @@ const _: () = assert!(PARTITIONS_MAX < 0x8000_0000);
 /// The single-runners of one node: their names, and the claims it holds.
 pub struct Singletons {
     names: Vec<(String, u32)>,
+    kinds: HashMap<String, RunnerKind>,
     claims: RwLock<HashMap<String, Claim>>,
     /// The token each host last stood down from.
     stood_down: Mutex<HashMap<String, u64>>,
@@ -47,20 +50,24 @@ pub struct Singletons {
 pub struct FenceClash(pub String, pub String, pub u32);
 
 impl Singletons {
-    /// The single-runners `names` (the node's process managers).
-    pub fn new(names: Vec<String>) -> Result<Arc<Self>, FenceClash> {
+    /// The node's single-runners (its runtime's
+    /// [`single_runners`](eventfold_runtime::RuntimeBuilder::single_runners)).
+    pub fn new(runners: Vec<SingleRunner>) -> Result<Arc<Self>, FenceClash> {
         let mut fences: HashMap<u32, String> = HashMap::new();
-        let mut named = Vec::with_capacity(names.len());
-        for name in names {
+        let mut named = Vec::with_capacity(runners.len());
+        let mut kinds = HashMap::new();
+        for SingleRunner { name, kind } in runners {
             let fence = fence_of(&name);
             if let Some(other) = fences.insert(fence, name.clone()) {
                 return Err(FenceClash(other, name, fence));
             }
+            kinds.insert(name.clone(), kind);
             named.push((name, fence));
         }
         let (stood, _) = watch::channel(0);
         Ok(Arc::new(Self {
             names: named,
+            kinds,
             claims: RwLock::new(HashMap::new()),
             stood_down: Mutex::new(HashMap::new()),
             stood,
@@ -76,6 +83,37 @@ impl Singletons {
     /// The fence of `name` if it is one of this node's single-runners.
     pub fn fence(&self, name: &str) -> Option<u32> {
         self.names.iter().find(|(n, _)| n == name).map(|(_, f)| *f)
+    }
+
+    /// The single-runner that writes the read model or checkpoint
+    /// `written`, if one does: `$pm.{name}` is a process manager's; an
+    /// event handler's are its checkpoint `{name}@v{n}` (`#{i}` after it
+    /// when partitioned) and its dead letters `$parked.{checkpoint}`.
+    pub fn runner_of(&self, written: &str) -> Option<&str> {
+        if let Some(name) = written.strip_prefix("$pm.") {
+            return self
+                .kinds
+                .get_key_value(name)
+                .filter(|(_, kind)| **kind == RunnerKind::ProcessManager)
+                .map(|(name, _)| name.as_str());
+        }
+        let checkpoint = written.strip_prefix("$parked.").unwrap_or(written);
+        let (name, rest) = checkpoint.rsplit_once("@v")?;
+        let (version, partition) = match rest.split_once('#') {
+            Some((version, partition)) => (version, Some(partition)),
+            None => (rest, None),
+        };
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let runner = match partition {
+            Some(partition) => format!("{name}#{partition}"),
+            None => name.to_owned(),
+        };
+        self.kinds
+            .get_key_value(runner.as_str())
+            .filter(|(_, kind)| matches!(kind, RunnerKind::EventHandler { .. }))
+            .map(|(name, _)| name.as_str())
     }
 
     fn write(&self, change: impl FnOnce(&mut HashMap<String, Claim>)) {
@@ -171,7 +209,11 @@ impl Singletons {
 
 /// A host's grant is its claim's marker: a claim taken up again (the
 /// same etcd key, a new marker) is a new grant.
-impl ProcessPlacement for Singletons {
+impl Placement for Singletons {
+    fn places(&self, name: &str) -> bool {
+        self.kinds.contains_key(name)
+    }
+
     fn grant(&self, name: &str) -> Option<u64> {
         self.active(name).map(|claim| claim.fence.sequence)
     }
@@ -200,6 +242,46 @@ mod tests {
         }
     }
 
+    fn process(name: &str) -> SingleRunner {
+        SingleRunner {
+            name: name.into(),
+            kind: RunnerKind::ProcessManager,
+        }
+    }
+
+    fn handler(runner: &str, name: &str) -> SingleRunner {
+        SingleRunner {
+            name: runner.into(),
+            kind: RunnerKind::EventHandler { name: name.into() },
+        }
+    }
+
+    #[test]
+    fn what_each_single_runner_writes_is_known_by_its_names() -> Result<(), FenceClash> {
+        let singletons = Singletons::new(vec![
+            process("transfers"),
+            handler("mailer", "mailer"),
+            handler("audit#0", "audit"),
+            handler("audit#1", "audit"),
+        ])?;
+        assert_eq!(singletons.runner_of("$pm.transfers"), Some("transfers"));
+        assert_eq!(singletons.runner_of("$pm.mailer"), None, "a handler's name");
+        assert_eq!(singletons.runner_of("mailer@v1"), Some("mailer"));
+        assert_eq!(singletons.runner_of("$parked.mailer@v3"), Some("mailer"));
+        assert_eq!(singletons.runner_of("audit@v1#1"), Some("audit#1"));
+        assert_eq!(singletons.runner_of("$parked.audit@v2#0"), Some("audit#0"));
+        assert_eq!(singletons.runner_of("audit@v1#2"), None);
+        assert_eq!(singletons.runner_of("balances@v1"), None, "a projection");
+        assert_eq!(singletons.runner_of("mailer@vx"), None);
+        assert_eq!(
+            singletons.runner_of("transfers@v1"),
+            None,
+            "a process manager's name"
+        );
+        assert!(singletons.places("audit#1") && !singletons.places("balances"));
+        Ok(())
+    }
+
     #[test]
     fn fences_lie_above_every_partition() {
         for name in ["transfers", "billing", ""] {
@@ -212,7 +294,7 @@ mod tests {
     #[test]
     fn a_grant_is_the_active_claim_and_a_hand_off_waits_for_the_stand_down()
     -> Result<(), FenceClash> {
-        let singletons = Singletons::new(vec!["a".into(), "b".into()])?;
+        let singletons = Singletons::new(vec![process("a"), process("b")])?;
         assert_eq!(singletons.grant("a"), None);
         singletons.insert("a", claim(3, 7));
         assert_eq!(singletons.grant("a"), Some(7), "the marker's sequence");

@@ -14,9 +14,12 @@ use eventfold_cluster::{ClusterNode, NodeConfig};
 use eventfold_runtime::domain::*;
 use eventfold_runtime::process::*;
 use eventfold_runtime::projection::decode;
+use eventfold_runtime::projection::{EventHandler, HandlerError};
 use eventfold_runtime::storage::{Direction, EventStore, Filter};
-use eventfold_runtime::{ConsumerState, RuntimeHandle};
+use eventfold_runtime::{ConsumerSettings, ConsumerState, RuntimeHandle};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const NAME: &str = "relay";
@@ -67,11 +70,53 @@ impl ProcessManager for Relay {
     }
 }
 
+/// Who saw which event: (node, stream, version) → times.
+type Seen = Arc<Mutex<HashMap<(String, String, u64), usize>>>;
+
+/// Notes every counter event, and the node it ran on.
+struct Audit {
+    node: String,
+    seen: Seen,
+}
+
+impl EventHandler for Audit {
+    fn name(&self) -> &str {
+        "audit"
+    }
+    fn filter(&self) -> Filter {
+        Filter::categories([Counter::KIND])
+    }
+    fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let key = (
+            self.node.clone(),
+            event.stream_id.to_string(),
+            event.version,
+        );
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
 fn relay_node(
     services: &LocalServices,
     dir: &Path,
     name: &str,
 ) -> Result<ClusterNode, Box<dyn std::error::Error>> {
+    relay_node_seen(services, dir, name, Seen::default())
+}
+
+fn relay_node_seen(
+    services: &LocalServices,
+    dir: &Path,
+    name: &str,
+    seen: Seen,
+) -> Result<ClusterNode, Box<dyn std::error::Error>> {
+    let node = name.to_owned();
     let mut config = NodeConfig::new("test", name, dir.join(name));
     config.partitions = 8;
     config.nats_urls = services.nats_urls();
@@ -84,6 +129,13 @@ fn relay_node(
         .runtime(|b| {
             b.shards(2)
                 .process_manager(|| Relay, ProcessSettings::default())
+                .event_handler(
+                    move || Audit {
+                        node: node.clone(),
+                        seen: Arc::clone(&seen),
+                    },
+                    ConsumerSettings::default(),
+                )
         })
         .start()?)
 }
@@ -103,7 +155,7 @@ fn holders<'a>(nodes: &[&'a ClusterNode]) -> Vec<&'a ClusterNode> {
     nodes
         .iter()
         .copied()
-        .filter(|n| n.process_managers() == vec![NAME.to_owned()])
+        .filter(|n| n.process_managers().contains(&NAME.to_owned()))
         .collect()
 }
 
@@ -111,15 +163,25 @@ fn holders<'a>(nodes: &[&'a ClusterNode]) -> Vec<&'a ClusterNode> {
 fn a_process_manager_runs_once_and_moves_with_its_state_when_its_node_dies() -> TestResult {
     let dir = tempfile::tempdir()?;
     let services = LocalServices::start(&dir.path().join("services"), 3, 3)?;
+    let seen = Seen::default();
     let nodes = vec![
-        relay_node(&services, dir.path(), "node-a")?,
-        relay_node(&services, dir.path(), "node-b")?,
-        relay_node(&services, dir.path(), "node-c")?,
+        relay_node_seen(&services, dir.path(), "node-a", Arc::clone(&seen))?,
+        relay_node_seen(&services, dir.path(), "node-b", Arc::clone(&seen))?,
+        relay_node_seen(&services, dir.path(), "node-c", Arc::clone(&seen))?,
     ];
     let all: Vec<&ClusterNode> = nodes.iter().collect();
+    let audits = |nodes: &[&ClusterNode]| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n.process_managers().contains(&"audit".to_owned()))
+            .map(|n| n.name().to_owned())
+            .collect()
+    };
     assert!(wait_until(Duration::from_secs(30), || covered(&all, 8)
-        && holders(&all).len() == 1));
+        && holders(&all).len() == 1
+        && audits(&all).len() == 1));
     let holder = holders(&all)[0].name().to_owned();
+    let auditor = audits(&all)[0].clone();
     // The holder runs it; the others stand by.
     let placed = || {
         all.iter().all(|node| {
@@ -163,6 +225,26 @@ fn a_process_manager_runs_once_and_moves_with_its_state_when_its_node_dies() -> 
         })
     }));
 
+    // The handler ran on one node only, once per event so far.
+    let seen_by = |seen: &Seen| -> (Vec<String>, usize, usize) {
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes: Vec<String> = seen.keys().map(|(n, _, _)| n.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        let events: std::collections::HashSet<(String, u64)> =
+            seen.keys().map(|(_, s, v)| (s.clone(), *v)).collect();
+        (nodes, events.len(), seen.values().sum())
+    };
+    assert!(wait_until(Duration::from_secs(30), || seen_by(&seen).1
+        == 2 * SOURCES as usize));
+    let (nodes_seen, _, times) = seen_by(&seen);
+    assert_eq!(
+        nodes_seen,
+        vec![auditor.clone()],
+        "one node runs the handler"
+    );
+    assert_eq!(times, 2 * SOURCES as usize, "each event once");
+
     // The holder dies before its timers are due.
     let mut survivors = Vec::new();
     for node in nodes {
@@ -181,6 +263,9 @@ fn a_process_manager_runs_once_and_moves_with_its_state_when_its_node_dies() -> 
         |i| { events_of(alive[0].runtime(), &format!("dst{i}")).len() == 2 }
     )));
     std::thread::sleep(Duration::from_secs(1));
+    // The handler saw the timers' events too, wherever it ran by then.
+    assert!(wait_until(Duration::from_secs(30), || seen_by(&seen).1
+        == 3 * SOURCES as usize));
     for i in 0..SOURCES {
         assert_eq!(
             events_of(alive[0].runtime(), &format!("dst{i}")),

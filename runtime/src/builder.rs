@@ -74,7 +74,7 @@ pub struct RuntimeBuilder {
     dispatch: DispatchTable,
     clock: Arc<dyn eventfold_domain::Clock>,
     upcasters: Upcasters,
-    placement: Option<Arc<dyn process::ProcessPlacement>>,
+    placement: Option<Arc<dyn crate::runners::Placement>>,
 }
 
 impl RuntimeBuilder {
@@ -205,15 +205,34 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The names of the process managers registered so far.
-    pub fn process_names(&self) -> Vec<String> {
-        self.processes.iter().map(|p| p.name.clone()).collect()
+    /// What a [`Placement`](crate::runners::Placement) decides for, as
+    /// registered so far: every process manager, and every event handler
+    /// (each partition of a partitioned one as `name#i`). Projections are
+    /// not placed: each is a fold into its runtime's own read model.
+    pub fn single_runners(&self) -> Vec<crate::runners::SingleRunner> {
+        let processes = self.processes.iter().map(|p| crate::runners::SingleRunner {
+            name: p.name.clone(),
+            kind: crate::runners::RunnerKind::ProcessManager,
+        });
+        let handlers = self
+            .consumers
+            .iter()
+            .filter(|c| !c.projection)
+            .flat_map(|c| {
+                let partitions = c.settings.partitions.max(1);
+                (0..partitions).map(move |i| crate::runners::SingleRunner {
+                    name: registry::runner_name(&c.name, i, partitions),
+                    kind: crate::runners::RunnerKind::EventHandler {
+                        name: c.name.clone(),
+                    },
+                })
+            });
+        processes.chain(handlers).collect()
     }
 
-    /// Decides where each process manager runs (see
-    /// [`ProcessPlacement`](process::ProcessPlacement)); without one, all
-    /// run here.
-    pub fn process_placement(mut self, placement: Arc<dyn process::ProcessPlacement>) -> Self {
+    /// Decides where each process manager and event handler runs (see
+    /// [`Placement`](crate::runners::Placement)); without one, all run here.
+    pub fn process_placement(mut self, placement: Arc<dyn crate::runners::Placement>) -> Self {
         self.placement = Some(placement);
         self
     }
@@ -376,6 +395,7 @@ impl RuntimeBuilder {
             Arc::clone(&upcasters),
             Arc::clone(&keys),
             self.consumers,
+            self.placement.clone(),
         ));
         registry.start_all().map_err(StartError::Projection)?;
         let (shards, system) = match start_system(Arc::clone(&shared)) {

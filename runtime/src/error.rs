@@ -401,6 +401,10 @@ pub enum ParkedError {
     /// The consumer holding it is stopped.
     #[error("the consumer is stopped")]
     ConsumerStopped,
+    /// The event handler runs on another node of the cluster now: ask
+    /// that node.
+    #[error("the event handler runs on another node of the cluster")]
+    Elsewhere,
 }
 
 /// Why [`crate::RuntimeHandle::spawn_on_shard`] did not start a task.

@@ -20,7 +20,7 @@ use crate::ParkedEvent;
 use crate::process::StuckInstance;
 use crate::process::admin::stuck_in;
 use crate::process::records::model_of;
-use crate::read::consumer::list_parked;
+use crate::read::parked::list_parked;
 use crate::read::registry::active_version;
 use eventfold_domain::Timestamp;
 use eventfold_storage::{Corruption, EventStore, ReadError, RocksStore};

@@ -101,6 +101,7 @@ pub mod personal;
 mod placement;
 pub mod process;
 mod read;
+mod runners;
 mod settings;
 mod timeout;
 
@@ -122,4 +123,5 @@ pub use read::projection::{
     self, AfterRetries, ConsumerSettings, ConsumerState, ConsumerStatus, ErrorPolicy, EventHandler,
     HandlerError, ParkedEvent, Projection, ReadModelTx, ReadModelView,
 };
+pub use runners::{Placement, RunnerKind, SingleRunner};
 pub use settings::{Passivation, Settings};

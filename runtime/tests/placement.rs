@@ -1,8 +1,9 @@
-//! Process managers under a placement (how a cluster runs each once): a
-//! host stands by until it is granted, stops at once when its grant goes,
-//! says so, and under the next grant starts again from the store with its
-//! instances, outbox and timers; commands to aggregates hosted elsewhere
-//! go through the registered sender, retried like any dispatch.
+//! Process managers and event handlers under a placement (how a cluster
+//! runs each once): a host stands by until it is granted, stops at once
+//! when its grant goes, says so, and under the next grant starts again
+//! from the store with its instances, outbox and timers (a handler from its
+//! checkpoint); commands to aggregates hosted elsewhere go through the
+//! registered sender, retried like any dispatch.
 
 use eventfold_runtime::domain::*;
 use eventfold_runtime::process::*;
@@ -10,6 +11,7 @@ use eventfold_runtime::projection::decode;
 use eventfold_runtime::storage::*;
 use eventfold_runtime::*;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -122,7 +124,10 @@ impl Switch {
     }
 }
 
-impl ProcessPlacement for Switch {
+impl Placement for Switch {
+    fn places(&self, name: &str) -> bool {
+        name != "everywhere"
+    }
     fn grant(&self, _: &str) -> Option<u64> {
         *self.grant.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -209,7 +214,7 @@ fn a_host_runs_only_under_its_grant_and_resumes_from_the_store_under_the_next() 
         .path(dir.path())
         .aggregate_sent_by::<Ticket>(Arc::clone(&far) as Arc<dyn CommandSender<Ticket>>)
         .clock(clock.clone())
-        .process_placement(Arc::clone(&switch) as Arc<dyn ProcessPlacement>)
+        .process_placement(Arc::clone(&switch) as Arc<dyn Placement>)
         .process_manager(|| Desk, ProcessSettings::default())
         .start()?;
     let _ = far.runtime.set(runtime.clone());
@@ -280,6 +285,95 @@ fn a_host_runs_only_under_its_grant_and_resumes_from_the_store_under_the_next() 
         .ok_or("no instance a")?;
     assert_eq!(view.status, InstanceStatus::Finished);
     assert_eq!(view.state, 3, "event, result and timer, once each");
+    runtime.shutdown_blocking()?;
+    Ok(())
+}
+
+/// Counts the tickets it saw, by id.
+struct Notifier {
+    name: &'static str,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl EventHandler for Notifier {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        *seen.entry(event.stream_id.to_string()).or_default() += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn an_event_handler_runs_only_under_its_grant_and_resumes_from_its_checkpoint() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let switch = Arc::new(Switch::default());
+    let placed = Arc::new(Mutex::new(HashMap::new()));
+    let everywhere = Arc::new(Mutex::new(HashMap::new()));
+    let (p, e) = (Arc::clone(&placed), Arc::clone(&everywhere));
+    let builder = Runtime::builder()
+        .path(dir.path())
+        .aggregate::<Ticket>()
+        .process_placement(Arc::clone(&switch) as Arc<dyn Placement>)
+        .event_handler(
+            move || Notifier {
+                name: "notifier",
+                seen: Arc::clone(&p),
+            },
+            ConsumerSettings::default(),
+        )
+        .event_handler(
+            move || Notifier {
+                name: "everywhere",
+                seen: Arc::clone(&e),
+            },
+            ConsumerSettings::default(),
+        );
+    let runners: Vec<String> = builder
+        .single_runners()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        runners,
+        vec!["notifier".to_owned(), "everywhere".to_owned()]
+    );
+    let runtime = builder.start()?;
+    let count = |seen: &Arc<Mutex<HashMap<String, usize>>>| {
+        seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    };
+    open(&runtime, "a")?;
+    wait_until("the unplaced handler saw a", || Ok(count(&everywhere) == 1))?;
+    wait_until("the placed one stands by", || {
+        let status = runtime.projection_status("notifier")?;
+        Ok(status.iter().all(|s| s.state == ConsumerState::Standby))
+    })?;
+    assert_eq!(count(&placed), 0, "not granted: nothing handled");
+
+    switch.set(Some(1));
+    wait_until("a is handled", || Ok(count(&placed) == 1))?;
+    wait_until("its checkpoint is stored", || {
+        Ok(runtime.store().checkpoint("notifier@v1")? == Some(runtime.store().head()))
+    })?;
+    switch.set(None);
+    wait_until("the handler stood down", || {
+        Ok(switch.stood_down().contains(&("notifier".to_owned(), 1)))
+    })?;
+    open(&runtime, "b")?;
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(count(&placed), 1, "b waits for the next grant");
+
+    switch.set(Some(2));
+    wait_until("b is handled", || Ok(count(&placed) == 2))?;
+    let seen = placed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(
+        seen.get("ticket-a"),
+        Some(&1),
+        "a once: its checkpoint was kept"
+    );
+    assert_eq!(seen.get("ticket-b"), Some(&1));
     runtime.shutdown_blocking()?;
     Ok(())
 }

@@ -73,27 +73,7 @@ pub(crate) struct HostConfig {
     pub upcasters: Arc<crate::evolution::Upcasters>,
     pub control: mpsc::Receiver<ProcessControl>,
     pub shared: Arc<ProcessShared>,
-    pub placement: Option<Arc<dyn ProcessPlacement>>,
-}
-
-/// Decides where each process manager runs: a cluster runs each once, on
-/// the node that holds its claim. Without a placement every process
-/// manager runs on its runtime.
-///
-/// A host asks [`grant`](ProcessPlacement::grant) before it starts and at
-/// every round. While it has none it stands by
-/// ([`ConsumerState::Standby`]). When the grant it runs under is gone or
-/// changed, it stops at once without writing more, drops what it held in
-/// memory, tells [`stood_down`](ProcessPlacement::stood_down), and waits
-/// for the next grant, under which it starts again from the store (its
-/// checkpoint, instances, outbox and timers).
-pub trait ProcessPlacement: Send + Sync {
-    /// The grant under which process manager `name` may run here now
-    /// (any number that changes when the claim is taken again).
-    fn grant(&self, name: &str) -> Option<u64>;
-    /// The host of `name` no longer runs under `grant`: nothing more is
-    /// written under it (a hand-off waits for this).
-    fn stood_down(&self, name: &str, grant: u64);
+    pub placement: Option<Arc<dyn crate::runners::Placement>>,
 }
 
 /// A host with its process manager's type erased.

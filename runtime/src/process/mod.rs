@@ -77,7 +77,6 @@ pub(crate) mod supervisor;
 pub use api::{
     Association, Effects, FiredTimer, INSTANCE_ID_BYTES_MAX, Input, ProcessManager, TimerChange,
 };
-pub use control::ProcessPlacement;
 pub use dispatch::{CommandSender, SentCommand};
 pub use fixture::{ProcessFixture, StepOutcome};
 pub use results::{CommandResult, OutgoingCommand, ResultOutcome};

@@ -47,7 +47,7 @@ pub(crate) struct HostEnvironment {
     pub router: Arc<Router>,
     pub upcasters: Arc<crate::evolution::Upcasters>,
     pub keys: Arc<crate::personal::SubjectKeys>,
-    pub placement: Option<Arc<dyn super::control::ProcessPlacement>>,
+    pub placement: Option<Arc<dyn crate::runners::Placement>>,
 }
 
 impl Processes {

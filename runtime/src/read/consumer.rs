@@ -14,11 +14,10 @@ use crate::placement::bucket_of;
 use crate::read::bus::EventBus;
 use crate::read::interest::{Interest, is_deletion};
 use crate::read::projection::*;
-use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke, read_at};
+use crate::read::subscription::{Chunk, Subscription, SubscriptionError, Woke};
+use crate::runners::Placement;
 use eventfold_domain::RecordedEvent;
-use eventfold_storage::{
-    Corruption, EventStore, Filter, ReadModelBatch, StreamDeletion, WriteError, payload,
-};
+use eventfold_storage::{EventStore, Filter, ReadModelBatch, StreamDeletion, WriteError, payload};
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +56,7 @@ impl ConsumerShared {
     pub(crate) fn state(&self) -> ConsumerState {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-    fn set_state(&self, state: ConsumerState) {
+    pub(super) fn set_state(&self, state: ConsumerState) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
     /// A rebuild that has been switched to.
@@ -102,20 +101,22 @@ pub(crate) struct Consumer {
     pub partition: (usize, usize),
     /// Told once when the consumer first reaches the head (rebuilds).
     pub caught_up: CaughtUp,
+    /// An event handler's placement, and the name it is placed by.
+    pub placement: Option<(Arc<dyn crate::runners::Placement>, String)>,
 }
 
-struct Run {
+pub(super) struct Run {
     /// Where the consumer stands in the log: catching up or live.
-    sub: Subscription,
-    persisted: u64,
-    pending: Pending,
-    cache: ReadCache,
-    undo: Undo,
-    parked: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pending_events: usize,
+    pub(super) sub: Subscription,
+    pub(super) persisted: u64,
+    pub(super) pending: Pending,
+    pub(super) cache: ReadCache,
+    pub(super) undo: Undo,
+    pub(super) parked: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(super) pending_events: usize,
     /// Streams with parked events, and how many.
-    held: HashMap<String, u64>,
-    last_commit: std::time::Instant,
+    pub(super) held: HashMap<String, u64>,
+    pub(super) last_commit: std::time::Instant,
 }
 
 enum Flow {
@@ -123,15 +124,27 @@ enum Flow {
     Stop,
 }
 
-fn parked_key(position: u64) -> Vec<u8> {
-    position.to_be_bytes().to_vec()
+/// Why a consumer stopped serving.
+pub(super) enum Served {
+    /// Told to stop.
+    Told,
+    /// Its grant moved to another node.
+    Lost,
+    /// Stopped by its error policy or a store failure.
+    Failed,
 }
 
 impl Consumer {
-    pub(crate) fn run(mut self) {
+    /// Runs until told to stop or stopped by a failure; under a placement,
+    /// also until `grant` is no longer this runtime's (`Served::Lost`,
+    /// nothing more written).
+    pub(super) fn serve(&mut self, grant: Option<(&dyn Placement, &str, u64)>) -> Served {
         let start = match self.store.checkpoint(&self.shared.id) {
             Ok(checkpoint) => checkpoint.unwrap_or(0),
-            Err(error) => return self.stop(format!("checkpoint unreadable: {error}")),
+            Err(error) => {
+                self.stop(format!("checkpoint unreadable: {error}"));
+                return Served::Failed;
+            }
         };
         let sub = Subscription::new(
             Arc::clone(&self.store),
@@ -166,10 +179,19 @@ impl Consumer {
                     }
                 }
             }
-            Err(error) => return self.stop(format!("dead letters unreadable: {error}")),
+            Err(error) => {
+                self.stop(format!("dead letters unreadable: {error}"));
+                return Served::Failed;
+            }
         }
         self.shared.processed.send_replace(start);
+        let held = |grant: Option<(&dyn Placement, &str, u64)>| {
+            grant.is_none_or(|(placement, name, grant)| placement.grant(name) == Some(grant))
+        };
         loop {
+            if !held(grant) {
+                return Served::Lost;
+            }
             if !self.mailbox(&mut run) {
                 break;
             }
@@ -179,22 +201,31 @@ impl Consumer {
                 self.step_catch_up(&mut run)
             };
             if let Flow::Stop = flow {
-                // Stopped by the error policy or a store failure: answer the
-                // mailbox until told to stop.
-                while let Ok(message) = self.control.recv() {
-                    match message {
-                        Control::Stop => return,
-                        Control::Retry(_, reply) | Control::Skip(_, reply) => {
-                            let _ = reply.send(Err(ParkedError::ConsumerStopped.into()));
-                        }
-                    }
+                // A commit refused after the grant went: another node
+                // runs it now.
+                if !held(grant) {
+                    return Served::Lost;
                 }
-                return;
+                return Served::Failed;
             }
         }
         // A clean stop commits what is pending.
         let through = run.sub.next() - 1;
         let _ = self.commit(&mut run, through, true);
+        Served::Told
+    }
+
+    /// Stopped by the error policy or a store failure: answers the
+    /// mailbox until told to stop.
+    pub(super) fn stopped(&self) {
+        while let Ok(message) = self.control.recv() {
+            match message {
+                Control::Stop => return,
+                Control::Retry(_, reply) | Control::Skip(_, reply) => {
+                    let _ = reply.send(Err(ParkedError::ConsumerStopped.into()));
+                }
+            }
+        }
     }
 
     /// Handles control messages; false when told to stop.
@@ -398,7 +429,11 @@ impl Consumer {
 
     /// One attempt of the events of one position: the handler's writes stay
     /// pending on success and are undone (all of them) on failure or panic.
-    fn attempt(&mut self, run: &mut Run, events: &[&RecordedEvent]) -> Result<(), AttemptError> {
+    pub(super) fn attempt(
+        &mut self,
+        run: &mut Run,
+        events: &[&RecordedEvent],
+    ) -> Result<(), AttemptError> {
         run.undo.clear();
         let result = match &mut self.kind {
             Kind::Projection(projection) => {
@@ -435,25 +470,21 @@ impl Consumer {
         outcome
     }
 
-    fn park(&mut self, run: &mut Run, parked: ParkedEvent) {
-        match payload::encode(&parked) {
-            Ok(bytes) => {
-                *run.held.entry(parked.stream.clone()).or_default() += 1;
-                run.parked.push((parked_key(parked.position), Some(bytes)));
-                self.shared.parked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => {
-                tracing::error!(consumer = %self.shared.id, %error, "a parked event could not be encoded")
-            }
-        }
-    }
-
     /// Commits effects, parked events and the checkpoint `through`, in one
     /// batch. Without effects the checkpoint is persisted only now and then
     /// (or when `force`), but `processed` always moves.
-    fn commit(&mut self, run: &mut Run, through: u64, force: bool) -> Result<(), WriteError> {
+    pub(super) fn commit(
+        &mut self,
+        run: &mut Run,
+        through: u64,
+        force: bool,
+    ) -> Result<(), WriteError> {
         let effects = !run.pending.is_empty() || !run.parked.is_empty();
-        let due = through >= run.persisted + CHECKPOINT_PERSIST_EVENTS;
+        // A placed handler's checkpoint is what the next node to run it
+        // starts from: kept at every commit, not now and then.
+        let due = through >= run.persisted + CHECKPOINT_PERSIST_EVENTS
+            || (self.placement.as_ref().is_some_and(|(p, n)| p.places(n))
+                && through > run.persisted);
         if effects || (force && through > run.persisted) || due {
             let mut batch = ReadModelBatch::new();
             let written = drain_into(&mut run.pending, &self.model, &mut batch);
@@ -490,80 +521,6 @@ impl Consumer {
             .set(self.shared.parked.load(Ordering::Relaxed) as f64);
         Ok(())
     }
-
-    /// Retries (or skips) a parked event, then the events held behind it.
-    fn retry_parked(
-        &mut self,
-        run: &mut Run,
-        position: u64,
-        skip: bool,
-    ) -> Result<(), ProjectionError> {
-        // Start from a clean slate: what is pending is committed first.
-        let through = run.sub.next() - 1;
-        self.commit(run, through, false)?;
-        let model = self.shared.parked_model.clone();
-        let entries = self.store.read_model_scan(&model, b"", PARKED_LIST_MAX)?;
-        let parked: Vec<ParkedEvent> = entries
-            .iter()
-            .filter_map(|(_, v)| payload::decode::<ParkedEvent>(v).ok())
-            .collect();
-        let Some(target) = parked.iter().find(|p| p.position == position).cloned() else {
-            return Err(ParkedError::NotParked(position).into());
-        };
-        if parked
-            .iter()
-            .any(|p| p.stream == target.stream && p.position < position)
-        {
-            return Err(ParkedError::HeldBehind {
-                position,
-                stream: target.stream,
-            }
-            .into());
-        }
-        // The target, then every event held behind it, in order, until one fails.
-        let mut queue: Vec<ParkedEvent> = parked
-            .into_iter()
-            .filter(|p| p.stream == target.stream && p.position >= position)
-            .collect();
-        queue.sort_by_key(|p| p.position);
-        let mut result = Ok(());
-        for (i, entry) in queue.into_iter().enumerate() {
-            let skipping = skip && i == 0;
-            if !skipping {
-                let interest = Interest::with_deletions(self.filter.clone());
-                let events = read_at(&*self.store, &self.upcasters, entry.position, &interest)?
-                    .ok_or(ParkedError::Missing(entry.position))?;
-                let events: Vec<&RecordedEvent> = events.iter().collect();
-                if let Err(error) = self.attempt(run, &events) {
-                    let reason = error.to_string();
-                    let updated = ParkedEvent {
-                        reason: reason.clone(),
-                        attempts: entry.attempts + 1,
-                        ..entry
-                    };
-                    if let Ok(bytes) = payload::encode(&updated) {
-                        run.parked.push((parked_key(updated.position), Some(bytes)));
-                    }
-                    result = if i == 0 {
-                        Err(ParkedError::FailedAgain { position, reason }.into())
-                    } else {
-                        Ok(())
-                    };
-                    break;
-                }
-            }
-            run.parked.push((parked_key(entry.position), None));
-            self.shared.parked.fetch_sub(1, Ordering::Relaxed);
-            if let Some(count) = run.held.get_mut(&entry.stream) {
-                *count -= 1;
-                if *count == 0 {
-                    run.held.remove(&entry.stream);
-                }
-            }
-        }
-        self.commit(run, through, true)?;
-        result
-    }
 }
 
 /// The deletion `event` records, if it is one.
@@ -575,22 +532,9 @@ fn deletion(event: &RecordedEvent) -> Option<StreamDeletion> {
     }
 }
 
-/// Reads parked events of a consumer.
-pub(crate) fn list_parked(
-    store: &dyn EventStore,
-    model: &str,
-) -> Result<Vec<ParkedEvent>, ProjectionError> {
-    let entries = store.read_model_scan(model, b"", PARKED_LIST_MAX)?;
-    let decoded = entries.iter().map(|(key, value)| {
-        payload::decode::<ParkedEvent>(value)
-            .map_err(|e| Corruption::read_model_value(model, key, e).into())
-    });
-    decoded.collect()
-}
-
 /// Why one attempt of a handler failed.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub(super) enum AttemptError {
     /// The handler returned an error.
     #[error(transparent)]
     Failed(HandlerError),

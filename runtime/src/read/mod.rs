@@ -12,7 +12,8 @@
 //! - [`interest`]: what a subscriber wants of the log: its filter, and the
 //!   deletions of the streams it reads.
 //! - [`consumer`]: one projection partition, rebuild or event handler on a
-//!   thread of its own, driving a subscription.
+//!   thread of its own, driving a subscription; `parked`: its dead letters;
+//!   `placed`: an event handler run only where its placement grants it.
 //! - [`projection`]: the public traits and settings, read-model views.
 //! - [`registry`]: starts, stops and rebuilds the consumers; answers status,
 //!   parked events and read-your-writes waits.
@@ -24,6 +25,8 @@ pub(crate) mod consumer;
 pub mod durable;
 pub mod external;
 pub(crate) mod interest;
+pub(crate) mod parked;
+mod placed;
 pub mod projection;
 pub(crate) mod registry;
 pub(crate) mod subscription;

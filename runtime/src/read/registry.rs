@@ -7,6 +7,7 @@ use crate::read::bus::EventBus;
 use crate::read::consumer::{ACTIVE_VERSIONS_MODEL, Consumer, ConsumerShared, Control, Kind};
 use crate::read::projection::{ConsumerSettings, ConsumerState, ConsumerStatus, ParkedEvent};
 use crate::read::subscription::CONTROL_QUEUE_MAX;
+use crate::runners::Placement;
 use eventfold_storage::{Corruption, EventStore, ReadModelBatch};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,7 @@ pub(crate) struct Registry {
     bus: EventBus,
     upcasters: Arc<Upcasters>,
     keys: Arc<SubjectKeys>,
+    placement: Option<Arc<dyn Placement>>,
     registrations: HashMap<String, Registration>,
     running: Mutex<HashMap<String, Running>>,
     rebuilding: Mutex<HashMap<String, Running>>,
@@ -76,6 +78,16 @@ pub(crate) fn active_version(store: &dyn EventStore, name: &str) -> Result<u32, 
     }
 }
 
+/// The name an event handler's partition runs under in a placement:
+/// `name`, or `name#i` when it is partitioned (its version aside).
+pub(crate) fn runner_name(name: &str, index: usize, partitions: usize) -> String {
+    if partitions > 1 {
+        format!("{name}#{index}")
+    } else {
+        name.to_owned()
+    }
+}
+
 pub(crate) fn model_name(name: &str, version: u32) -> String {
     format!("{name}@v{version}")
 }
@@ -87,12 +99,14 @@ impl Registry {
         upcasters: Arc<Upcasters>,
         keys: Arc<SubjectKeys>,
         registrations: Vec<Registration>,
+        placement: Option<Arc<dyn Placement>>,
     ) -> Self {
         Self {
             store,
             bus,
             upcasters,
             keys,
+            placement,
             registrations: registrations
                 .into_iter()
                 .map(|r| (r.name.clone(), r))
@@ -160,6 +174,17 @@ impl Registry {
                 model: model.clone(),
                 partition: (index, partitions),
                 caught_up: caught_up.clone(),
+                // Event handlers only: a projection is a fold into this
+                // runtime's own read model, and runs wherever it is.
+                placement: (!registration.projection)
+                    .then(|| {
+                        let placement = self.placement.clone()?;
+                        Some((
+                            placement,
+                            runner_name(&registration.name, index, partitions),
+                        ))
+                    })
+                    .flatten(),
             };
             let name = format!("eventfold-consumer-{id}");
             let keys = Arc::clone(&self.keys);
@@ -254,7 +279,7 @@ impl Registry {
         let (_, consumers) = self.consumers(name)?;
         let mut all = Vec::new();
         for consumer in consumers {
-            all.extend(crate::read::consumer::list_parked(
+            all.extend(crate::read::parked::list_parked(
                 &*self.store,
                 &consumer.parked_model,
             )?);

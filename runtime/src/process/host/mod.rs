@@ -33,13 +33,14 @@ mod recover;
 mod step;
 
 use super::api::ProcessManager;
-use super::control::{HostConfig, HostRun, ProcessControl, ProcessPlacement};
+use super::control::{HostConfig, HostRun, ProcessControl};
 use super::dispatch::Delivery;
 use super::records::*;
 use crate::error::{ControlRefusal, ProcessFailure};
 use crate::read::interest::Interest;
 use crate::read::projection::ConsumerState;
 use crate::read::subscription::{self, Subscription, SubscriptionError};
+use crate::runners::Placement;
 use eventfold_storage::{Filter, ReadModelBatch};
 use lru::LruCache;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -121,7 +122,8 @@ impl<P: ProcessManager> Host<P> {
 impl<P: ProcessManager> HostRun for Host<P> {
     fn run(self: Box<Self>) {
         let mut host = *self;
-        let Some(placement) = host.config.placement.clone() else {
+        let placed = host.config.placement.clone();
+        let Some(placement) = placed.filter(|p| p.places(&host.name)) else {
             if let Ended::Failed(reason) = host.serve(None) {
                 host.stopped(reason);
             }
@@ -159,7 +161,7 @@ enum Ended {
 impl<P: ProcessManager> Host<P> {
     /// Serves until told to stop, until a failure, or (under a
     /// placement) until `grant` is no longer this runtime's.
-    fn serve(&mut self, grant: Option<(&dyn ProcessPlacement, u64)>) -> Ended {
+    fn serve(&mut self, grant: Option<(&dyn Placement, u64)>) -> Ended {
         let held = |host: &Self| {
             grant.is_none_or(|(placement, grant)| placement.grant(&host.name) == Some(grant))
         };
@@ -208,7 +210,7 @@ impl<P: ProcessManager> Host<P> {
 
     /// Waits (answering control messages) until the placement grants this
     /// runtime the process manager; `None` when told to stop first.
-    fn await_grant(&mut self, placement: &dyn ProcessPlacement) -> Option<u64> {
+    fn await_grant(&mut self, placement: &dyn Placement) -> Option<u64> {
         loop {
             if self.config.shared.stopping.load(Ordering::SeqCst) {
                 return None;

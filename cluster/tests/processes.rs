@@ -177,9 +177,17 @@ fn a_process_manager_runs_once_and_moves_with_its_state_when_its_node_dies() -> 
             .map(|n| n.name().to_owned())
             .collect()
     };
-    assert!(wait_until(Duration::from_secs(30), || covered(&all, 8)
-        && holders(&all).len() == 1
-        && audits(&all).len() == 1));
+    // Placed once every node is a member (until then, the first nodes
+    // hold everything and hand some over as the others join).
+    let settled = || {
+        covered(&all, 8)
+            && all.iter().all(|n| !n.partitions().is_empty())
+            && holders(&all).len() == 1
+            && audits(&all).len() == 1
+    };
+    assert!(wait_until(Duration::from_secs(30), settled));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_until(Duration::from_secs(30), settled));
     let holder = holders(&all)[0].name().to_owned();
     let auditor = audits(&all)[0].clone();
     // The holder runs it; the others stand by.

@@ -387,13 +387,6 @@ fn phase(
     let seconds = started.elapsed().as_secs_f64();
     const PHASE_TIME_LIMIT: Duration =
         Duration::from_secs(work::PHASE_TIME_MAX.as_secs() + SETTLE_TIME_MAX.as_secs());
-    let cpu_micros = cpu_before
-        .into_iter()
-        .filter_map(|(name, before)| {
-            let pid = *pids.get(&name)?;
-            Some((name, nodes::cpu_micros(pid)?.saturating_sub(before)))
-        })
-        .collect();
     match restore {
         Restore::Nothing => {}
         Restore::Node(name) => nodes.restart(&name)?,
@@ -445,6 +438,15 @@ fn phase(
         folded = io.block_on(check::fold(log))?;
     }
     let settled = (transfers > 0).then(|| started.elapsed());
+    // The nodes' CPU from the phase's start until its transfers settled.
+    let cpu_micros = cpu_before
+        .into_iter()
+        .filter_map(|(name, before)| {
+            let pid = *pids.get(&name)?;
+            Some((name, nodes::cpu_micros(pid)?.saturating_sub(before)))
+        })
+        .collect();
+
     if folded.open_transfers() > 0 {
         faults.push(format!(
             "{} transfers still open {SETTLE_TIME_MAX:?} after the phase",

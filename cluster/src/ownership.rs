@@ -458,26 +458,27 @@ pub async fn owners(
     etcd: &mut Client,
     cluster: &str,
 ) -> Result<std::collections::HashMap<u32, String>, OwnershipError> {
-    let prefix = format!("/eventfold/{cluster}/owners/");
-    let answer = etcd
-        .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    Ok(answer
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let partition = kv.key_str().ok()?.strip_prefix(&prefix)?.parse().ok()?;
-            Some((partition, kv.value_str().ok()?.to_owned()))
-        })
+    let held = holders(etcd, &format!("/eventfold/{cluster}/owners/")).await?;
+    Ok(held
+        .into_iter()
+        .filter_map(|(partition, node)| Some((partition.parse().ok()?, node)))
         .collect())
 }
 
-/// Who runs each process manager of `cluster` now, as etcd says.
+/// Who runs each process manager and event handler of `cluster` now, as
+/// etcd says.
 pub async fn singleton_holders(
     etcd: &mut Client,
     cluster: &str,
 ) -> Result<std::collections::HashMap<String, String>, OwnershipError> {
-    let prefix = format!("/eventfold/{cluster}/singletons/");
+    holders(etcd, &format!("/eventfold/{cluster}/singletons/")).await
+}
+
+/// The claim keys under `prefix` (what follows it) and their holders.
+async fn holders(
+    etcd: &mut Client,
+    prefix: &str,
+) -> Result<std::collections::HashMap<String, String>, OwnershipError> {
     let answer = etcd
         .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
         .await?;
@@ -485,7 +486,7 @@ pub async fn singleton_holders(
         .kvs()
         .iter()
         .filter_map(|kv| {
-            let name = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
+            let name = kv.key_str().ok()?.strip_prefix(prefix)?.to_owned();
             Some((name, kv.value_str().ok()?.to_owned()))
         })
         .collect())

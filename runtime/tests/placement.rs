@@ -5,6 +5,9 @@
 //! checkpoint); commands to aggregates hosted elsewhere go through the
 //! registered sender, retried like any dispatch.
 
+mod common;
+
+use common::wait_until;
 use eventfold_runtime::domain::*;
 use eventfold_runtime::process::*;
 use eventfold_runtime::projection::decode;
@@ -14,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -169,20 +172,6 @@ impl CommandSender<Ticket> for Far {
             }
         })
     }
-}
-
-fn wait_until(
-    what: &str,
-    mut condition: impl FnMut() -> Result<bool, Box<dyn std::error::Error>>,
-) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if condition()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Err(format!("timed out waiting until {what}").into())
 }
 
 fn events(

@@ -121,30 +121,25 @@ impl ModelWriter {
 
 /// The single-runner `batch` belongs to, with its fence; `None` for a
 /// batch of the node's own read models. A batch that mixes a
-/// single-runner's model with any other is refused.
+/// single-runner's names with any other is refused.
 fn owner_of(
     singletons: &Singletons,
     batch: &ReadModelBatch,
 ) -> Result<Option<(String, u32)>, WriteError> {
-    let names = batch
-        .ops
+    let mut names = batch
+        .checkpoint
         .iter()
-        .map(|(model, _)| model.as_str())
-        .chain(batch.checkpoint.iter().map(|(name, _)| name.as_str()));
-    let mut owner: Option<&str> = None;
-    let mut own = false;
-    for model in names {
-        match singletons.runner_of(model) {
-            Some(name) if owner.is_none_or(|o| o == name) => owner = Some(name),
-            Some(_) => return Err(mixed()),
-            None => own = true,
-        }
+        .map(|(name, _)| name.as_str())
+        .chain(batch.ops.iter().map(|(model, _)| model.as_str()));
+    let Some(runner) = names.clone().find_map(|name| singletons.runner_of(name)) else {
+        return Ok(None);
+    };
+    if !names.all(|name| singletons.writes(runner, name)) {
+        return Err(mixed());
     }
-    match owner {
-        Some(_) if own => Err(mixed()),
-        Some(name) => Ok(singletons.fence(name).map(|f| (name.to_owned(), f))),
-        None => Ok(None),
-    }
+    Ok(singletons
+        .fence(runner)
+        .map(|fence| (runner.to_owned(), fence)))
 }
 
 fn mixed() -> WriteError {

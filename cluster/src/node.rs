@@ -50,6 +50,12 @@ pub struct NodeConfig {
     pub lease_ttl: Duration,
     /// How often ownership is rebalanced.
     pub rebalance_every: Duration,
+    /// Projections run once in the cluster, on the node that holds each
+    /// one's claim, their read models written through the log to every
+    /// node; `false` (the default): each node runs every projection over
+    /// its own replica. Process managers and event handlers always run
+    /// once.
+    pub projections_once: bool,
 }
 
 impl NodeConfig {
@@ -65,6 +71,7 @@ impl NodeConfig {
             log: LogConfig::default(),
             lease_ttl: Duration::from_secs(5),
             rebalance_every: Duration::from_millis(250),
+            projections_once: false,
         }
     }
 }
@@ -124,7 +131,8 @@ impl NodeBuilder {
     /// settings); its store is the cluster's. Each process manager and
     /// event handler runs once in the cluster, on the node that holds its
     /// claim (see [`crate::singletons`]); projections run on every node,
-    /// each over its own replica.
+    /// each over its own replica, or once when
+    /// [`NodeConfig::projections_once`] says so.
     pub fn runtime(mut self, configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> Self {
         self.runtime = configure(self.runtime);
         self
@@ -156,7 +164,14 @@ impl NodeBuilder {
             follower::start(log.clone(), replica.clone())
         };
         let claims = Claims::new(config.partitions);
-        let singletons = Singletons::new(self.runtime.single_runners())?;
+        let runners = self.runtime.single_runners().into_iter().filter(|runner| {
+            config.projections_once
+                || !matches!(
+                    runner.kind,
+                    eventfold_runtime::RunnerKind::Projection { .. }
+                )
+        });
+        let singletons = Singletons::new(runners.collect())?;
         let store = ClusterStore::new(
             replica.clone(),
             log.clone(),

@@ -112,8 +112,24 @@ impl Singletons {
         };
         self.kinds
             .get_key_value(runner.as_str())
-            .filter(|(_, kind)| matches!(kind, RunnerKind::EventHandler { .. }))
+            .filter(|(_, kind)| **kind != RunnerKind::ProcessManager)
             .map(|(name, _)| name.as_str())
+    }
+
+    /// Whether the single-runner `runner` writes `written`: its own
+    /// names ([`runner_of`](Self::runner_of)), or, for a partition of a
+    /// projection, the projection's read model `{name}@v{n}`.
+    pub fn writes(&self, runner: &str, written: &str) -> bool {
+        if self.runner_of(written) == Some(runner) {
+            return true;
+        }
+        match self.kinds.get(runner) {
+            Some(RunnerKind::Projection { name }) => written
+                .strip_prefix(name.as_str())
+                .and_then(|rest| rest.strip_prefix("@v"))
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())),
+            _ => false,
+        }
     }
 
     fn write(&self, change: impl FnOnce(&mut HashMap<String, Claim>)) {
@@ -279,6 +295,25 @@ mod tests {
             "a process manager's name"
         );
         assert!(singletons.places("audit#1") && !singletons.places("balances"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_placed_projection_writes_its_model_from_each_partition() -> Result<(), FenceClash> {
+        let projection = |runner: &str| SingleRunner {
+            name: runner.into(),
+            kind: RunnerKind::Projection {
+                name: "totals".into(),
+            },
+        };
+        let singletons = Singletons::new(vec![projection("totals#0"), projection("totals#1")])?;
+        assert_eq!(singletons.runner_of("totals@v1#0"), Some("totals#0"));
+        assert_eq!(singletons.runner_of("totals@v1"), None, "shared by both");
+        assert!(singletons.writes("totals#0", "totals@v1"));
+        assert!(singletons.writes("totals#1", "totals@v2"));
+        assert!(singletons.writes("totals#1", "$parked.totals@v1#1"));
+        assert!(!singletons.writes("totals#1", "$parked.totals@v1#0"));
+        assert!(!singletons.writes("totals#0", "balances@v1"));
         Ok(())
     }
 

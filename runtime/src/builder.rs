@@ -205,29 +205,31 @@ impl RuntimeBuilder {
         self
     }
 
-    /// What a [`Placement`](crate::runners::Placement) decides for, as
-    /// registered so far: every process manager, and every event handler
-    /// (each partition of a partitioned one as `name#i`). Projections are
-    /// not placed: each is a fold into its runtime's own read model.
+    /// What a [`Placement`](crate::runners::Placement) may decide for, as
+    /// registered so far: every process manager, event handler and
+    /// projection (each partition of a partitioned consumer as `name#i`).
+    /// The placement says which it places; the others run here always.
     pub fn single_runners(&self) -> Vec<crate::runners::SingleRunner> {
         let processes = self.processes.iter().map(|p| crate::runners::SingleRunner {
             name: p.name.clone(),
             kind: crate::runners::RunnerKind::ProcessManager,
         });
-        let handlers = self
-            .consumers
-            .iter()
-            .filter(|c| !c.projection)
-            .flat_map(|c| {
-                let partitions = c.settings.partitions.max(1);
-                (0..partitions).map(move |i| crate::runners::SingleRunner {
-                    name: registry::runner_name(&c.name, i, partitions),
-                    kind: crate::runners::RunnerKind::EventHandler {
+        let consumers = self.consumers.iter().flat_map(|c| {
+            let partitions = c.settings.partitions.max(1);
+            (0..partitions).map(move |i| crate::runners::SingleRunner {
+                name: registry::runner_name(&c.name, i, partitions),
+                kind: if c.projection {
+                    crate::runners::RunnerKind::Projection {
                         name: c.name.clone(),
-                    },
-                })
-            });
-        processes.chain(handlers).collect()
+                    }
+                } else {
+                    crate::runners::RunnerKind::EventHandler {
+                        name: c.name.clone(),
+                    }
+                },
+            })
+        });
+        processes.chain(consumers).collect()
     }
 
     /// Decides where each process manager and event handler runs (see

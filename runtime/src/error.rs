@@ -345,6 +345,10 @@ pub enum ProjectionError {
     /// A rebuild of this projection is already running.
     #[error("a rebuild of {0} is already running")]
     RebuildRunning(String),
+    /// The projection runs once in a cluster (placed on one node): it
+    /// cannot be rebuilt in place yet.
+    #[error("{0} runs once in the cluster; rebuilding it is not supported yet")]
+    Placed(String),
     /// The store could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -401,9 +405,9 @@ pub enum ParkedError {
     /// The consumer holding it is stopped.
     #[error("the consumer is stopped")]
     ConsumerStopped,
-    /// The event handler runs on another node of the cluster now: ask
-    /// that node.
-    #[error("the event handler runs on another node of the cluster")]
+    /// The consumer runs on another node of the cluster now: ask that
+    /// node.
+    #[error("the consumer runs on another node of the cluster")]
     Elsewhere,
 }
 

@@ -1,14 +1,13 @@
 //! What runs once when several runtimes share one log (a cluster): the
-//! process managers and event handlers a [`Placement`] decides for, and
-//! the trait it answers through. Projections are not placed: each is a
-//! fold into its runtime's own read model.
+//! process managers, event handlers and projections a [`Placement`] may
+//! decide for, and the trait it answers through.
 
-/// Decides where each process manager and event handler runs: a cluster
-/// runs each once, on the node that holds its claim. Without a placement
-/// every one runs on its runtime. Their names are
-/// [`RuntimeBuilder::single_runners`](crate::RuntimeBuilder::single_runners).
+/// Decides where each process manager, event handler and projection it
+/// places runs: a cluster runs each once, on the node that holds its
+/// claim. Without a placement every one runs on its runtime. Their names
+/// are [`RuntimeBuilder::single_runners`](crate::RuntimeBuilder::single_runners).
 ///
-/// A host (or a handler's consumer) asks [`grant`](Placement::grant)
+/// A host (or a consumer) asks [`grant`](Placement::grant)
 /// before it starts and at every round. While it has none it stands by
 /// ([`ConsumerState::Standby`]). When the grant it runs under is gone or
 /// changed, it stops at once without writing more, drops what it held in
@@ -47,6 +46,12 @@ pub enum RunnerKind {
     /// letters in `$parked.{checkpoint}`.
     EventHandler {
         /// The handler's registered name.
+        name: String,
+    },
+    /// A partition of the projection `name`: as an event handler's, plus
+    /// its read model `{name}@v{version}`.
+    Projection {
+        /// The projection's registered name.
         name: String,
     },
 }

@@ -1,8 +1,11 @@
-//! An event handler under a [`Placement`]: it runs only while its runtime
-//! holds the grant for it, stops at once (writing nothing more) when the
-//! grant goes, and under the next grant starts again from its stored
-//! checkpoint and dead letters. Without a placement, or one that does not
-//! decide for it, it simply runs.
+//! A consumer (an event handler, or a projection) under a [`Placement`]:
+//! it runs only while its runtime holds the grant for it, stops at once
+//! (writing nothing more) when the grant goes, and under the next grant
+//! starts again from its stored checkpoint and dead letters. While it
+//! stands by, the checkpoint the runtime that runs it wrote (which a
+//! cluster's replica applies) is what its status and read-your-writes
+//! waits see. Without a placement, or one that does not decide for it, it
+//! simply runs.
 
 use super::consumer::{Consumer, Control, Served};
 use crate::error::ParkedError;
@@ -52,6 +55,11 @@ impl Consumer {
                 return Some(grant);
             }
             self.shared.set_state(ConsumerState::Standby);
+            if let Ok(Some(checkpoint)) = self.store.checkpoint(&self.shared.id)
+                && checkpoint > *self.shared.processed.borrow()
+            {
+                self.shared.processed.send_replace(checkpoint);
+            }
             loop {
                 match self.control.try_recv() {
                     Ok(Control::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {

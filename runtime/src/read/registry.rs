@@ -78,7 +78,7 @@ pub(crate) fn active_version(store: &dyn EventStore, name: &str) -> Result<u32, 
     }
 }
 
-/// The name an event handler's partition runs under in a placement:
+/// The name a consumer's partition runs under in a placement:
 /// `name`, or `name#i` when it is partitioned (its version aside).
 pub(crate) fn runner_name(name: &str, index: usize, partitions: usize) -> String {
     if partitions > 1 {
@@ -174,17 +174,13 @@ impl Registry {
                 model: model.clone(),
                 partition: (index, partitions),
                 caught_up: caught_up.clone(),
-                // Event handlers only: a projection is a fold into this
-                // runtime's own read model, and runs wherever it is.
-                placement: (!registration.projection)
-                    .then(|| {
-                        let placement = self.placement.clone()?;
-                        Some((
-                            placement,
-                            runner_name(&registration.name, index, partitions),
-                        ))
-                    })
-                    .flatten(),
+                // The placement decides which it places (`places`): a
+                // cluster places event handlers, and projections when
+                // asked to.
+                placement: self
+                    .placement
+                    .clone()
+                    .map(|p| (p, runner_name(&registration.name, index, partitions))),
             };
             let name = format!("eventfold-consumer-{id}");
             let keys = Arc::clone(&self.keys);
@@ -366,6 +362,14 @@ impl Registry {
         }
         if lock(&self.rebuilding).contains_key(name) {
             return Err(ProjectionError::RebuildRunning(name.to_owned()));
+        }
+        let partitions = registration.settings.partitions.max(1);
+        if let Some(placement) = &self.placement
+            && (0..partitions).any(|i| placement.places(&runner_name(name, i, partitions)))
+        {
+            // Its new version would run on one node while the switch to
+            // it is each node's own.
+            return Err(ProjectionError::Placed(name.to_owned()));
         }
         let (current, _) = self.consumers(name)?;
         let version = current + 1;

@@ -49,6 +49,10 @@ struct Args {
     /// Shards of the node's runtime.
     #[arg(long, default_value_t = 2)]
     shards: usize,
+    /// Run the balances projection once in the cluster (its read model
+    /// written through the log to every node) instead of on every node.
+    #[arg(long)]
+    projections_once: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +80,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     config.etcd_endpoints = args.etcd;
     config.lease_ttl = Duration::from_secs(args.lease_secs);
     config.log.replicas = args.replicas;
+    config.projections_once = args.projections_once;
     let shards = args.shards;
     let node = ClusterNode::builder(config)
         .aggregate::<Account>()

@@ -50,6 +50,10 @@ struct Args {
     /// The nodes' lease, in seconds.
     #[arg(long, default_value_t = 3)]
     lease_secs: u64,
+    /// The nodes run the balances projection once in the cluster instead
+    /// of on every node.
+    #[arg(long)]
+    projections_once: bool,
     /// Rounds of the fault phases (the long form by hand: 10 or more).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
@@ -143,12 +147,15 @@ fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
     let mut services = LocalServices::start(&dir.join("services"), 3, 3)?;
-    let common = vec![
+    let mut common = vec![
         "--partitions".into(),
         args.partitions.to_string(),
         "--lease-secs".into(),
         args.lease_secs.to_string(),
     ];
+    if args.projections_once {
+        common.push("--projections-once".into());
+    }
     let mut nodes = Nodes::start(&services, &dir, 3, &common)?;
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

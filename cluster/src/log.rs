@@ -10,6 +10,14 @@ use async_nats::jetstream::{self, stream};
 use eventfold_runtime::domain::{CommandId, NewEvent, StreamId};
 use std::time::Duration;
 
+/// Attempts to send a write (an append, a single-runner's commit) whose
+/// answer did not come, with the same message ids.
+pub const PUBLISH_ATTEMPTS_MAX: usize = 5;
+/// The pause before sending an unanswered write again.
+pub const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a write that landed waits for the replica to apply it.
+pub const REPLICA_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// JetStream's error code for a failed expected-sequence check.
 pub const WRONG_LAST_SEQUENCE: u64 = 10071;
 /// JetStream's error code for an atomic batch holding a message id it has

@@ -13,9 +13,8 @@
 //! still land.
 
 use crate::follower::Progress;
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX};
 use crate::singletons::Singletons;
-use crate::store::{PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX};
 use crate::wire::encode_read_model;
 use eventfold_runtime::storage::{ReadModelBatch, Unavailability, WriteError};
 use std::sync::Arc;

@@ -16,7 +16,7 @@
 
 use crate::claims::Claims;
 use crate::follower::Progress;
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX};
 use crate::models::ModelWriter;
 use crate::partition::partition_of;
 use crate::singletons::Singletons;
@@ -25,18 +25,11 @@ use eventfold_runtime::storage::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Appends queued or under way on one node; more are refused
 /// (`Overloaded`).
 pub const PUBLISH_QUEUE_MAX: usize = 16_384;
-/// Attempts to send an append whose answer did not come.
-pub const PUBLISH_ATTEMPTS_MAX: usize = 5;
-/// The pause before sending an unanswered append again.
-pub const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(200);
-/// How long an append that landed waits for the replica to apply it.
-pub const REPLICA_WAIT_MAX: Duration = Duration::from_secs(10);
 
 struct Job {
     stream: StreamId,

@@ -55,16 +55,25 @@ impl ModelWriter {
             self.singletons.next_commit()
         );
         let writer = self.clone();
+        let name_of_claim = name.to_owned();
         let name = name.to_owned();
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         self.io.spawn(async move {
             let result = writer.publish(&name, fence, claim, chunks, &commit).await;
             let _ = answer.send(result);
         });
-        answered
-            .recv()
-            .unwrap_or(Err(Unavailability::Stopping))
-            .map_err(unavailable)
+        let result = answered.recv().unwrap_or(Err(Unavailability::Stopping));
+        if let Err(reason) = &result
+            && !matches!(reason, Unavailability::Refused(_))
+        {
+            // Not written, or written and not yet applied here: either way
+            // the host must not go on from what it holds. The claim is
+            // given up, the host stands down, and under the next claim
+            // (whose marker the replica applies first) it starts from
+            // what the log holds.
+            self.singletons.fenced(&name_of_claim, claim.fence.sequence);
+        }
+        result.map_err(unavailable)
     }
 
     async fn publish(

@@ -17,6 +17,10 @@ pub const PUBLISH_ATTEMPTS_MAX: usize = 5;
 pub const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long a write that landed waits for the replica to apply it.
 pub const REPLICA_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a write that no server takes (the stream is electing a
+/// leader) is sent again before it is refused; nothing was written, so
+/// the claim it was sent under stays.
+pub const LEADERLESS_WAIT_MAX: Duration = Duration::from_secs(20);
 
 /// JetStream's error code for a failed expected-sequence check.
 pub const WRONG_LAST_SEQUENCE: u64 = 10071;
@@ -131,7 +135,15 @@ impl LogError {
     /// Whether the request may have been applied all the same (so that a
     /// retry must carry the same message ids).
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, LogError::NoAnswer(_) | LogError::Send(_))
+        matches!(self, LogError::NoAnswer(_) | LogError::Send(_)) && !self.not_taken()
+    }
+
+    /// Whether no server took the request (no responders: the stream has
+    /// no leader now, during an election): nothing was written, and it
+    /// may be sent again once a leader is elected.
+    pub fn not_taken(&self) -> bool {
+        matches!(self, LogError::NoAnswer(error)
+            if error.kind() == async_nats::RequestErrorKind::NoResponders)
     }
 }
 

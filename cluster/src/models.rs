@@ -13,7 +13,9 @@
 //! still land.
 
 use crate::follower::Progress;
-use crate::log::{Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX};
+use crate::log::{
+    LEADERLESS_WAIT_MAX, Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX,
+};
 use crate::singletons::Singletons;
 use crate::wire::encode_read_model;
 use eventfold_runtime::storage::{ReadModelBatch, Unavailability, WriteError};
@@ -85,8 +87,8 @@ impl ModelWriter {
         commit: &str,
     ) -> Result<(), Unavailability> {
         let mut attempt = 0;
+        let leaderless_since = tokio::time::Instant::now();
         let landed = loop {
-            attempt += 1;
             match self
                 .log
                 .write_read_model(fence, claim.fence, chunks.clone(), commit)
@@ -109,7 +111,19 @@ impl ModelWriter {
                         token: claim.token,
                     });
                 }
-                Err(error) if error.outcome_unknown() && attempt < PUBLISH_ATTEMPTS_MAX => {
+                // No server took it (an election): nothing written.
+                Err(error) if error.not_taken() => {
+                    if leaderless_since.elapsed() < LEADERLESS_WAIT_MAX {
+                        tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
+                        continue;
+                    }
+                    if attempt > 0 {
+                        self.singletons.fenced(name, claim.fence.sequence);
+                    }
+                    return Err(Unavailability::Leaderless(error.to_string()));
+                }
+                Err(error) if error.outcome_unknown() && attempt + 1 < PUBLISH_ATTEMPTS_MAX => {
+                    attempt += 1;
                     tracing::debug!(%name, attempt, %error, "read model unanswered; sending again");
                     tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
                 }

@@ -269,8 +269,9 @@ impl Owner {
                 .into_iter()
                 .collect();
         let held: BTreeSet<u32> = self.claims.held().into_iter().map(|(p, _)| p).collect();
-        for partition in held.difference(&desired) {
-            self.hand_off(etcd, *partition).await?;
+        let leaving: Vec<u32> = held.difference(&desired).copied().collect();
+        if !leaving.is_empty() {
+            self.hand_off(etcd, &leaving).await;
         }
         for partition in desired.difference(&held) {
             if Instant::now() >= valid_until {
@@ -409,22 +410,27 @@ impl Owner {
         }))
     }
 
-    /// Hands `partition` off: no new appends, those under way finish, the
-    /// claim and its key go.
-    async fn hand_off(&self, etcd: &mut Client, partition: u32) -> Result<(), OwnershipError> {
-        self.claims.drain(partition);
+    /// Hands `partitions` off together: no new appends in any of them,
+    /// those under way finish (one wait for all, at most the hand-off
+    /// timeout: one at a time, a log that does not answer made each wait
+    /// its own timeout), the claims and their keys go.
+    async fn hand_off(&self, etcd: &mut Client, partitions: &[u32]) {
+        for partition in partitions {
+            self.claims.drain(*partition);
+        }
         let started = Instant::now();
-        while self.claims.in_flight(partition) > 0
+        while partitions.iter().any(|p| self.claims.in_flight(*p) > 0)
             && started.elapsed() < self.config.handoff_timeout
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.claims.remove(partition);
-        self.release_key(etcd, self.config.owner_key(partition))
-            .await;
-        (self.release)(partition).await;
-        tracing::info!(node = %self.config.node, partition, "handed off");
-        Ok(())
+        for partition in partitions {
+            self.claims.remove(*partition);
+            self.release_key(etcd, self.config.owner_key(*partition))
+                .await;
+            (self.release)(*partition).await;
+            tracing::info!(node = %self.config.node, partition, "handed off");
+        }
     }
 
     async fn hand_off_all(&self, etcd: &mut Client) {
@@ -432,9 +438,8 @@ impl Owner {
         for (name, _) in self.singletons.held() {
             self.hand_off_singleton(etcd, &name).await;
         }
-        for (partition, _) in self.claims.held() {
-            let _ = self.hand_off(etcd, partition).await;
-        }
+        let held: Vec<u32> = self.claims.held().into_iter().map(|(p, _)| p).collect();
+        self.hand_off(etcd, &held).await;
     }
 
     /// Deletes the claim `key` if it is still this node's.

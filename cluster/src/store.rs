@@ -16,7 +16,9 @@
 
 use crate::claims::Claims;
 use crate::follower::Progress;
-use crate::log::{Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX};
+use crate::log::{
+    LEADERLESS_WAIT_MAX, Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX,
+};
 use crate::models::ModelWriter;
 use crate::partition::partition_of;
 use crate::singletons::Singletons;
@@ -212,9 +214,13 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
     }
     let events = &job.part.events;
     let count = events.len() as u64;
+    // Attempts whose outcome is unknown; a refusal by no server (an
+    // election) is known to have written nothing and is sent again while
+    // the log elects, without giving the claim up unless an earlier
+    // attempt may have landed.
     let mut attempt = 0;
+    let leaderless_since = tokio::time::Instant::now();
     let landed = loop {
-        attempt += 1;
         match shared
             .log
             .append(
@@ -243,7 +249,21 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
                     },
                 ));
             }
-            Err(error) if error.outcome_unknown() && attempt < PUBLISH_ATTEMPTS_MAX => {
+            Err(error) if error.not_taken() => {
+                if leaderless_since.elapsed() < LEADERLESS_WAIT_MAX {
+                    tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
+                    continue;
+                }
+                if attempt > 0 {
+                    shared.claims.fenced(job.partition, claim.token);
+                }
+                return Err(unavailable(
+                    stream,
+                    Unavailability::Leaderless(error.to_string()),
+                ));
+            }
+            Err(error) if error.outcome_unknown() && attempt + 1 < PUBLISH_ATTEMPTS_MAX => {
+                attempt += 1;
                 tracing::debug!(%stream, attempt, %error, "append unanswered; sending again");
                 tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
             }

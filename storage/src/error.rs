@@ -245,6 +245,10 @@ pub enum Unavailability {
     /// The node is stopping or its replica stopped.
     #[error("the node is stopping")]
     Stopping,
+    /// No server of the log took the write for as long as the node
+    /// waits (the log is electing a leader): nothing was written.
+    #[error("the log has no leader: {0}")]
+    Leaderless(String),
     /// This node does not hold the claim on a single-runner (a process
     /// manager that runs once in the cluster), or its claim was fenced.
     #[error("the claim on {name} is not held by this node")]

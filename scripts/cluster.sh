@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cluster's harness on this machine: 3 etcd members, 3 JetStream servers
 # and 3 eventfold nodes (the bank) on loopback, each with its own directory;
-# deposits in phases, one fault per phase (kill -9 of an owner, of the
+# deposits, then transfers, then a mix in phases, one fault per phase (kill -9 of
+# the owner running the transfers process manager, of the
 # JetStream leader, of the etcd leader; SIGSTOP of an owner past its lease),
 # the checks after each, the figures. Installs what it needs when missing.
 #

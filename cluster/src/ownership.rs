@@ -168,6 +168,12 @@ impl Owner {
 
     /// One lease's life: register, keep it, rebalance; returns when the
     /// lease is lost (an error) or the node stops (after the hand-off).
+    ///
+    /// The lease is renewed on a task of its own ([`keep_alive`]), so that
+    /// a rebalance round waiting on the log (a claim's marker while
+    /// JetStream elects a leader) or on a host standing down never holds
+    /// a renewal back; the round is abandoned the moment the lease runs
+    /// out.
     async fn session(
         &self,
         etcd: &mut Client,
@@ -177,52 +183,26 @@ impl Owner {
         let granted_at = Instant::now();
         let lease = etcd.lease_grant(ttl as i64, None).await?.id();
         let ttl = Duration::from_secs(ttl);
-        // The lease runs out `ttl` after the last renewal etcd took, which
-        // was after it was sent: sent + ttl is a safe bound. A fifth of it
-        // is kept in hand for clocks and scheduling.
+        // A fifth of the lease is kept in hand for clocks and scheduling.
         let margin = ttl / 5;
-        let mut deadline = granted_at + ttl;
         etcd.put(
             self.config.member_key(&self.config.node),
             self.config.node.as_bytes(),
             Some(PutOptions::new().with_lease(lease)),
         )
         .await?;
-        let (mut keeper, mut answers) = etcd.lease_keep_alive(lease).await?;
-        let mut renew = tokio::time::interval(ttl / 3);
+        let alive = etcd.lease_keep_alive(lease).await?;
+        let valid = keep_alive(etcd.clone(), lease, ttl, granted_at, alive);
         let mut rebalance = tokio::time::interval(self.config.rebalance_every);
         loop {
-            if Instant::now() + margin >= deadline {
-                return Err(OwnershipError::LeaseLost);
-            }
             tokio::select! {
-                _ = renew.tick() => {
-                    let sent = Instant::now();
-                    let renewed = async {
-                        keeper.keep_alive().await?;
-                        answers.message().await
-                    };
-                    match tokio::time::timeout(deadline.saturating_duration_since(sent), renewed).await {
-                        Ok(Ok(Some(answer))) if answer.ttl() > 0 => deadline = sent + ttl,
-                        Ok(Ok(_)) => {
-                            return Err(OwnershipError::LeaseLost);
-                        }
-                        Ok(Err(error)) => {
-                            // The connection broke (an etcd member died):
-                            // a new keeper on another member, same lease.
-                            tracing::debug!(%error, "lease renewal failed; reconnecting");
-                            if let Ok((k, a)) = etcd.lease_keep_alive(lease).await {
-                                keeper = k;
-                                answers = a;
-                            }
-                        }
-                        Err(_) => {
-                            return Err(OwnershipError::LeaseLost);
-                        }
-                    }
-                }
+                _ = lease_lost(valid.clone(), margin) => return Err(OwnershipError::LeaseLost),
                 _ = rebalance.tick() => {
-                    match self.rebalance(etcd, lease, deadline - margin).await {
+                    let round = tokio::select! {
+                        result = self.rebalance(etcd, lease, &valid, margin) => result,
+                        _ = lease_lost(valid.clone(), margin) => Err(OwnershipError::LeaseLost),
+                    };
+                    match round {
                         Ok(()) => {}
                         // The replica stopped: give every partition up,
                         // and the member key with the lease.
@@ -230,6 +210,7 @@ impl Owner {
                             let _ = etcd.lease_revoke(lease).await;
                             return Err(error);
                         }
+                        Err(error @ OwnershipError::LeaseLost) => return Err(error),
                         Err(error) => {
                             tracing::debug!(node = %self.config.node, %error, "rebalance round failed");
                         }
@@ -249,8 +230,10 @@ impl Owner {
         &self,
         etcd: &mut Client,
         lease: i64,
-        valid_until: Instant,
+        valid: &watch::Receiver<Option<Instant>>,
+        margin: Duration,
     ) -> Result<(), OwnershipError> {
+        let expired = || valid.borrow().is_none_or(|d| Instant::now() + margin >= d);
         if let Some(error) = self.progress.stopped() {
             // A replica that stopped cannot tell what a partition holds:
             // hold none (the session ends, the claims go).
@@ -274,7 +257,7 @@ impl Owner {
             self.hand_off(etcd, &leaving).await;
         }
         for partition in desired.difference(&held) {
-            if Instant::now() >= valid_until {
+            if expired() {
                 return Err(OwnershipError::LeaseLost);
             }
             self.claim(etcd, lease, *partition).await?;
@@ -285,7 +268,7 @@ impl Owner {
             if held.contains(name) && !wanted {
                 self.hand_off_singleton(etcd, name).await;
             } else if !held.contains(name) && wanted {
-                if Instant::now() >= valid_until {
+                if expired() {
                     return Err(OwnershipError::LeaseLost);
                 }
                 let key = self.config.singleton_key(name);
@@ -453,6 +436,75 @@ impl Owner {
             .and_then([TxnOp::delete(key.clone(), None)]);
         if let Err(error) = etcd.txn(txn).await {
             tracing::debug!(%key, %error, "releasing a claim key failed; its lease ends it");
+        }
+    }
+}
+
+type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// Renews `lease` every third of `ttl` on a task of its own, until the
+/// receiver is dropped. The receiver holds the time before which the
+/// lease is surely still valid (`ttl` after the last renewal etcd
+/// answered was sent), or `None` once it ran out or etcd said it is gone.
+fn keep_alive(
+    mut etcd: Client,
+    lease: i64,
+    ttl: Duration,
+    granted_at: Instant,
+    (mut keeper, mut answers): KeepAlive,
+) -> watch::Receiver<Option<Instant>> {
+    let mut deadline = granted_at + ttl;
+    let (valid, receiver) = watch::channel(Some(deadline));
+    tokio::spawn(async move {
+        let mut renew = tokio::time::interval(ttl / 3);
+        loop {
+            renew.tick().await;
+            if valid.is_closed() {
+                return;
+            }
+            let sent = Instant::now();
+            let renewed = async {
+                keeper.keep_alive().await?;
+                answers.message().await
+            };
+            match tokio::time::timeout(deadline.saturating_duration_since(sent), renewed).await {
+                Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                    deadline = sent + ttl;
+                    valid.send_replace(Some(deadline));
+                }
+                // etcd says the lease is gone, or it ran out unanswered.
+                Ok(Ok(_)) | Err(_) => {
+                    valid.send_replace(None);
+                    return;
+                }
+                Ok(Err(error)) => {
+                    // The connection broke (an etcd member died): a new
+                    // keeper on another member, same lease.
+                    tracing::debug!(%error, "lease renewal failed; reconnecting");
+                    if let Ok((k, a)) = etcd.lease_keep_alive(lease).await {
+                        keeper = k;
+                        answers = a;
+                    }
+                }
+            }
+        }
+    });
+    receiver
+}
+
+/// Resolves once the lease is gone or within `margin` of running out.
+async fn lease_lost(mut valid: watch::Receiver<Option<Instant>>, margin: Duration) {
+    loop {
+        let Some(deadline) = *valid.borrow_and_update() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.checked_sub(margin).unwrap_or(deadline)) => {
+                if *valid.borrow() == Some(deadline) {
+                    return;
+                }
+            }
+            changed = valid.changed() => if changed.is_err() { return },
         }
     }
 }

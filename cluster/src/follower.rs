@@ -28,6 +28,12 @@ pub const REPLICA_IN_FLIGHT_MAX: usize = 1024;
 /// The pause before the follower reads the log again after it could not.
 pub const FOLLOW_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long the follower waits for a message before it asks the log how
+/// far it goes: a consumer that delivers nothing while the log is ahead
+/// (its server lost the stream's leadership and the consumer did not
+/// notice) is made again from where the replica is.
+pub const FOLLOW_IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the follower stopped.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -204,7 +210,21 @@ impl Follower {
             // Apply what the replica finished while no message waits.
             let message = tokio::select! {
                 biased;
-                message = messages.next() => message,
+                message = tokio::time::timeout(FOLLOW_IDLE_CHECK, messages.next()) => match message {
+                    Ok(message) => message,
+                    Err(_) => match stream.get_info().await {
+                        Ok(info) if info.state.last_sequence >= self.next => {
+                            return FollowError::Log(format!(
+                                "no message for {FOLLOW_IDLE_CHECK:?} while the log holds {} and the replica ends at {}",
+                                info.state.last_sequence,
+                                self.next - 1
+                            ));
+                        }
+                        // Nothing more in the log, or it cannot say now:
+                        // wait on.
+                        _ => continue,
+                    },
+                },
                 done = Self::oldest(&mut self.pending), if !self.pending.is_empty() => {
                     if let Err(error) = self.finish(done) {
                         return error;

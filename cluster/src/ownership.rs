@@ -17,7 +17,7 @@
 
 use crate::claims::{Claim, Claims};
 use crate::follower::Progress;
-use crate::log::{Log, LogError};
+use crate::log::{Fence, Log, LogError, REPLICA_WAIT_MAX};
 use crate::partition::{owner_of, partitions_of};
 use crate::singletons::Singletons;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
@@ -93,6 +93,15 @@ pub enum OwnershipError {
     /// The replica stopped before it applied the marker.
     #[error("the replica: {0}")]
     Replica(#[from] crate::follower::FollowError),
+    /// The replica did not apply the claim's marker in time (its follower
+    /// is reading the log again); the claim is given up and retried.
+    #[error("the replica did not apply the claim's marker at {sequence} within {waited:?}")]
+    ReplicaBehind {
+        /// The marker's position.
+        sequence: u64,
+        /// How long the claim waited.
+        waited: Duration,
+    },
     /// The lease ran out.
     #[error("the lease ran out")]
     LeaseLost,
@@ -239,19 +248,29 @@ impl Owner {
             // hold none (the session ends, the claims go).
             return Err(error.into());
         }
-        let prefix = format!("{}/members/", self.config.base());
-        let members: Vec<String> = etcd
-            .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
-            .await?
-            .kvs()
-            .iter()
-            .filter_map(|kv| kv.value_str().ok().map(str::to_owned))
-            .collect();
+        // One read of the cluster's keys: the members, and the claim keys
+        // this lease holds.
+        let base = format!("{}/", self.config.base());
+        let answer = etcd
+            .get(base.as_bytes(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let members_prefix = format!("{base}members/");
+        let mut members = Vec::new();
+        let mut ours = Vec::new();
+        for kv in answer.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            if key.starts_with(&members_prefix) {
+                members.extend(kv.value_str().ok().map(str::to_owned));
+            } else if kv.lease() == lease && kv.value() == self.config.node.as_bytes() {
+                ours.push(key.to_owned());
+            }
+        }
         let desired: BTreeSet<u32> =
             partitions_of(&self.config.node, &members, self.config.partitions)
                 .into_iter()
                 .collect();
         let held: BTreeSet<u32> = self.claims.held().into_iter().map(|(p, _)| p).collect();
+        self.release_strays(etcd, &ours, &held).await;
         let leaving: Vec<u32> = held.difference(&desired).copied().collect();
         if !leaving.is_empty() {
             self.hand_off(etcd, &leaving).await;
@@ -279,6 +298,29 @@ impl Owner {
             }
         }
         Ok(())
+    }
+
+    /// Releases the claim keys this lease holds without a claim behind
+    /// them (a release that failed, a round abandoned half-way): such a
+    /// key would keep a partition or single-runner from every node for as
+    /// long as this node lives. A key still wanted is taken up again by
+    /// the claim that follows, behind a new marker.
+    async fn release_strays(&self, etcd: &mut Client, ours: &[String], held: &BTreeSet<u32>) {
+        let singletons: BTreeSet<String> = self
+            .singletons
+            .held()
+            .into_iter()
+            .map(|(name, _)| self.config.singleton_key(&name))
+            .collect();
+        for key in ours {
+            let claimed = held.iter().any(|p| self.config.owner_key(*p) == *key)
+                || singletons.contains(key)
+                || *key == self.config.member_key(&self.config.node);
+            if !claimed {
+                tracing::warn!(node = %self.config.node, %key, "releasing a claim key held without a claim");
+                self.release_key(etcd, key.clone()).await;
+            }
+        }
     }
 
     /// Hands the single-runner `name` off: its host stops (waited for up
@@ -344,9 +386,10 @@ impl Owner {
         } else {
             // Held: by another node, which hands it off in time; or still
             // by this one, under this lease, after the node gave the
-            // claim up (a write it could not resolve). Then it is taken
-            // up again with a new marker, which fences whatever of the
-            // old claim may still land.
+            // claim up and could not release its key (the round's sweep
+            // of strays failed too). Then it is taken up again with a new
+            // marker, which fences whatever of the old claim may still
+            // land.
             let mine = answer.op_responses().into_iter().find_map(|op| match op {
                 etcd_client::TxnOpResponse::Get(get) => get
                     .kvs()
@@ -360,7 +403,44 @@ impl Owner {
                 None => return Ok(None),
             }
         };
-        let mut written = None;
+        // From here the key is this node's: whatever stops the claim
+        // short releases it, or it would stay held under a lease that
+        // lives on, and the partition would have no owner at all.
+        let marker = match self.place_marker(fence, token).await {
+            Ok(Some(marker)) => marker,
+            Ok(None) => {
+                self.release_key(etcd, key).await;
+                return Ok(None);
+            }
+            Err(error) => {
+                self.release_key(etcd, key).await;
+                return Err(error);
+            }
+        };
+        let applied =
+            tokio::time::timeout(REPLICA_WAIT_MAX, self.progress.wait_for(marker.sequence)).await;
+        let failed = match applied {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.into()),
+            Err(_) => Some(OwnershipError::ReplicaBehind {
+                sequence: marker.sequence,
+                waited: REPLICA_WAIT_MAX,
+            }),
+        };
+        if let Some(error) = failed {
+            self.release_key(etcd, key).await;
+            return Err(error);
+        }
+        Ok(Some(Claim {
+            token,
+            fence: marker,
+            draining: false,
+        }))
+    }
+
+    /// Writes the marker of the claim `token` on `fence` after the last
+    /// one there; `None` if other markers kept coming between.
+    async fn place_marker(&self, fence: u32, token: u64) -> Result<Option<Fence>, OwnershipError> {
         for _ in 0..FENCE_ATTEMPTS_MAX {
             let after = self.log.last_fence(fence).await?.map_or(0, |f| f.sequence);
             match self
@@ -368,29 +448,14 @@ impl Owner {
                 .write_fence(fence, token, &self.config.node, after)
                 .await
             {
-                Ok(marker) => {
-                    written = Some(marker);
-                    break;
-                }
+                Ok(marker) => return Ok(Some(marker)),
                 // Another marker came between: a claim older than ours
                 // (etcd says ours is current); write after it.
                 Err(LogError::WrongLastSequence { .. }) => continue,
-                Err(error) => {
-                    self.release_key(etcd, key).await;
-                    return Err(error.into());
-                }
+                Err(error) => return Err(error.into()),
             }
         }
-        let Some(marker) = written else {
-            self.release_key(etcd, key).await;
-            return Ok(None);
-        };
-        self.progress.wait_for(marker.sequence).await?;
-        Ok(Some(Claim {
-            token,
-            fence: marker,
-            draining: false,
-        }))
+        Ok(None)
     }
 
     /// Hands `partitions` off together: no new appends in any of them,

@@ -138,12 +138,49 @@ fn a_claim_fenced_by_another_marker_is_taken_up_again_behind_a_new_one() -> Test
     // up, takes it again behind a marker of its own, and the retry lands.
     assert_eq!(add_retrying(&io, &a, "c1", 1, limit)?.0, 2);
     let now = io.block_on(log.last_fence(partition))?.ok_or("a marker")?;
-    assert_eq!(now.token, last.token);
+    // Taken up again under the same key or a new one: never an older token.
+    assert!(now.token >= last.token, "tokens never go backwards");
+    assert_ne!(now.token, last.token + 1_000_000, "the node's own marker");
     assert!(
         now.sequence > last.sequence + 1,
         "a new marker after the intruder's"
     );
     assert_eq!(add_retrying(&io, &a, "c1", 1, limit)?.0, 3);
+    a.shutdown();
+    Ok(())
+}
+
+#[test]
+fn a_claim_key_held_without_a_claim_is_released() -> TestResult {
+    // What a claim that failed half-way leaves when its release fails too:
+    // a key under the node's lease that no claim of the node stands behind.
+    // It would keep the partition or single-runner from every node for as
+    // long as the node lives; the node's next round releases it.
+    let dir = tempfile::tempdir()?;
+    let services = LocalServices::start(&dir.path().join("services"), 1, 1)?;
+    let a = node(&services, dir.path(), "node-a", 4, 1)?;
+    assert!(wait_until(Duration::from_secs(30), || covered(&[&a], 4)));
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut etcd = io.block_on(etcd_client::Client::connect(
+        services.etcd_endpoints(),
+        None,
+    ))?;
+    let member = io.block_on(etcd.get("/eventfold/test/members/node-a", None))?;
+    let lease = member.kvs().first().ok_or("node-a's member key")?.lease();
+    let stray = "/eventfold/test/singletons/ghost";
+    io.block_on(etcd.put(
+        stray,
+        "node-a",
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    ))?;
+    let gone = wait_until(Duration::from_secs(10), || {
+        io.block_on(etcd.get(stray, None))
+            .is_ok_and(|answer| answer.kvs().is_empty())
+    });
+    assert!(gone, "the stray key is released while its lease lives");
+    assert!(covered(&[&a], 4), "the node's own claims stay");
     a.shutdown();
     Ok(())
 }

@@ -33,6 +33,14 @@ use tokio::time::Instant;
 /// reading the last and writing.
 pub const FENCE_ATTEMPTS_MAX: usize = 5;
 
+/// The longest a rebalance round may take. The lease is renewed on a task
+/// of its own, so a round stuck on a request that never ends would leave
+/// the node holding claims it no longer serves; past this bound the node
+/// revokes its lease and starts a new session with nothing held. A round
+/// that works takes well under a second, one that waits on an election a
+/// few of the log's and replica's bounds.
+pub const ROUND_MAX: Duration = Duration::from_secs(60);
+
 /// How membership and ownership run.
 #[derive(Clone, Debug)]
 pub struct OwnershipConfig {
@@ -100,6 +108,13 @@ pub enum OwnershipError {
         /// The marker's position.
         sequence: u64,
         /// How long the claim waited.
+        waited: Duration,
+    },
+    /// A rebalance round did not end within [`ROUND_MAX`]: the session
+    /// ends and its lease is revoked.
+    #[error("a rebalance round did not end within {waited:?}")]
+    RoundStuck {
+        /// The bound.
         waited: Duration,
     },
     /// The lease ran out.
@@ -208,14 +223,17 @@ impl Owner {
                 _ = lease_lost(valid.clone(), margin) => return Err(OwnershipError::LeaseLost),
                 _ = rebalance.tick() => {
                     let round = tokio::select! {
-                        result = self.rebalance(etcd, lease, &valid, margin) => result,
+                        result = tokio::time::timeout(ROUND_MAX, self.rebalance(etcd, lease, &valid, margin)) => {
+                            result.unwrap_or(Err(OwnershipError::RoundStuck { waited: ROUND_MAX }))
+                        }
                         _ = lease_lost(valid.clone(), margin) => Err(OwnershipError::LeaseLost),
                     };
                     match round {
                         Ok(()) => {}
-                        // The replica stopped: give every partition up,
-                        // and the member key with the lease.
-                        Err(error @ OwnershipError::Replica(_)) => {
+                        // The replica stopped, or the round is stuck: give
+                        // every partition up, and the member key with the
+                        // lease.
+                        Err(error @ (OwnershipError::Replica(_) | OwnershipError::RoundStuck { .. })) => {
                             let _ = etcd.lease_revoke(lease).await;
                             return Err(error);
                         }

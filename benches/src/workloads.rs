@@ -156,6 +156,9 @@ pub struct Config {
     pub seed: u64,
     /// Shards of the runtime (`None`: one per core).
     pub shards: Option<usize>,
+    /// W7: partitions (host threads) of the transfers process manager
+    /// (`None`: one per shard).
+    pub process_partitions: Option<usize>,
     /// Where the clients' futures run.
     pub clients_on: Placement,
     /// Skip the raw-RocksDB baseline.
@@ -203,6 +206,7 @@ impl Config {
             },
             seed: 42,
             shards: None,
+            process_partitions: None,
             clients_on: Placement::Shards,
             no_baseline: false,
             upcast: false,
@@ -775,10 +779,21 @@ fn rehydration(config: &Config) -> Result<Report, String> {
 /// per transfer (the debit and the credit), from as many clients.
 fn transfers(config: &Config) -> Result<Report, String> {
     let (accounts, transfers) = (config.accounts().max(20), config.commands());
+    let partitions = config.process_partitions.unwrap_or_else(|| {
+        config
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    });
     let runtime = config
         .builder()
         .temporary()
-        .process_manager(TransferProcess::default, ProcessSettings::default())
+        .process_manager(
+            TransferProcess::default,
+            ProcessSettings {
+                partitions,
+                ..ProcessSettings::default()
+            },
+        )
         .start()
         .map_err(err)?;
     open_accounts(&runtime, config, accounts)?;
@@ -822,6 +837,7 @@ fn transfers(config: &Config) -> Result<Report, String> {
         ),
         timeline: result.timeline,
         extra: vec![
+            ("process_partitions", json!(partitions)),
             ("refused_at_source", json!(result.refused_at_source)),
             ("completed", json!(result.completed)),
             ("compensated", json!(result.compensated)),

@@ -46,7 +46,12 @@ fn start(dir: &Path) -> Result<RuntimeHandle, eventfold_runtime::StartError> {
                 deadline: Duration::from_millis(700),
                 retry_every: Duration::from_millis(100),
             },
-            ProcessSettings::default(),
+            // Two host threads, each with its own checkpoint, outbox and
+            // timers: every kill lands on both.
+            ProcessSettings {
+                partitions: 2,
+                ..ProcessSettings::default()
+            },
         )
         .start()
 }

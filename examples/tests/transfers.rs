@@ -65,7 +65,7 @@ fn transfers_complete_or_compensate_and_the_deadline_fences_a_frozen_target() ->
         .in_memory()
         .aggregate::<Account>()
         .clock(clock.clone())
-        .process_manager(move || process, ProcessSettings::default())
+        .process_manager(move || process.clone(), ProcessSettings::default())
         .start()?;
     for id in ["a", "b", "frozen", "closed"] {
         command(&runtime, id, AccountCommand::Open { owner: id.into() })?;

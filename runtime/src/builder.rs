@@ -210,9 +210,12 @@ impl RuntimeBuilder {
     /// projection (each partition of a partitioned consumer as `name#i`).
     /// The placement says which it places; the others run here always.
     pub fn single_runners(&self) -> Vec<crate::runners::SingleRunner> {
-        let processes = self.processes.iter().map(|p| crate::runners::SingleRunner {
-            name: p.name.clone(),
-            kind: crate::runners::RunnerKind::ProcessManager,
+        let processes = self.processes.iter().flat_map(|p| {
+            let partitions = p.settings.partitions.max(1);
+            (0..partitions).map(move |i| crate::runners::SingleRunner {
+                name: registry::runner_name(&p.name, i, partitions),
+                kind: crate::runners::RunnerKind::ProcessManager,
+            })
         });
         let consumers = self.consumers.iter().flat_map(|c| {
             let partitions = c.settings.partitions.max(1);
@@ -239,19 +242,19 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Registers a process manager; `make` builds it when the runtime starts.
-    /// See [`process`].
+    /// Registers a process manager; `make` builds it for each of its
+    /// partitions ([`ProcessSettings::partitions`](process::ProcessSettings))
+    /// when the runtime starts. See [`process`].
     pub fn process_manager<P: process::ProcessManager>(
         mut self,
-        make: impl FnOnce() -> P + Send + 'static,
+        make: impl Fn() -> P + Send + 'static,
         settings: process::ProcessSettings,
     ) -> Self {
-        let pm = make();
-        let name = pm.name().to_owned();
+        let name = make().name().to_owned();
         self.processes.push(ProcessRegistration {
             name,
             settings,
-            make: Box::new(move |config| Box::new(process::host::Host::new(pm, config))),
+            make: Box::new(move |config| Box::new(process::host::Host::new(make(), config))),
         });
         self
     }

@@ -187,6 +187,30 @@ pub enum StartError {
     /// A setting is invalid.
     #[error("invalid setting: {0}")]
     Setting(#[from] InvalidSetting),
+    /// A process manager is configured with another partition count than
+    /// the store was written with: its instances, outboxes and timers
+    /// would be looked for in the wrong partitions. Start it with the
+    /// stored count (moving instances between counts is not supported).
+    #[error(
+        "process manager {name:?} was written with {stored} partition(s) and is configured with {configured}"
+    )]
+    ProcessPartitions {
+        /// The process manager.
+        name: String,
+        /// The count its records were written with.
+        stored: usize,
+        /// The count configured now.
+        configured: usize,
+    },
+    /// A process manager's records could not be read at start.
+    #[error("reading the records of {model}: {source}")]
+    ProcessRecords {
+        /// The read model.
+        model: String,
+        /// Why.
+        #[source]
+        source: eventfold_storage::ReadError,
+    },
     /// Two registered aggregate types share a kind, or a kind is invalid.
     #[error("invalid aggregate kind {0:?}: kinds must be unique, non-empty, and contain no '-'")]
     Kind(&'static str),

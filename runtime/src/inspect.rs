@@ -188,6 +188,8 @@ pub fn processes_at(
 ) -> Result<Vec<ProcessSummary>, InspectError> {
     let head = store.head();
     let mut out = Vec::new();
+    // A partitioned process manager is listed partition by partition
+    // (`name#i`), each with its own checkpoint.
     for (checkpoint_name, checkpoint) in store.checkpoints()? {
         let Some(name) = checkpoint_name.strip_prefix("$pm.") else {
             continue;
@@ -210,12 +212,30 @@ pub fn processes_at(
     Ok(out)
 }
 
-/// The stuck instances of process manager `name`, with their last error.
+/// The stuck instances of process manager `name` (of all its partitions,
+/// or of one named `name#i`), with their last error.
 pub fn stuck(store: &RocksStore, name: &str) -> Result<Vec<StuckInstance>, InspectError> {
-    if store.checkpoint(&model_of(name))?.is_none() {
+    let mut models = Vec::new();
+    if store.checkpoint(&model_of(name))?.is_some() {
+        models.push(model_of(name));
+    } else {
+        // A partitioned one: `name#0`, `name#1`, … as far as they go.
+        for index in 0..crate::process::PROCESS_PARTITIONS_MAX {
+            let model = model_of(&format!("{name}#{index}"));
+            if store.checkpoint(&model)?.is_none() {
+                break;
+            }
+            models.push(model);
+        }
+    }
+    if models.is_empty() {
         return Err(InspectError::Unknown(name.to_owned()));
     }
-    Ok(stuck_in(&model_of(name), store)?)
+    let mut stuck = Vec::new();
+    for model in models {
+        stuck.extend(stuck_in(&model, store)?);
+    }
+    Ok(stuck)
 }
 
 /// The read-model name a projection's queries read now (`{name}@v{N}`, its

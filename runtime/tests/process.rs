@@ -168,7 +168,12 @@ fn start_with(
         .path(path)
         .aggregate::<Order>()
         .clock(clock.clone())
-        .process_manager(move || BillingProcess { fail_poison }, settings)
+        .process_manager(
+            move || BillingProcess {
+                fail_poison: Arc::clone(&fail_poison),
+            },
+            settings,
+        )
         .start()
 }
 
@@ -403,7 +408,12 @@ fn invalid_process_settings_and_names_are_refused() {
     let started = Runtime::builder()
         .in_memory()
         .aggregate::<Order>()
-        .process_manager(move || BillingProcess { fail_poison: fail }, settings)
+        .process_manager(
+            move || BillingProcess {
+                fail_poison: Arc::clone(&fail),
+            },
+            settings,
+        )
         .start();
     assert!(matches!(started, Err(StartError::Setting(_))));
 }

@@ -63,6 +63,10 @@ struct Args {
     /// Shards of the runtime. Default: one per core.
     #[arg(long)]
     shards: Option<usize>,
+    /// W7: partitions (host threads) of the transfers process manager.
+    /// Default: one per shard.
+    #[arg(long)]
+    process_partitions: Option<usize>,
     /// Where the clients' futures run: on the runtime's shard threads (as
     /// the request handlers of an actix service), or on a thread of their own.
     #[arg(long, value_enum, default_value_t = Placement::Shards)]
@@ -111,6 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .state_cache_mib
             .map_or(Config::new(args.workload).state_cache_bytes, |m| m << 20),
         shards: args.shards,
+        process_partitions: args.process_partitions,
         clients_on: args.clients_on,
         no_baseline: args.no_baseline,
         upcast: args.upcast,

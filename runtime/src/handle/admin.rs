@@ -54,7 +54,9 @@ impl RuntimeHandle {
 
     /// [`RuntimeHandle::resume_instance`] for plain threads (it blocks).
     pub fn resume_instance_blocking(&self, name: &str, id: &str) -> Result<(), ProcessError> {
-        self.ask_process(name, |reply| ProcessControl::Resume(id.to_owned(), reply))
+        self.ask_process(name, id, |reply| {
+            ProcessControl::Resume(id.to_owned(), reply)
+        })
     }
 
     /// Cancels an instance (stuck or not): it is finished without further
@@ -72,12 +74,15 @@ impl RuntimeHandle {
 
     /// [`RuntimeHandle::cancel_instance`] for plain threads (it blocks).
     pub fn cancel_instance_blocking(&self, name: &str, id: &str) -> Result<(), ProcessError> {
-        self.ask_process(name, |reply| ProcessControl::Cancel(id.to_owned(), reply))
+        self.ask_process(name, id, |reply| {
+            ProcessControl::Cancel(id.to_owned(), reply)
+        })
     }
 
     fn ask_process(
         &self,
         name: &str,
+        id: &str,
         message: impl FnOnce(ControlReply) -> ProcessControl,
     ) -> Result<(), ProcessError> {
         if !self.inner.router.accepting() {
@@ -85,7 +90,7 @@ impl RuntimeHandle {
         }
         self.inner
             .processes
-            .ask(name, message, PROCESS_CONTROL_TIMEOUT)
+            .ask(name, id, message, PROCESS_CONTROL_TIMEOUT)
     }
 
     /// The events after position `after` (0: from the start) that match

@@ -1,13 +1,15 @@
 //! What an operator asks of the process managers: status, stuck instances,
 //! one instance as last committed, and control messages (resume, cancel).
 
-use super::control::{ControlReply, ProcessControl};
+use super::control::{ControlReply, ProcessControl, ProcessShared};
 use super::host::STUCK_LIST_MAX;
 use super::records::{InstanceRecord, StuckRecord, instance_key, outbox_prefix};
 use super::status::{InstanceView, ProcessStatus, StuckInstance};
 use super::supervisor::Processes;
 use crate::error::{ControlRefusal, ProcessError};
+use crate::read::projection::ConsumerState;
 use eventfold_storage::{Corruption, EventStore, payload};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -20,18 +22,31 @@ impl Processes {
         store: &dyn EventStore,
     ) -> Result<ProcessStatus, ProcessError> {
         let process = self.get(name)?;
-        let shared = &process.shared;
+        let sum = |field: fn(&ProcessShared) -> &AtomicU64| {
+            process
+                .parts
+                .iter()
+                .map(|p| field(&p.shared).load(Ordering::Relaxed))
+                .sum()
+        };
+        // The state and checkpoint of the partition furthest behind: a
+        // stopped one first, then the lowest checkpoint.
+        let behind = process.parts.iter().min_by_key(|p| {
+            let stopped = matches!(p.shared.state(), ConsumerState::Stopped(_));
+            (!stopped, p.shared.checkpoint.load(Ordering::Relaxed))
+        });
         Ok(ProcessStatus {
             name: name.to_owned(),
-            state: shared.state(),
-            checkpoint: shared.checkpoint.load(Ordering::Relaxed),
+            partitions: process.parts.len(),
+            state: behind.map_or(ConsumerState::CatchingUp, |p| p.shared.state()),
+            checkpoint: behind.map_or(0, |p| p.shared.checkpoint.load(Ordering::Relaxed)),
             head: store.head(),
-            resident: shared.resident.load(Ordering::Relaxed),
-            outbox: shared.outbox.load(Ordering::Relaxed),
-            timers: shared.timers.load(Ordering::Relaxed),
-            stuck: shared.stuck.load(Ordering::Relaxed),
-            steps: shared.steps.load(Ordering::Relaxed),
-            unroutable: shared.unroutable.load(Ordering::Relaxed),
+            resident: sum(|s| &s.resident),
+            outbox: sum(|s| &s.outbox),
+            timers: sum(|s| &s.timers),
+            stuck: sum(|s| &s.stuck),
+            steps: sum(|s| &s.steps),
+            unroutable: sum(|s| &s.unroutable),
         })
     }
 
@@ -42,7 +57,12 @@ impl Processes {
         name: &str,
         store: &dyn EventStore,
     ) -> Result<Vec<StuckInstance>, ProcessError> {
-        stuck_in(&self.get(name)?.model, store)
+        let mut stuck = Vec::new();
+        for part in &self.get(name)?.parts {
+            stuck.extend(stuck_in(&part.model, store)?);
+            stuck.truncate(STUCK_LIST_MAX);
+        }
+        Ok(stuck)
     }
 
     /// An instance of process manager `name` as last committed, with its
@@ -53,7 +73,7 @@ impl Processes {
         id: &str,
         store: &dyn EventStore,
     ) -> Result<Option<InstanceView<S>>, ProcessError> {
-        let process = self.get(name)?;
+        let process = self.get(name)?.part_of(id);
         let Some(record) = read_instance(&process.model, id, store)? else {
             return Ok(None);
         };
@@ -84,15 +104,17 @@ impl Processes {
         }))
     }
 
-    /// Sends a control message to the host of `name` and waits (blocking)
-    /// for its answer, at most `timeout`.
+    /// Sends a control message about instance `id` to the host of its
+    /// partition of `name`, and waits (blocking) for its answer, at most
+    /// `timeout`.
     pub(crate) fn ask(
         &self,
         name: &str,
+        id: &str,
         message: impl FnOnce(ControlReply) -> ProcessControl,
         timeout: Duration,
     ) -> Result<(), ProcessError> {
-        let process = self.get(name)?;
+        let process = self.get(name)?.part_of(id);
         let (reply, answer) = oneshot::channel();
         process
             .control

@@ -74,6 +74,8 @@ pub(crate) struct HostConfig {
     pub control: mpsc::Receiver<ProcessControl>,
     pub shared: Arc<ProcessShared>,
     pub placement: Option<Arc<dyn crate::runners::Placement>>,
+    /// `(index, count)`: the partition of the instances this host runs.
+    pub partition: (usize, usize),
 }
 
 /// A host with its process manager's type erased.

@@ -80,5 +80,5 @@ pub use api::{
 pub use dispatch::{CommandSender, SentCommand};
 pub use fixture::{ProcessFixture, StepOutcome};
 pub use results::{CommandResult, OutgoingCommand, ResultOutcome};
-pub use settings::{ProcessSettings, RetryPolicy};
+pub use settings::{PROCESS_PARTITIONS_MAX, ProcessSettings, RetryPolicy};
 pub use status::{InstanceStatus, InstanceView, ProcessStatus, StuckInstance};

@@ -1,6 +1,8 @@
 //! What a process manager keeps in its read model (`$pm.{name}`), key by
 //! key: instances under `i{id}`, stuck markers under `s{id}`, the outbox
-//! under `o{id len}{id}{seq}`, timers under `t{due}{id len}{id}{name}`.
+//! under `o{id len}{id}{seq}`, timers under `t{due}{id len}{id}{name}`,
+//! the partition count under `p`. A partitioned process manager has one
+//! such model per partition, `$pm.{name}#{i}`.
 //! `docs/format.md` gives the bytes.
 
 use eventfold_domain::CommandId;
@@ -31,6 +33,10 @@ pub(crate) enum RecordStatus {
 pub(crate) fn model_of(name: &str) -> String {
     format!("$pm.{name}")
 }
+
+/// The partition count the model's process manager was written with
+/// (u32 BE), put by each partition in its first commit.
+pub(crate) const PARTITIONS_KEY: &[u8] = b"p";
 
 pub(crate) fn instance_key(id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + id.len());

@@ -28,6 +28,9 @@ impl RetryPolicy {
     }
 }
 
+/// Most partitions of one process manager.
+pub const PROCESS_PARTITIONS_MAX: usize = 256;
+
 /// Settings of one process manager.
 #[derive(Clone, Debug)]
 pub struct ProcessSettings {
@@ -58,6 +61,15 @@ pub struct ProcessSettings {
     pub timers_max: usize,
     /// Most events read from the store per catch-up read.
     pub catch_up_chunk_events: usize,
+    /// Host threads the instances are spread over, by a stable hash of
+    /// the instance id (1 to [`PROCESS_PARTITIONS_MAX`]). Each partition
+    /// reads the log in order, keeps its own checkpoint, outbox and timers
+    /// (read model `$pm.{name}#{i}`; `$pm.{name}` when there is one), and
+    /// runs under a placement as `{name}#{i}`. The count is kept in the
+    /// store: a runtime started with another count on the same store is
+    /// refused ([`StartError::ProcessPartitions`](crate::StartError)),
+    /// since its instances would be looked for in the wrong partitions.
+    pub partitions: usize,
 }
 
 impl Default for ProcessSettings {
@@ -81,6 +93,7 @@ impl Default for ProcessSettings {
             batch_inputs_max: 4096,
             timers_max: 1_000_000,
             catch_up_chunk_events: 4096,
+            partitions: 1,
         }
     }
 }
@@ -94,6 +107,7 @@ impl ProcessSettings {
             ("batch_inputs_max", self.batch_inputs_max),
             ("timers_max", self.timers_max),
             ("catch_up_chunk_events", self.catch_up_chunk_events),
+            ("partitions", self.partitions),
             (
                 "dispatch_retry.attempts_max",
                 self.dispatch_retry.attempts_max as usize,
@@ -103,10 +117,16 @@ impl ProcessSettings {
                 self.handler_retry.attempts_max as usize,
             ),
         ];
-        match zero.iter().find(|(_, value)| *value == 0) {
-            Some((name, _)) => Err(InvalidSetting::new(*name, "must be at least 1")),
-            None => Ok(()),
+        if let Some((name, _)) = zero.iter().find(|(_, value)| *value == 0) {
+            return Err(InvalidSetting::new(*name, "must be at least 1"));
         }
+        if self.partitions > PROCESS_PARTITIONS_MAX {
+            return Err(InvalidSetting::new(
+                "partitions",
+                "must be at most PROCESS_PARTITIONS_MAX (256)",
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn execute_options(&self, command_id: CommandId) -> ExecuteOptions {

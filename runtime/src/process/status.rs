@@ -50,6 +50,9 @@ pub struct StuckInstance {
 pub struct ProcessStatus {
     /// Its name.
     pub name: String,
+    /// Its partitions (host threads); the figures below are summed over
+    /// them, the state and checkpoint are those of the one furthest behind.
+    pub partitions: usize,
     /// Catching up, live, or stopped (with why).
     pub state: crate::read::projection::ConsumerState,
     /// The last position of the global log it has handled and committed.

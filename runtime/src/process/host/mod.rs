@@ -92,7 +92,9 @@ pub(crate) struct Host<P: ProcessManager> {
 
 impl<P: ProcessManager> Host<P> {
     pub(crate) fn new(pm: P, config: HostConfig) -> Self {
-        let name = pm.name().to_owned();
+        // A partition runs, logs and is placed as `name#i`.
+        let (index, partitions) = config.partition;
+        let name = crate::read::registry::runner_name(pm.name(), index, partitions);
         let (results_tx, results_rx) = mpsc::channel(config.settings.dispatch_in_flight_max);
         Self {
             model: model_of(&name),

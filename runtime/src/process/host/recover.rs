@@ -13,6 +13,17 @@ impl<P: ProcessManager> Host<P> {
     pub(super) fn recover(&mut self) -> Result<(), ProcessFailure> {
         let store = &self.config.store;
         let checkpoint = store.checkpoint(&self.model)?.unwrap_or(0);
+        if store.read_model_get(&self.model, PARTITIONS_KEY)?.is_none() {
+            // Recorded with the first commit: a later start with another
+            // count is refused (`StartError::ProcessPartitions`).
+            let count = u32::try_from(self.config.partition.1).unwrap_or(u32::MAX);
+            self.ops.put(
+                &self.model,
+                PARTITIONS_KEY.to_vec(),
+                count.to_be_bytes().to_vec(),
+            );
+            self.ops_count += 1;
+        }
         self.next = checkpoint + 1;
         self.committed = checkpoint;
         let settings = &self.config.settings;

@@ -53,6 +53,12 @@ impl<P: ProcessManager> Host<P> {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
+        let (partition, partitions) = self.config.partition;
+        if partitions > 1 && crate::process::supervisor::partition_of(&id, partitions) != partition
+        {
+            // Another partition's instance: that host handles it.
+            return Ok(());
+        }
         self.deliver(
             &id,
             start,

@@ -1,0 +1,184 @@
+//! W2's deposits on cqrs-es 0.5 with its in-memory store (`MemStore`):
+//! open N accounts, then C concurrent clients send K `Deposit` commands to
+//! uniformly random accounts (fixed seed), each awaited before the next.
+//! Prints one line of figures, and JSON with `--json`.
+//!
+//! `MemStore` persists nothing and keeps every event in one map behind a
+//! lock; each command loads the aggregate by replaying its events. It is
+//! the fastest store cqrs-es has: the bar eventfold's buffered W2 (which
+//! writes every event to RocksDB's WAL) is compared with.
+
+use clap::Parser;
+use cqrs_es::mem_store::MemStore;
+use cqrs_es::{Aggregate, CqrsFramework, DomainEvent, EventStore};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    /// Accounts (N).
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+    /// Concurrent clients (C).
+    #[arg(long, default_value_t = 64)]
+    clients: u64,
+    /// Deposits (K).
+    #[arg(long, default_value_t = 200_000)]
+    commands: u64,
+    /// Seed of the clients' choices.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Worker threads of the tokio runtime (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the figures as JSON instead of a line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Account {
+    open: bool,
+    balance: u64,
+}
+
+#[derive(Debug)]
+enum AccountCommand {
+    Open { owner: String },
+    Deposit { amount: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum AccountEvent {
+    Opened { owner: String },
+    Deposited { amount: u64 },
+}
+
+impl DomainEvent for AccountEvent {
+    fn event_type(&self) -> String {
+        match self {
+            AccountEvent::Opened { .. } => "Opened".into(),
+            AccountEvent::Deposited { .. } => "Deposited".into(),
+        }
+    }
+    fn event_version(&self) -> String {
+        "1".into()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AccountError {
+    #[error("the account is not open")]
+    NotOpen,
+    #[error("the account is already open")]
+    AlreadyOpen,
+    #[error("an amount must be positive")]
+    ZeroAmount,
+    #[error("the balance would overflow")]
+    Overflow,
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "account";
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: AccountCommand,
+        _: &(),
+        sink: &cqrs_es::event_sink::EventSink<Self>,
+    ) -> Result<(), AccountError> {
+        let event = match command {
+            AccountCommand::Open { .. } if self.open => return Err(AccountError::AlreadyOpen),
+            AccountCommand::Open { owner } => AccountEvent::Opened { owner },
+            AccountCommand::Deposit { .. } if !self.open => return Err(AccountError::NotOpen),
+            AccountCommand::Deposit { amount: 0 } => return Err(AccountError::ZeroAmount),
+            AccountCommand::Deposit { amount } => {
+                self.balance
+                    .checked_add(amount)
+                    .ok_or(AccountError::Overflow)?;
+                AccountEvent::Deposited { amount }
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: AccountEvent) {
+        match event {
+            AccountEvent::Opened { .. } => self.open = true,
+            AccountEvent::Deposited { amount } => self.balance = self.balance.saturating_add(amount),
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let store = MemStore::<Account>::default();
+    // A clone shares the events: read after the run to check them.
+    let cqrs = Arc::new(CqrsFramework::new(store.clone(), vec![], ()));
+    for id in 0..args.accounts {
+        let owner = format!("owner-{id}");
+        cqrs.execute(&format!("acc-{id}"), AccountCommand::Open { owner })
+            .await?;
+    }
+    let clients = args.clients.clamp(1, args.commands.max(1));
+    let per_client = args.commands.div_ceil(clients);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let cqrs = Arc::clone(&cqrs);
+        let (accounts, total, seed) = (args.accounts, args.commands, args.seed);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(c));
+            let first = c * per_client;
+            for _ in first..(first + per_client).min(total) {
+                let id = rng.gen_range(0..accounts);
+                cqrs.execute(&format!("acc-{id}"), AccountCommand::Deposit { amount: 1 })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut landed = 0;
+    for id in 0..args.accounts {
+        landed += store.load_events(&format!("acc-{id}")).await?.len() as u64;
+    }
+    let expected = args.accounts + args.commands;
+    if landed != expected {
+        return Err(format!("{landed} events dispatched, {expected} expected").into());
+    }
+    let per_second = args.commands as f64 / seconds;
+    if args.json {
+        println!(
+            "{{\"peer\":\"cqrs-es 0.5.0 MemStore\",\"accounts\":{},\"clients\":{},\"commands\":{},\"seconds\":{seconds:.3},\"commands_per_s\":{per_second:.0}}}",
+            args.accounts, clients, args.commands
+        );
+    } else {
+        println!(
+            "cqrs-es 0.5.0 MemStore: {} deposits to {} accounts from {} clients in {seconds:.2} s: {per_second:.0}/s",
+            args.commands, args.accounts, clients
+        );
+    }
+    Ok(())
+}

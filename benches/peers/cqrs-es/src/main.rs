@@ -1,7 +1,7 @@
 //! W2's deposits on cqrs-es 0.5 with its in-memory store (`MemStore`):
 //! open N accounts, then C concurrent clients send K `Deposit` commands to
 //! uniformly random accounts (fixed seed), each awaited before the next.
-//! Prints one line of figures, and JSON with `--json`.
+//! Prints one line of figures on stderr, and writes JSON with `--json`.
 //!
 //! `MemStore` persists nothing and keeps every event in one map behind a
 //! lock; each command loads the aggregate by replaying its events. It is
@@ -34,9 +34,11 @@ struct Args {
     /// Worker threads of the tokio runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Print the figures as JSON instead of a line.
+    /// Also write the figures as JSON here. (MemStore prints two lines
+    /// per command on stdout; the run script sends them to /dev/null,
+    /// the cheapest place, and reads this file.)
     #[arg(long)]
-    json: bool,
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -164,21 +166,23 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for id in 0..args.accounts {
         landed += store.load_events(&format!("acc-{id}")).await?.len() as u64;
     }
+    // Every command was acknowledged; MemStore has no version check, so
+    // two deposits to one account at once can both load the same history
+    // and the later commit overwrite the earlier: counted, not hidden.
     let expected = args.accounts + args.commands;
-    if landed != expected {
-        return Err(format!("{landed} events dispatched, {expected} expected").into());
-    }
+    let lost = expected.saturating_sub(landed);
     let per_second = args.commands as f64 / seconds;
-    if args.json {
-        println!(
-            "{{\"peer\":\"cqrs-es 0.5.0 MemStore\",\"accounts\":{},\"clients\":{},\"commands\":{},\"seconds\":{seconds:.3},\"commands_per_s\":{per_second:.0}}}",
+    let line = format!(
+        "cqrs-es 0.5.0 MemStore: {} deposits to {} accounts from {} clients in {seconds:.2} s: {per_second:.0}/s; {lost} acknowledged events lost",
+        args.commands, args.accounts, clients
+    );
+    eprintln!("{line}");
+    if let Some(path) = &args.json {
+        let json = format!(
+            "{{\"peer\":\"cqrs-es 0.5.0 MemStore\",\"accounts\":{},\"clients\":{},\"commands\":{},\"seconds\":{seconds:.3},\"commands_per_s\":{per_second:.0},\"acknowledged_events_lost\":{lost}}}\n",
             args.accounts, clients, args.commands
         );
-    } else {
-        println!(
-            "cqrs-es 0.5.0 MemStore: {} deposits to {} accounts from {} clients in {seconds:.2} s: {per_second:.0}/s",
-            args.commands, args.accounts, clients
-        );
+        std::fs::write(path, json)?;
     }
     Ok(())
 }

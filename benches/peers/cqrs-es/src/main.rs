@@ -115,7 +115,9 @@ impl Aggregate for Account {
     fn apply(&mut self, event: AccountEvent) {
         match event {
             AccountEvent::Opened { .. } => self.open = true,
-            AccountEvent::Deposited { amount } => self.balance = self.balance.saturating_add(amount),
+            AccountEvent::Deposited { amount } => {
+                self.balance = self.balance.saturating_add(amount)
+            }
         }
     }
 }

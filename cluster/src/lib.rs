@@ -54,6 +54,7 @@
 pub mod claims;
 pub mod client;
 pub mod follower;
+mod lease;
 pub mod local;
 pub mod log;
 mod models;

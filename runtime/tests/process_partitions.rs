@@ -3,6 +3,9 @@
 //! handle's status, listings and controls span or find the partitions; a
 //! runtime started with another count on the same store is refused.
 
+mod common;
+
+use common::wait_until;
 use eventfold_runtime::domain::*;
 use eventfold_runtime::process::*;
 use eventfold_runtime::projection::decode;
@@ -11,7 +14,7 @@ use eventfold_runtime::*;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -140,20 +143,6 @@ fn start(
             settings,
         )
         .start()
-}
-
-fn wait_until(
-    what: &str,
-    mut condition: impl FnMut() -> Result<bool, Box<dyn std::error::Error>>,
-) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if condition()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Err(format!("timed out waiting until {what}").into())
 }
 
 fn events(runtime: &RuntimeHandle, id: &str) -> Result<Vec<TaskEvent>, Box<dyn std::error::Error>> {

@@ -124,7 +124,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.projection(|| Balances, ConsumerSettings::default());
     }
     if args.transfers > 0 {
-        builder = builder.process_manager(TransferProcess::default, ProcessSettings::default());
+        // One host thread of the transfers process manager per shard, as
+        // loadgen's W7 runs it.
+        let partitions = args
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let settings = ProcessSettings {
+            partitions,
+            ..ProcessSettings::default()
+        };
+        builder = builder.process_manager(TransferProcess::default, settings);
     }
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);

@@ -146,20 +146,24 @@ impl Consumer {
                 return Served::Failed;
             }
         };
+        // It takes whole chunks of one size: the next are read ahead while
+        // it handles one.
         let sub = Subscription::new(
             Arc::clone(&self.store),
             &self.bus,
             Interest::with_deletions(self.filter.clone()),
             start,
             Arc::clone(&self.upcasters),
-        );
+        )
+        .read_ahead();
         let mut run = Run {
             sub,
             persisted: start,
-            pending: HashMap::new(),
-            cache: ReadCache::new(
+            pending: Pending::default(),
+            cache: ReadCache::with_hasher(
                 std::num::NonZeroUsize::new(self.settings.read_cache_entries_max.max(1))
                     .unwrap_or(std::num::NonZeroUsize::MIN),
+                foldhash::fast::RandomState::default(),
             ),
             undo: Vec::new(),
             parked: Vec::new(),

@@ -28,5 +28,6 @@ pub(crate) mod interest;
 pub(crate) mod parked;
 mod placed;
 pub mod projection;
+pub(crate) mod read_ahead;
 pub(crate) mod registry;
 pub(crate) mod subscription;

@@ -221,11 +221,13 @@ impl Default for ConsumerSettings {
     }
 }
 
-/// Writes not yet committed: key to new value (`None`: deleted).
-pub(crate) type Pending = HashMap<Vec<u8>, Option<Vec<u8>>>;
+/// Writes not yet committed: key to new value (`None`: deleted). Hashed
+/// with foldhash (randomly seeded), as the command side's maps: SipHash of
+/// every key was a tenth of a catching-up consumer's time.
+pub(crate) type Pending = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 /// Committed values a consumer has read or written: it is the only writer
 /// of its read model, so they stay true (`None`: known absent).
-pub(crate) type ReadCache = lru::LruCache<Vec<u8>, Option<Vec<u8>>>;
+pub(crate) type ReadCache = lru::LruCache<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 /// How to undo one event's writes: key and its earlier pending entry.
 pub(crate) type Undo = Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>;
 

@@ -31,6 +31,7 @@
 use crate::evolution::{EventError, Upcasters};
 use crate::read::bus::{EventBatch, EventBus};
 use crate::read::interest::Interest;
+use crate::read::read_ahead::{ReadAhead, StoreReader};
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{EventStore, Filter, ReadError};
 use std::future::Future;
@@ -99,6 +100,28 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
+    /// A chunk read from the store: `events` (filtered) of positions
+    /// `from..end`.
+    pub(crate) fn stored(
+        events: Vec<RecordedEvent>,
+        from: u64,
+        end: u64,
+        reached_head: bool,
+    ) -> Self {
+        Self {
+            events: Events::Stored(events),
+            from,
+            end,
+            reached_head,
+            live: false,
+        }
+    }
+
+    /// The position after the chunk.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
     /// The chunk's events that match the subscription's filter and were not
     /// handed out before, in order.
     pub(crate) fn events(&self) -> impl Iterator<Item = &RecordedEvent> + '_ {
@@ -141,16 +164,14 @@ pub(crate) enum Woke {
 
 /// One reader's position in the global log, from the store or from the bus.
 pub(crate) struct Subscription {
-    store: Arc<dyn EventStore>,
     bus: broadcast::Receiver<EventBatch>,
-    interest: Arc<Interest>,
-    /// What the store is asked for: the interest's filter widened to the
-    /// stored types the upcasters take (and to deletions).
-    store_filter: Filter,
-    /// No upcasting step widened the store's filter: events read from the
-    /// store need no second look, but for deletions.
-    store_matched: bool,
-    upcasters: Arc<Upcasters>,
+    /// The store, what it is asked for, and how its answers are upcast and
+    /// filtered (shared with a read-ahead thread).
+    reader: Arc<StoreReader>,
+    /// Catch-up chunks are read ahead on a thread of their own.
+    reads_ahead: bool,
+    /// The chunks being read ahead, while catching up.
+    ahead: Option<ReadAhead>,
     next: u64,
     live: bool,
     /// A batch received by a wait, not yet taken.
@@ -168,16 +189,29 @@ impl Subscription {
         upcasters: Arc<Upcasters>,
     ) -> Self {
         Self {
-            store,
             bus: bus.subscribe(),
-            store_filter: interest.store_filter(&upcasters),
-            store_matched: upcasters.is_empty(),
-            interest: Arc::new(interest),
-            upcasters,
+            reader: Arc::new(StoreReader {
+                store,
+                store_filter: interest.store_filter(&upcasters),
+                store_matched: upcasters.is_empty(),
+                interest: Arc::new(interest),
+                upcasters,
+            }),
+            reads_ahead: false,
+            ahead: None,
             next: checkpoint.saturating_add(1),
             live: false,
             stashed: None,
         }
+    }
+
+    /// Reads catch-up chunks ahead on a thread of their own while the
+    /// subscriber handles the current one (see [`super::read_ahead`]): for
+    /// a subscriber that takes whole chunks of the same size, as a
+    /// projection's consumer does.
+    pub(crate) fn read_ahead(mut self) -> Self {
+        self.reads_ahead = true;
+        self
     }
 
     /// The next position to hand out: every position before it is done.
@@ -226,16 +260,18 @@ impl Subscription {
                 .max(self.next);
             let events = if batch
                 .iter()
-                .any(|e| e.position >= self.next && self.upcasters.applies_to(e))
+                .any(|e| e.position >= self.next && self.reader.upcasters.applies_to(e))
             {
                 let mut upcast = Vec::with_capacity(batch.len());
                 for event in batch.iter().filter(|e| e.position >= self.next) {
-                    self.upcasters.upcast_into(event.clone(), &mut upcast)?;
+                    self.reader
+                        .upcasters
+                        .upcast_into(event.clone(), &mut upcast)?;
                 }
-                upcast.retain(|e| self.interest.wants(e));
+                upcast.retain(|e| self.reader.interest.wants(e));
                 Events::Stored(upcast)
             } else {
-                Events::Live(batch, Arc::clone(&self.interest))
+                Events::Live(batch, Arc::clone(&self.reader.interest))
             };
             return Ok(Some(Chunk {
                 events,
@@ -245,29 +281,32 @@ impl Subscription {
                 live: true,
             }));
         }
-        let slice = self
-            .store
-            .read_all(self.next, max.max(1), &self.store_filter)?;
-        let reached_head = slice.next_position > slice.head;
-        let mut events = self.upcasters.upcast_all(slice.events)?;
-        if self.store_matched {
-            if !self.interest.takes_all() {
-                events.retain(|e| self.interest.wants_stored(e));
+        if let Some(ahead) = &mut self.ahead {
+            match ahead.take(self.next) {
+                Some(Ok(chunk)) => {
+                    if chunk.reached_head() {
+                        self.ahead = None;
+                    }
+                    return Ok(Some(chunk));
+                }
+                Some(Err(error)) => {
+                    self.ahead = None;
+                    return Err(error);
+                }
+                // Not where the subscriber stands, or the thread ended.
+                None => self.ahead = None,
             }
-        } else {
-            events.retain(|e| self.interest.wants(e));
         }
-        Ok(Some(Chunk {
-            events: Events::Stored(events),
-            from: self.next,
-            end: slice.next_position.max(self.next),
-            reached_head,
-            live: false,
-        }))
+        let chunk = self.reader.read(self.next, max)?;
+        if self.reads_ahead && !chunk.reached_head() {
+            self.ahead = ReadAhead::start(Arc::clone(&self.reader), chunk.end(), max);
+        }
+        Ok(Some(chunk))
     }
 
     fn back_to_catch_up(&mut self, max: usize) -> Result<Option<Chunk>, SubscriptionError> {
         self.live = false;
+        self.ahead = None;
         self.stashed = None;
         self.take(max)
     }
@@ -332,7 +371,7 @@ impl Subscription {
     /// positions were written before we subscribed and never come on the
     /// bus, so the subscription reads them from the store.
     pub(crate) fn idle(&mut self) {
-        if self.live && self.store.head() >= self.next {
+        if self.live && self.reader.store.head() >= self.next {
             self.live = false;
         }
     }
@@ -394,6 +433,53 @@ mod tests {
             }
         }
         Ok(seen)
+    }
+
+    #[test]
+    fn reading_ahead_hands_out_every_position_once_in_order() -> TestResult {
+        let store = MemoryStore::new();
+        let bus = EventBus::new(4);
+        store.set_commit_listener(Arc::new(bus.clone()));
+        append(&store, "a-1", 50)?;
+        let reader = |checkpoint| {
+            Subscription::new(
+                Arc::new(store.clone()),
+                &bus,
+                Interest::events(Filter::all()),
+                checkpoint,
+                Arc::default(),
+            )
+            .read_ahead()
+        };
+        let mut sub = reader(3);
+        assert_eq!(drain(&mut sub, 4)?, (4..=50).collect::<Vec<_>>());
+        assert!(sub.is_live());
+        append(&store, "a-2", 3)?;
+        assert_eq!(drain(&mut sub, 4)?, vec![51, 52, 53]);
+
+        // A subscriber that stops half-way through a chunk: the chunks read
+        // ahead no longer start where it stands, and the store is read
+        // from there instead.
+        let mut sub = reader(0);
+        let mut seen = Vec::new();
+        while !sub.is_live() {
+            let Some(chunk) = sub.take(6)? else { break };
+            let events: Vec<u64> = chunk.events().map(|e| e.position).collect();
+            let half = events.len().div_ceil(2);
+            for position in &events[..half] {
+                seen.push(*position);
+                sub.handled(*position);
+            }
+            if chunk.reached_head() {
+                for position in &events[half..] {
+                    seen.push(*position);
+                    sub.handled(*position);
+                }
+                sub.finish(&chunk);
+            }
+        }
+        assert_eq!(seen, (1..=53).collect::<Vec<_>>());
+        Ok(())
     }
 
     #[test]

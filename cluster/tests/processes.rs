@@ -116,7 +116,22 @@ fn relay_node_seen(
     name: &str,
     seen: Seen,
 ) -> Result<ClusterNode, Box<dyn std::error::Error>> {
+    relay_node_partitioned(services, dir, name, seen, 1)
+}
+
+/// A node whose relay runs in `partitions` partitions.
+fn relay_node_partitioned(
+    services: &LocalServices,
+    dir: &Path,
+    name: &str,
+    seen: Seen,
+    partitions: usize,
+) -> Result<ClusterNode, Box<dyn std::error::Error>> {
     let node = name.to_owned();
+    let settings = ProcessSettings {
+        partitions,
+        ..ProcessSettings::default()
+    };
     let mut config = NodeConfig::new("test", name, dir.join(name));
     config.partitions = 8;
     config.nats_urls = services.nats_urls();
@@ -128,7 +143,7 @@ fn relay_node_seen(
         .aggregate::<Counter>()
         .runtime(|b| {
             b.shards(2)
-                .process_manager(|| Relay, ProcessSettings::default())
+                .process_manager(|| Relay, settings)
                 .event_handler(
                     move || Audit {
                         node: node.clone(),
@@ -371,5 +386,59 @@ fn a_process_manager_fenced_by_a_newer_marker_stands_down_and_resumes_under_its_
     );
     assert!(node.store().verify()?.is_clean());
     node.shutdown();
+    Ok(())
+}
+
+#[test]
+fn each_partition_of_a_partitioned_process_manager_runs_once_in_the_cluster() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let services = LocalServices::start(&dir.path().join("services"), 1, 1)?;
+    let node = |name| relay_node_partitioned(&services, dir.path(), name, Seen::default(), 2);
+    let nodes = [node("node-a")?, node("node-b")?];
+    let all: Vec<&ClusterNode> = nodes.iter().collect();
+    let runners = |all: &[&ClusterNode]| -> Vec<String> {
+        let mut names: Vec<String> = all
+            .iter()
+            .flat_map(|n| n.process_managers())
+            .filter(|name| name.starts_with(NAME))
+            .collect();
+        names.sort();
+        names
+    };
+    // Each partition is placed as `relay#i`, on one node.
+    let placed = || covered(&all, 8) && runners(&all) == ["relay#0", "relay#1"];
+    assert!(wait_until(Duration::from_secs(30), placed));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_until(Duration::from_secs(30), placed));
+    let io = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for i in 0..SOURCES {
+        add_retrying(
+            &io,
+            all[0],
+            &format!("src{i}"),
+            i + 2,
+            Duration::from_secs(30),
+        )?;
+    }
+    // Every instance's command once, and its timer once (each partition's
+    // timers where that partition runs).
+    assert!(wait_until(Duration::from_secs(30), || (0..SOURCES).all(
+        |i| events_of(all[1].runtime(), &format!("dst{i}")).len() == 2
+    )));
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..SOURCES {
+        assert_eq!(
+            events_of(all[1].runtime(), &format!("dst{i}")),
+            vec![Ev::Added(i + 2), Ev::Added(1)],
+            "dst{i}: each command once"
+        );
+    }
+    let status = all[0].runtime().process_status(NAME)?;
+    assert_eq!(status.partitions, 2);
+    for node in nodes {
+        node.shutdown();
+    }
     Ok(())
 }

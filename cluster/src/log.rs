@@ -22,6 +22,78 @@ pub const REPLICA_WAIT_MAX: Duration = Duration::from_secs(10);
 /// the claim it was sent under stays.
 pub const LEADERLESS_WAIT_MAX: Duration = Duration::from_secs(20);
 
+/// What a writer does after an attempt failed with an error that is
+/// neither a refusal of its check nor a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Send it again (after the pause): no server took it and the log is
+    /// still electing, or its answer was lost and attempts remain.
+    SendAgain,
+    /// No server took it for [`LEADERLESS_WAIT_MAX`].
+    Leaderless,
+    /// Its answer was lost [`PUBLISH_ATTEMPTS_MAX`] times: it may have
+    /// landed.
+    NoAnswer,
+    /// The log refused it.
+    Refused,
+}
+
+/// The attempts of one write (an append, a single-runner's commit), for
+/// the decision after each failure both writers share.
+#[derive(Debug)]
+pub struct WriteAttempts {
+    /// Attempts whose outcome is unknown.
+    unanswered: usize,
+    started: tokio::time::Instant,
+}
+
+impl WriteAttempts {
+    /// The attempts of a write about to be sent the first time.
+    pub fn new() -> Self {
+        Self {
+            unanswered: 0,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// What to do after `error`; pauses first when the answer is to send
+    /// again.
+    pub async fn after(&mut self, error: &LogError) -> AfterFailure {
+        let next = if error.not_taken() {
+            if self.started.elapsed() < LEADERLESS_WAIT_MAX {
+                AfterFailure::SendAgain
+            } else {
+                AfterFailure::Leaderless
+            }
+        } else if error.outcome_unknown() {
+            if self.unanswered + 1 < PUBLISH_ATTEMPTS_MAX {
+                self.unanswered += 1;
+                tracing::debug!(attempt = self.unanswered, %error, "write unanswered; sending again");
+                AfterFailure::SendAgain
+            } else {
+                AfterFailure::NoAnswer
+            }
+        } else {
+            AfterFailure::Refused
+        };
+        if next == AfterFailure::SendAgain {
+            tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
+        }
+        next
+    }
+
+    /// Whether an earlier attempt may have landed (its answer was lost).
+    pub fn may_have_landed(&self) -> bool {
+        self.unanswered > 0
+    }
+}
+
+impl Default for WriteAttempts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// JetStream's error code for a failed expected-sequence check.
 pub const WRONG_LAST_SEQUENCE: u64 = 10071;
 /// JetStream's error code for an atomic batch holding a message id it has

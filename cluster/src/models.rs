@@ -8,14 +8,12 @@
 //! written to the replica directly.
 //!
 //! A batch whose answer does not come is sent again with the same message
-//! ids, up to [`PUBLISH_ATTEMPTS_MAX`]; then the claim is given up (the
+//! ids, up to [`PUBLISH_ATTEMPTS_MAX`](crate::log::PUBLISH_ATTEMPTS_MAX); then the claim is given up (the
 //! host stands down), and the next claim's marker fences whatever may
 //! still land.
 
 use crate::follower::Progress;
-use crate::log::{
-    LEADERLESS_WAIT_MAX, Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX,
-};
+use crate::log::{AfterFailure, Log, LogError, REPLICA_WAIT_MAX, WriteAttempts};
 use crate::singletons::Singletons;
 use crate::wire::encode_read_model;
 use eventfold_runtime::storage::{ReadModelBatch, Unavailability, WriteError};
@@ -57,11 +55,9 @@ impl ModelWriter {
             self.singletons.next_commit()
         );
         let writer = self.clone();
-        let name_of_claim = name.to_owned();
-        let name = name.to_owned();
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         self.io.spawn(async move {
-            let result = writer.publish(&name, fence, claim, chunks, &commit).await;
+            let result = writer.publish(fence, claim, chunks, &commit).await;
             let _ = answer.send(result);
         });
         let result = answered.recv().unwrap_or(Err(Unavailability::Stopping));
@@ -73,21 +69,19 @@ impl ModelWriter {
             // given up, the host stands down, and under the next claim
             // (whose marker the replica applies first) it starts from
             // what the log holds.
-            self.singletons.fenced(&name_of_claim, claim.fence.sequence);
+            self.singletons.fenced(name, claim.fence.sequence);
         }
         result.map_err(unavailable)
     }
 
     async fn publish(
         &self,
-        name: &str,
         fence: u32,
         claim: crate::claims::Claim,
         chunks: Vec<bytes::Bytes>,
         commit: &str,
     ) -> Result<(), Unavailability> {
-        let mut attempt = 0;
-        let leaderless_since = tokio::time::Instant::now();
+        let mut attempts = WriteAttempts::new();
         let landed = loop {
             match self
                 .log
@@ -104,34 +98,23 @@ impl ModelWriter {
                         .await
                         .map_err(|e| Unavailability::NoAnswer(e.to_string()))?;
                 }
+                // The caller gives the claim up on every failure but a
+                // refusal (`write`).
                 Err(LogError::WrongLastSequence { .. }) => {
-                    self.singletons.fenced(name, claim.fence.sequence);
                     return Err(Unavailability::Fenced {
                         partition: fence,
                         token: claim.token,
                     });
                 }
-                // No server took it (an election): nothing written.
-                Err(error) if error.not_taken() => {
-                    if leaderless_since.elapsed() < LEADERLESS_WAIT_MAX {
-                        tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
-                        continue;
-                    }
-                    if attempt > 0 {
-                        self.singletons.fenced(name, claim.fence.sequence);
-                    }
-                    return Err(Unavailability::Leaderless(error.to_string()));
+                Err(error) => {
+                    let reason = error.to_string();
+                    return Err(match attempts.after(&error).await {
+                        AfterFailure::SendAgain => continue,
+                        AfterFailure::Leaderless => Unavailability::Leaderless(reason),
+                        AfterFailure::NoAnswer => Unavailability::NoAnswer(reason),
+                        AfterFailure::Refused => Unavailability::Refused(reason),
+                    });
                 }
-                Err(error) if error.outcome_unknown() && attempt + 1 < PUBLISH_ATTEMPTS_MAX => {
-                    attempt += 1;
-                    tracing::debug!(%name, attempt, %error, "read model unanswered; sending again");
-                    tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
-                }
-                Err(error) if error.outcome_unknown() => {
-                    self.singletons.fenced(name, claim.fence.sequence);
-                    return Err(Unavailability::NoAnswer(error.to_string()));
-                }
-                Err(error) => return Err(Unavailability::Refused(error.to_string())),
             }
         };
         match tokio::time::timeout(REPLICA_WAIT_MAX, self.progress.wait_for(landed)).await {

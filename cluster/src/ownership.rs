@@ -325,17 +325,20 @@ impl Owner {
     /// long as this node lives. A key still wanted is taken up again by
     /// the claim that follows, behind a new marker.
     async fn release_strays(&self, etcd: &mut Client, ours: &[String], held: &BTreeSet<u32>) {
-        let singletons: BTreeSet<String> = self
-            .singletons
-            .held()
-            .into_iter()
-            .map(|(name, _)| self.config.singleton_key(&name))
+        // The keys a claim (or the membership) stands behind.
+        let claimed: BTreeSet<String> = held
+            .iter()
+            .map(|p| self.config.owner_key(*p))
+            .chain(
+                self.singletons
+                    .held()
+                    .into_iter()
+                    .map(|(name, _)| self.config.singleton_key(&name)),
+            )
+            .chain([self.config.member_key(&self.config.node)])
             .collect();
         for key in ours {
-            let claimed = held.iter().any(|p| self.config.owner_key(*p) == *key)
-                || singletons.contains(key)
-                || *key == self.config.member_key(&self.config.node);
-            if !claimed {
+            if !claimed.contains(key) {
                 tracing::warn!(node = %self.config.node, %key, "releasing a claim key held without a claim");
                 self.release_key(etcd, key.clone()).await;
             }

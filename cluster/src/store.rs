@@ -10,15 +10,13 @@
 //! partition's claim marker (only the claim's holder writes the partition),
 //! so the holder's own order is the stream's. An append whose answer never
 //! came is sent again with the same message ids (JetStream drops it if it
-//! had landed); after [`PUBLISH_ATTEMPTS_MAX`] unanswered attempts the
+//! had landed); after [`PUBLISH_ATTEMPTS_MAX`](crate::log::PUBLISH_ATTEMPTS_MAX) unanswered attempts the
 //! partition is given up, and the next claim's marker fences whatever may
 //! still land.
 
 use crate::claims::Claims;
 use crate::follower::Progress;
-use crate::log::{
-    LEADERLESS_WAIT_MAX, Log, LogError, PUBLISH_ATTEMPTS_MAX, PUBLISH_RETRY_PAUSE, REPLICA_WAIT_MAX,
-};
+use crate::log::{AfterFailure, Log, LogError, REPLICA_WAIT_MAX, WriteAttempts};
 use crate::models::ModelWriter;
 use crate::partition::partition_of;
 use crate::singletons::Singletons;
@@ -214,12 +212,10 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
     }
     let events = &job.part.events;
     let count = events.len() as u64;
-    // Attempts whose outcome is unknown; a refusal by no server (an
-    // election) is known to have written nothing and is sent again while
-    // the log elects, without giving the claim up unless an earlier
-    // attempt may have landed.
-    let mut attempt = 0;
-    let leaderless_since = tokio::time::Instant::now();
+    // A write no server took (an election) wrote nothing and is sent
+    // again while the log elects, without giving the claim up unless an
+    // earlier attempt may have landed.
+    let mut attempts = WriteAttempts::new();
     let landed = loop {
         match shared
             .log
@@ -249,36 +245,24 @@ async fn append(shared: &Shared, job: &Job) -> Result<AppendOutcome, AppendError
                     },
                 ));
             }
-            Err(error) if error.not_taken() => {
-                if leaderless_since.elapsed() < LEADERLESS_WAIT_MAX {
-                    tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
-                    continue;
-                }
-                if attempt > 0 {
-                    shared.claims.fenced(job.partition, claim.token);
-                }
-                return Err(unavailable(
-                    stream,
-                    Unavailability::Leaderless(error.to_string()),
-                ));
-            }
-            Err(error) if error.outcome_unknown() && attempt + 1 < PUBLISH_ATTEMPTS_MAX => {
-                attempt += 1;
-                tracing::debug!(%stream, attempt, %error, "append unanswered; sending again");
-                tokio::time::sleep(PUBLISH_RETRY_PAUSE).await;
-            }
-            Err(error) if error.outcome_unknown() => {
-                shared.claims.fenced(job.partition, claim.token);
-                return Err(unavailable(
-                    stream,
-                    Unavailability::NoAnswer(error.to_string()),
-                ));
-            }
             Err(error) => {
-                return Err(unavailable(
-                    stream,
-                    Unavailability::Refused(error.to_string()),
-                ));
+                let reason = error.to_string();
+                let unavailability = match attempts.after(&error).await {
+                    AfterFailure::SendAgain => continue,
+                    AfterFailure::Leaderless if !attempts.may_have_landed() => {
+                        Unavailability::Leaderless(reason)
+                    }
+                    AfterFailure::Leaderless => {
+                        shared.claims.fenced(job.partition, claim.token);
+                        Unavailability::Leaderless(reason)
+                    }
+                    AfterFailure::NoAnswer => {
+                        shared.claims.fenced(job.partition, claim.token);
+                        Unavailability::NoAnswer(reason)
+                    }
+                    AfterFailure::Refused => Unavailability::Refused(reason),
+                };
+                return Err(unavailable(stream, unavailability));
             }
         }
     };

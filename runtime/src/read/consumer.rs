@@ -111,7 +111,8 @@ pub(super) struct Run {
     pub(super) persisted: u64,
     pub(super) pending: Pending,
     pub(super) cache: ReadCache,
-    pub(super) undo: Undo,
+    /// Attempts at events so far (`ReadModelTx::attempt`).
+    pub(super) attempts: u64,
     pub(super) parked: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub(super) pending_events: usize,
     /// Streams with parked events, and how many.
@@ -165,7 +166,7 @@ impl Consumer {
                     .unwrap_or(std::num::NonZeroUsize::MIN),
                 foldhash::fast::RandomState::default(),
             ),
-            undo: Vec::new(),
+            attempts: 0,
             parked: Vec::new(),
             pending_events: 0,
             held: HashMap::new(),
@@ -274,6 +275,7 @@ impl Consumer {
                 let _ = caught_up.send(());
             }
         }
+        run.sub.recycle(chunk);
         Flow::Continue
     }
 
@@ -438,7 +440,7 @@ impl Consumer {
         run: &mut Run,
         events: &[&RecordedEvent],
     ) -> Result<(), AttemptError> {
-        run.undo.clear();
+        run.attempts += 1;
         let result = match &mut self.kind {
             Kind::Projection(projection) => {
                 let mut tx = ReadModelTx {
@@ -446,7 +448,7 @@ impl Consumer {
                     model: &self.model,
                     pending: &mut run.pending,
                     cache: &mut run.cache,
-                    undo: &mut run.undo,
+                    attempt: run.attempts,
                 };
                 catch_unwind(AssertUnwindSafe(|| {
                     events.iter().try_for_each(|e| match deletion(e) {
@@ -468,9 +470,8 @@ impl Consumer {
             Err(panic) => Err(AttemptError::Panicked(panic_message(panic))),
         };
         if outcome.is_err() {
-            roll_back(&mut run.pending, &mut run.undo);
+            roll_back(&mut run.pending, run.attempts);
         }
-        run.undo.clear();
         outcome
     }
 

@@ -221,15 +221,26 @@ impl Default for ConsumerSettings {
     }
 }
 
-/// Writes not yet committed: key to new value (`None`: deleted). Hashed
-/// with foldhash (randomly seeded), as the command side's maps: SipHash of
-/// every key was a tenth of a catching-up consumer's time.
-pub(crate) type Pending = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
+/// Writes not yet committed, by key. Hashed with foldhash (randomly
+/// seeded), as the command side's maps: SipHash of every key was a tenth of
+/// a catching-up consumer's time.
+pub(crate) type Pending = HashMap<Vec<u8>, Slot, foldhash::fast::RandomState>;
+
+/// A key's write not yet committed, and how to undo it while the event
+/// that wrote it is being handled.
+pub(crate) struct Slot {
+    /// The new value (`None`: deleted).
+    value: Option<Vec<u8>>,
+    /// The attempt (`ReadModelTx::attempt`) that wrote it last.
+    written_by: u64,
+    /// What the batch held for the key before that attempt wrote it
+    /// (`None`: nothing; the key is removed if the attempt fails).
+    before: Option<Option<Vec<u8>>>,
+}
+
 /// Committed values a consumer has read or written: it is the only writer
 /// of its read model, so they stay true (`None`: known absent).
 pub(crate) type ReadCache = lru::LruCache<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
-/// How to undo one event's writes: key and its earlier pending entry.
-pub(crate) type Undo = Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>;
 
 /// The writes of one commit of a projection, with reads that see them.
 ///
@@ -240,15 +251,16 @@ pub struct ReadModelTx<'a> {
     pub(crate) model: &'a str,
     pub(crate) pending: &'a mut Pending,
     pub(crate) cache: &'a mut ReadCache,
-    /// Undo entries of the current event: key and its previous pending state.
-    pub(crate) undo: &'a mut Undo,
+    /// The attempt at the event being handled, numbered from 1: its
+    /// writes are undone by [`roll_back`] if it fails or panics.
+    pub(crate) attempt: u64,
 }
 
 impl ReadModelTx<'_> {
     /// The value of `key`, including this batch's writes.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
-        if let Some(value) = self.pending.get(key) {
-            return Ok(value.clone());
+        if let Some(slot) = self.pending.get(key) {
+            return Ok(slot.value.clone());
         }
         if let Some(value) = self.cache.get(key) {
             return Ok(value.clone());
@@ -262,7 +274,7 @@ impl ReadModelTx<'_> {
     pub fn get_as<T: DeserializeOwned>(&mut self, key: &[u8]) -> Result<Option<T>, HandlerError> {
         // Decoded in place when the batch or the cache holds it: no copy.
         let held = match self.pending.get(key) {
-            Some(value) => Some(value),
+            Some(slot) => Some(&slot.value),
             None => self.cache.get(key),
         };
         match held {
@@ -293,28 +305,42 @@ impl ReadModelTx<'_> {
     }
 
     fn record(&mut self, key: &[u8], value: Option<Vec<u8>>) {
-        // A key the batch already wrote is updated in place (one copy of
-        // the key, for the undo entry, instead of two).
-        let previous = match self.pending.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, value)),
-            None => self.pending.insert(key.to_vec(), value),
-        };
-        self.undo.push((key.to_vec(), previous));
-    }
-}
-
-/// Undoes the writes of a failed event.
-pub(crate) fn roll_back(pending: &mut Pending, undo: &mut Undo) {
-    while let Some((key, previous)) = undo.pop() {
-        match previous {
-            Some(value) => {
-                pending.insert(key, value);
+        // A key the batch holds already is updated in place, its earlier
+        // value kept for an undo: no copy of the key.
+        match self.pending.get_mut(key) {
+            Some(slot) if slot.written_by == self.attempt => slot.value = value,
+            Some(slot) => {
+                slot.before = Some(std::mem::replace(&mut slot.value, value));
+                slot.written_by = self.attempt;
             }
             None => {
-                pending.remove(&key);
+                let slot = Slot {
+                    value,
+                    written_by: self.attempt,
+                    before: None,
+                };
+                self.pending.insert(key.to_vec(), slot);
             }
         }
     }
+}
+
+/// Undoes the writes of a failed attempt: each key it wrote goes back to
+/// what the batch held before (or leaves the batch).
+pub(crate) fn roll_back(pending: &mut Pending, attempt: u64) {
+    pending.retain(|_, slot| {
+        if slot.written_by != attempt {
+            return true;
+        }
+        slot.written_by = 0;
+        match slot.before.take() {
+            Some(value) => {
+                slot.value = value;
+                true
+            }
+            None => false,
+        }
+    });
 }
 
 /// Adds pending writes to a batch for `model`, and returns them so that the
@@ -324,7 +350,10 @@ pub(crate) fn drain_into(
     model: &str,
     batch: &mut ReadModelBatch,
 ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    let written: Vec<_> = pending.drain().collect();
+    let written: Vec<_> = pending
+        .drain()
+        .map(|(key, slot)| (key, slot.value))
+        .collect();
     for (key, value) in &written {
         match value {
             Some(value) => batch.put(model, key.clone(), value.clone()),
@@ -428,5 +457,74 @@ impl ReadModelView {
             .into_iter()
             .map(|(k, v)| Ok((k, self.keys.scope(|| payload::decode(&v))?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventfold_storage::MemoryStore;
+
+    /// Runs `writes` as attempt `attempt` on `pending`.
+    fn attempt(pending: &mut Pending, attempt: u64, writes: &[(&str, Option<&str>)]) {
+        let store = MemoryStore::new();
+        let mut cache = ReadCache::unbounded_with_hasher(foldhash::fast::RandomState::default());
+        let mut tx = ReadModelTx {
+            store: &store,
+            model: "m",
+            pending,
+            cache: &mut cache,
+            attempt,
+        };
+        for (key, value) in writes {
+            match value {
+                Some(value) => tx.put(key.as_bytes(), value.as_bytes().to_vec()),
+                None => tx.delete(key.as_bytes()),
+            }
+        }
+    }
+
+    fn held(pending: &Pending) -> Vec<(String, Option<String>)> {
+        let mut held: Vec<_> = pending
+            .iter()
+            .map(|(key, slot)| {
+                let value = slot.value.as_ref();
+                (
+                    String::from_utf8_lossy(key).into_owned(),
+                    value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect();
+        held.sort();
+        held
+    }
+
+    #[test]
+    fn a_failed_attempt_leaves_the_batch_as_the_attempts_before_it_left_it() {
+        let mut pending = Pending::default();
+        attempt(&mut pending, 1, &[("a", Some("1")), ("b", Some("1"))]);
+        attempt(&mut pending, 2, &[("b", Some("2")), ("c", None)]);
+        let before = held(&pending);
+        // Overwrites twice, deletes, and adds a key of its own.
+        attempt(
+            &mut pending,
+            3,
+            &[
+                ("a", Some("3")),
+                ("a", Some("33")),
+                ("b", None),
+                ("d", Some("3")),
+            ],
+        );
+        assert_eq!(held(&pending).len(), 4);
+        roll_back(&mut pending, 3);
+        assert_eq!(held(&pending), before);
+        // The keys rolled back are written again by a later attempt, and
+        // a failure of that one goes back to the same state.
+        attempt(&mut pending, 4, &[("a", Some("4")), ("c", Some("4"))]);
+        roll_back(&mut pending, 4);
+        assert_eq!(held(&pending), before);
+        attempt(&mut pending, 5, &[("a", Some("5"))]);
+        assert_eq!(held(&pending)[0], ("a".into(), Some("5".into())));
     }
 }

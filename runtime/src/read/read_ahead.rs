@@ -9,6 +9,11 @@
 //! thread ends at the head, at the first error, or when the subscription
 //! drops it.
 //!
+//! The subscriber hands the events of a chunk it is done with back to the
+//! thread that read them (at most [`READ_AHEAD_SPENT_MAX`] waiting), which
+//! frees them: memory freed by the thread that allocated it costs the
+//! allocator no cross-thread hand-off.
+//!
 //! **Architecture Invariant:** a chunk read ahead is handed out only when it
 //! starts exactly where the subscription's `next` stands; otherwise the
 //! read-ahead is dropped and the store read directly, so positions still go
@@ -17,12 +22,16 @@
 use super::interest::Interest;
 use super::subscription::{Chunk, SubscriptionError};
 use crate::evolution::Upcasters;
+use eventfold_domain::RecordedEvent;
 use eventfold_storage::{EventStore, Filter};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Chunks read ahead and not yet taken, per reading-ahead subscription.
 pub(crate) const READ_AHEAD_CHUNKS_MAX: usize = 2;
+/// Handled chunks' events waiting to be freed by the reading thread; past
+/// it the subscriber frees them itself.
+pub(crate) const READ_AHEAD_SPENT_MAX: usize = 2;
 
 /// What a catch-up read needs: the store, what to ask it for, and how to
 /// upcast and filter what it answers.
@@ -66,6 +75,8 @@ pub(crate) struct ReadAhead {
     chunks: Receiver<Result<Chunk, SubscriptionError>>,
     /// Where the next chunk from the thread starts.
     next: u64,
+    /// Events handled, back to the thread that read them.
+    spent: SyncSender<Vec<RecordedEvent>>,
 }
 
 impl ReadAhead {
@@ -73,6 +84,7 @@ impl ReadAhead {
     /// when no thread could be started (the caller reads directly).
     pub(crate) fn start(reader: Arc<StoreReader>, from: u64, max: usize) -> Option<Self> {
         let (sender, chunks) = sync_channel(READ_AHEAD_CHUNKS_MAX);
+        let (spent, handled) = sync_channel(READ_AHEAD_SPENT_MAX);
         // Personal values decode under the keys of the subscriber's thread.
         let keys = crate::personal::installed();
         let started = std::thread::Builder::new()
@@ -81,10 +93,14 @@ impl ReadAhead {
                 if let Some(keys) = keys {
                     crate::personal::install(&keys);
                 }
-                read_on(&reader, from, max, &sender);
+                read_on(&reader, from, max, &sender, &handled);
             });
         match started {
-            Ok(_) => Some(Self { chunks, next: from }),
+            Ok(_) => Some(Self {
+                chunks,
+                next: from,
+                spent,
+            }),
             Err(error) => {
                 tracing::debug!(%error, "no read-ahead thread; reading directly");
                 None
@@ -105,6 +121,12 @@ impl ReadAhead {
         }
         Some(chunk)
     }
+
+    /// Hands events the subscriber is done with to the reading thread to
+    /// free; when it has enough waiting, or has ended, they are freed here.
+    pub(crate) fn give_back(&self, events: Vec<RecordedEvent>) {
+        let _ = self.spent.try_send(events);
+    }
 }
 
 /// The read-ahead thread: reads chunk after chunk until one reaches the
@@ -114,8 +136,11 @@ fn read_on(
     mut from: u64,
     max: usize,
     sender: &SyncSender<Result<Chunk, SubscriptionError>>,
+    handled: &Receiver<Vec<RecordedEvent>>,
 ) {
     loop {
+        // Frees what the subscriber handed back.
+        while handled.try_recv().is_ok() {}
         let chunk = reader.read(from, max);
         let go_on = match &chunk {
             Ok(chunk) if !chunk.reached_head() && chunk.end() > from => {

@@ -117,6 +117,14 @@ impl Chunk {
         }
     }
 
+    /// The events read from the store, to be freed elsewhere.
+    fn into_stored(self) -> Option<Vec<RecordedEvent>> {
+        match self.events {
+            Events::Stored(events) => Some(events),
+            Events::Live(..) => None,
+        }
+    }
+
     /// The position after the chunk.
     pub(crate) fn end(&self) -> u64 {
         self.end
@@ -322,6 +330,16 @@ impl Subscription {
         self.next = self.next.max(chunk.end);
         if chunk.reached_head {
             self.live = true;
+        }
+    }
+
+    /// Frees a chunk the subscriber is done with: a chunk read ahead goes
+    /// back to the thread that read it (see [`super::read_ahead`]).
+    pub(crate) fn recycle(&self, chunk: Chunk) {
+        if let Some(ahead) = &self.ahead
+            && let Some(events) = chunk.into_stored()
+        {
+            ahead.give_back(events);
         }
     }
 

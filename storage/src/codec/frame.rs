@@ -98,6 +98,11 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.take(n, what)?)
             .map_err(|_| CorruptionKind::InvalidField(format!("{what} is not UTF-8")))
     }
+    /// Bytes prefixed by their length in a `u16`.
+    pub(crate) fn bytes16(&mut self, what: &'static str) -> Result<&'a [u8], CorruptionKind> {
+        let n = usize::from(self.u16(what)?);
+        self.take(n, what)
+    }
     pub(crate) fn str16(&mut self, what: &'static str) -> Result<&'a str, CorruptionKind> {
         let n = usize::from(self.u16(what)?);
         self.str_n(n, what)

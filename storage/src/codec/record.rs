@@ -95,15 +95,31 @@ pub(crate) fn decode_event(
     key: &[u8],
     value: &[u8],
 ) -> Result<RecordedEvent, Corruption> {
+    decode_event_after(keyspace, key, value, None)
+}
+
+/// As [`decode_event`], sharing the stream id of `previous` (the event
+/// decoded before it in a scan) when the record names the same stream: the
+/// events of one append lie next to each other in the global log, and
+/// share one id instead of each checking and allocating its own.
+pub(crate) fn decode_event_after(
+    keyspace: &'static str,
+    key: &[u8],
+    value: &[u8],
+    previous: Option<&StreamId>,
+) -> Result<RecordedEvent, Corruption> {
     let body = checked_body(keyspace, key, value)?;
-    decode_event_body(body).map_err(|kind| Corruption {
+    decode_event_body(body, previous).map_err(|kind| Corruption {
         keyspace,
         key: key.to_vec(),
         kind,
     })
 }
 
-fn decode_event_body(body: &[u8]) -> Result<RecordedEvent, CorruptionKind> {
+fn decode_event_body(
+    body: &[u8],
+    previous: Option<&StreamId>,
+) -> Result<RecordedEvent, CorruptionKind> {
     let mut c = Cursor { bytes: body };
     let position = c.u64("position")?;
     let version = c.u64("version")?;
@@ -126,9 +142,16 @@ fn decode_event_body(body: &[u8]) -> Result<RecordedEvent, CorruptionKind> {
         None
     };
     let schema_version = c.u16("schema version")?;
-    let stream = c.str16("stream id")?;
-    let stream_id = StreamId::new(stream)
-        .map_err(|e| CorruptionKind::InvalidField(format!("stream id: {e}")))?;
+    let stream = c.bytes16("stream id")?;
+    let stream_id = match previous {
+        Some(previous) if previous.as_str().as_bytes() == stream => previous.clone(),
+        _ => {
+            let stream = std::str::from_utf8(stream)
+                .map_err(|_| CorruptionKind::InvalidField("stream id is not UTF-8".into()))?;
+            StreamId::new(stream)
+                .map_err(|e| CorruptionKind::InvalidField(format!("stream id: {e}")))?
+        }
+    };
     let event_type = c.str16("event type")?.to_owned();
     let header_count = usize::from(c.u16("header count")?);
     let mut headers = Vec::with_capacity(header_count.min(1024));

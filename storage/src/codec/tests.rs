@@ -28,6 +28,25 @@ fn record_round_trips() -> TestResult {
 }
 
 #[test]
+fn a_scan_shares_the_stream_id_of_the_event_before_only_when_it_is_the_same() -> TestResult {
+    let (stream, event) = sample()?;
+    let mut record = encode_event(&stream, &event);
+    seal_event(&mut record, 1, 1, Timestamp::from_micros(1));
+    let first = decode_event_after("global", b"k", &record, None)?;
+    let second = decode_event_after("global", b"k", &record, Some(&first.stream_id))?;
+    assert_eq!(second.stream_id, stream);
+    assert!(std::ptr::eq(
+        first.stream_id.as_str().as_ptr(),
+        second.stream_id.as_str().as_ptr()
+    ));
+    // Another stream before it: the record's own id, not the one offered.
+    let other = StreamId::new("account-10")?;
+    let third = decode_event_after("global", b"k", &record, Some(&other))?;
+    assert_eq!(third.stream_id, stream);
+    Ok(())
+}
+
+#[test]
 fn every_flipped_bit_and_every_truncation_is_a_typed_error() -> TestResult {
     let (stream, event) = sample()?;
     let mut record = encode_event(&stream, &event);

@@ -18,6 +18,11 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::TrySendError;
 use writer::{Job, Message, Work};
 
+/// Most events a `read_all` allocates room for before it reads: a chunk of
+/// a catch-up fills its vector without growing it, a huge `max_count` does
+/// not reserve memory it may never use.
+const READ_ALL_PREALLOC_EVENTS: usize = 4096;
+
 impl RocksStore {
     /// Whether the writer takes requests (open, not poisoned).
     pub(super) fn writable(&self) -> Result<(), AppendError> {
@@ -313,7 +318,7 @@ impl EventStore for RocksStore {
         let head = self.head();
         let from = from.max(1);
         let mut slice = GlobalSlice {
-            events: Vec::new(),
+            events: Vec::with_capacity(max_count.min(READ_ALL_PREALLOC_EVENTS)),
             next_position: from,
             head,
         };
@@ -332,6 +337,7 @@ impl EventStore for RocksStore {
             .raw_iterator_cf_opt(self.cf(CF_GLOBAL)?, read_options);
         iter.seek(codec::global_key(from));
         let mut examined = 0usize;
+        let mut last_stream: Option<StreamId> = None;
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             // Erased records are told by their first byte, so that an
             // event is decoded straight into place, as before deletions.
@@ -358,7 +364,7 @@ impl EventStore for RocksStore {
                 iter.next();
                 continue;
             }
-            let event = codec::decode_event(CF_GLOBAL, key, value)?;
+            let event = codec::decode_event_after(CF_GLOBAL, key, value, last_stream.as_ref())?;
             if event.position != slice.next_position {
                 return Err(Corruption {
                     keyspace: CF_GLOBAL,
@@ -377,6 +383,13 @@ impl EventStore for RocksStore {
                     .get(&event.stream_id)
                     .is_some_and(|first| event.version < *first)
             });
+            // The same id shares its allocation: compared by address.
+            let same = last_stream
+                .as_ref()
+                .is_some_and(|s| std::ptr::eq(s.as_str(), event.stream_id.as_str()));
+            if !same {
+                last_stream = Some(event.stream_id.clone());
+            }
             if filter.matches(&event) && !hidden {
                 slice.events.push(event);
                 if slice.events.len() == max_count {

@@ -6,13 +6,15 @@
 //! buffered command. Instead, every waiting caller shares the timer of the
 //! current *epoch* ([`TIMEOUT_EPOCH`]); when it fires, those whose deadline
 //! has passed give up and the others wait on the next epoch's. A timeout
-//! therefore fires up to one epoch late, and one timer is armed per epoch.
+//! therefore fires up to one epoch late, and one timer is armed per epoch
+//! on each thread that waits (kept per thread: no lock shared by the
+//! threads of the shards, which each wait for thousands of answers a
+//! second).
 
 use futures::FutureExt;
 use futures::future::Shared;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,20 +23,22 @@ pub(crate) const TIMEOUT_EPOCH: Duration = Duration::from_millis(50);
 
 type Epoch = Shared<futures_timer::Delay>;
 
-/// The current epoch: when it ends, and its timer.
-static CURRENT: Mutex<Option<(Instant, Epoch)>> = Mutex::new(None);
+thread_local! {
+    /// This thread's current epoch: when it ends, and its timer.
+    static CURRENT: std::cell::RefCell<Option<(Instant, Epoch)>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// The timer of the epoch running at `now` (a new one if the last has ended).
 fn epoch(now: Instant) -> Epoch {
-    let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-    match &*current {
+    CURRENT.with_borrow_mut(|current| match current {
         Some((end, epoch)) if *end > now && epoch.peek().is_none() => epoch.clone(),
         _ => {
             let epoch = futures_timer::Delay::new(TIMEOUT_EPOCH).shared();
             *current = Some((now + TIMEOUT_EPOCH, epoch.clone()));
             epoch
         }
-    }
+    })
 }
 
 /// `timeout` after `from`, or a year after it when that is past what an
@@ -50,20 +54,26 @@ pub(crate) struct Deadline<F> {
     reply: F,
     deadline: Instant,
     epoch: Option<Epoch>,
+    /// A reading of the clock taken just before the first poll, used by
+    /// it instead of another.
+    now: Option<Instant>,
 }
 
 impl<F> Deadline<F> {
     /// Waits for `reply` at most `timeout` from now.
     pub(crate) fn after(reply: F, timeout: Duration) -> Self {
-        Self::until(reply, deadline(Instant::now(), timeout))
+        let now = Instant::now();
+        Self::until(reply, deadline(now, timeout), now)
     }
 
-    /// Waits for `reply` until `deadline`.
-    pub(crate) fn until(reply: F, deadline: Instant) -> Self {
+    /// Waits for `reply` until `deadline`; `now` is a reading of the clock
+    /// taken just before.
+    pub(crate) fn until(reply: F, deadline: Instant, now: Instant) -> Self {
         Self {
             reply,
             deadline,
             epoch: None,
+            now: Some(now),
         }
     }
 }
@@ -77,7 +87,7 @@ impl<F: Future + Unpin> Future for Deadline<F> {
             return Poll::Ready(Some(result));
         }
         loop {
-            let now = Instant::now();
+            let now = this.now.take().unwrap_or_else(Instant::now);
             if now >= this.deadline {
                 return Poll::Ready(None);
             }

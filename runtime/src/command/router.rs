@@ -31,15 +31,21 @@ pub(crate) struct Router {
     accepting: AtomicBool,
 }
 
-/// Where a dispatched command's answer comes, how long to wait for it, and
-/// until when (its timeout from when it was received).
-pub(crate) type Dispatched<A> = (oneshot::Receiver<CommandResult<A>>, Duration, Instant);
+/// Where a dispatched command's answer comes, how long to wait for it,
+/// until when (its timeout from when it was received), and when it was
+/// received.
+pub(crate) type Dispatched<A> = (
+    oneshot::Receiver<CommandResult<A>>,
+    Duration,
+    Instant,
+    Instant,
+);
 
 /// Waits for a routed command's answer, or its timeout.
 pub(crate) async fn answer<A: Aggregate>(
-    (reply, timeout, deadline): Dispatched<A>,
+    (reply, timeout, deadline, received): Dispatched<A>,
 ) -> CommandResult<A> {
-    match Deadline::until(reply, deadline).await {
+    match Deadline::until(reply, deadline, received).await {
         Some(Ok(result)) => result,
         Some(Err(_)) => Err(CommandError::ShutDown),
         None => Err(CommandError::Timeout(timeout)),
@@ -118,7 +124,7 @@ impl Router {
             queued.fetch_sub(1, Ordering::Relaxed);
         }
         match sent {
-            Ok(()) => Ok((receiver, timeout, deadline)),
+            Ok(()) => Ok((receiver, timeout, deadline, received)),
             Err(SendError::Full(_)) => {
                 metrics::counter!(REJECTIONS_TOTAL, "reason" => "overloaded").increment(1);
                 Err(CommandError::Overloaded("shard mailbox is full"))

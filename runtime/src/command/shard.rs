@@ -151,7 +151,12 @@ impl Shard {
     /// `idle_after` of more than 49 days can see a wrapped (shorter) idle
     /// time, and that only delays a passivation.
     fn now_ms(&self) -> u32 {
-        self.epoch.elapsed().as_millis() as u32
+        self.ms_at(Instant::now())
+    }
+
+    /// [`now_ms`](Self::now_ms) at `at`.
+    fn ms_at(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
     fn dispatch<A: Aggregate>(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
@@ -170,7 +175,9 @@ impl Shard {
             held.push(Box::new(move |shard, ctx| shard.dispatch(msg, ctx)));
             return;
         }
-        let now = self.now_ms();
+        // A command's use of its actor is dated by its arrival at the
+        // runtime, microseconds ago: no reading of the clock here.
+        let now = self.ms_at(msg.received);
         let sent = match self.resident.peek_mut(&msg.stream) {
             Some(resident) => {
                 resident.mark_used(now);

@@ -186,7 +186,7 @@ impl RuntimeHandle {
         command: A::Command,
         options: ExecuteOptions,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        let (reply, timeout, _) = self.inner.router.dispatch::<A>(id, command, options)?;
+        let (reply, timeout, ..) = self.inner.router.dispatch::<A>(id, command, options)?;
         match reply.recv_timeout(timeout) {
             Ok(result) => result,
             Err(oneshot::RecvTimeoutError::Timeout) => Err(CommandError::Timeout(timeout)),

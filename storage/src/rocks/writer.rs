@@ -252,6 +252,18 @@ impl Writer {
         let mut pending_commands: HashMap<CommandId, AppendOutcome> = HashMap::new();
         let mut position = self.next_position;
         let listening = self.shared.listener().is_some_and(|l| l.interested());
+        // The keyspaces an append writes, looked up once per batch (each
+        // lookup is a search of RocksDB's map of names).
+        let db = Arc::clone(&self.db);
+        let keyspaces = match AppendKeyspaces::of(&db, &self.shared) {
+            Ok(keyspaces) => keyspaces,
+            Err(error) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
         let mut written = Written {
             last_position: 0,
             appends: 0,
@@ -270,7 +282,9 @@ impl Writer {
                 events: listening.then_some(&mut written.events),
             };
             let decided = match work {
-                Work::Append { request, records } => self.decide(request, records, &mut pending),
+                Work::Append { request, records } => {
+                    self.decide(request, records, &keyspaces, &mut pending)
+                }
                 Work::Delete(request) => self.decide_deletion(request, &mut pending),
                 Work::Replicate { entry, records } => {
                     self.decide_replicated(entry, records, &mut pending)
@@ -390,12 +404,14 @@ impl Writer {
         &mut self,
         request: AppendRequest,
         records: Vec<Vec<Vec<u8>>>,
+        keyspaces: &AppendKeyspaces<'_>,
         pending: &mut Pending<'_>,
     ) -> Result<Decision, AppendError> {
-        let db = Arc::clone(&self.db);
-        let global = self.shared.cf(&db, CF_GLOBAL)?;
-        let streams = self.shared.cf(&db, CF_STREAMS)?;
-        let commands = self.shared.cf(&db, CF_IDEMPOTENCY)?;
+        let AppendKeyspaces {
+            global,
+            streams,
+            commands,
+        } = *keyspaces;
         if let Some(id) = request.command_id
             && let Some(original) = self.applied_command(id, pending.commands)?
         {
@@ -525,6 +541,25 @@ pub(super) fn record_outcome(
 }
 
 /// What the jobs of one batch share while it is being built.
+/// The keyspaces an append writes: the log, the stream index and the
+/// command ids.
+#[derive(Clone, Copy)]
+pub(super) struct AppendKeyspaces<'a> {
+    global: &'a rocksdb::ColumnFamily,
+    streams: &'a rocksdb::ColumnFamily,
+    commands: &'a rocksdb::ColumnFamily,
+}
+
+impl<'a> AppendKeyspaces<'a> {
+    fn of(db: &'a DB, shared: &Shared) -> Result<Self, AppendError> {
+        Ok(Self {
+            global: shared.cf(db, CF_GLOBAL)?,
+            streams: shared.cf(db, CF_STREAMS)?,
+            commands: shared.cf(db, CF_IDEMPOTENCY)?,
+        })
+    }
+}
+
 pub(super) struct Pending<'a> {
     pub(super) batch: &'a mut WriteBatch,
     pub(super) versions: &'a mut HashMap<StreamId, Tip>,

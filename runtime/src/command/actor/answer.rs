@@ -30,8 +30,11 @@ impl<A: Aggregate> AggregateActor<A> {
         else {
             return;
         };
+        // One reading of the clock for the append's latency and the
+        // answers it releases.
+        let now = Instant::now();
         metrics::histogram!(APPEND_LATENCY_SECONDS, "kind" => A::KIND)
-            .record(submitted.elapsed().as_secs_f64());
+            .record(now.saturating_duration_since(submitted).as_secs_f64());
         let answer = self.answer_of(events, result);
         self.settle_after(index, seq, &answer);
         let landed = answer.as_ref().is_ok_and(|outcome| !outcome.deduplicated);
@@ -39,7 +42,7 @@ impl<A: Aggregate> AggregateActor<A> {
         if let Some(snapshot) = snapshot {
             self.snapshot_landed(snapshot, landed, ctx);
         }
-        self.drain(ctx);
+        self.drain_at(Some(now), ctx);
     }
 
     /// The in-flight entry `seq` whose append was waiting, taken out of its
@@ -156,11 +159,18 @@ impl<A: Aggregate> AggregateActor<A> {
     /// Sends every answer at the front whose turn has come; when nothing is
     /// in flight, reloads, snapshots or stops as needed.
     pub(super) fn drain(&mut self, ctx: &mut Context<Self>) {
+        self.drain_at(None, ctx);
+    }
+
+    /// [`drain`](Self::drain), with the clock read at `now` if the caller
+    /// just did (otherwise once, if any answer leaves).
+    fn drain_at(&mut self, mut now: Option<Instant>, ctx: &mut Context<Self>) {
         while self.book.queues.front_is_done() {
             if let Some(entry) = self.book.queues.in_flight().pop_front()
                 && let EntryState::Done(result) = entry.state
             {
-                answer::<A>(entry.reply, entry.received, result);
+                let now = *now.get_or_insert_with(Instant::now);
+                answer::<A>(entry.reply, entry.received, result, now);
             }
         }
         self.book.queues.release_if_idle();
@@ -195,14 +205,20 @@ struct Waited<A: Aggregate> {
     snapshot: Option<Box<Snapshot>>,
 }
 
-/// Sends an answer and records its latency.
-pub(super) fn answer<A: Aggregate>(reply: Reply<A>, received: Instant, result: CommandResult<A>) {
+/// Sends an answer and records its latency (`now`: a recent reading of the
+/// clock).
+pub(super) fn answer<A: Aggregate>(
+    reply: Reply<A>,
+    received: Instant,
+    result: CommandResult<A>,
+    now: Instant,
+) {
     let label = match &result {
         Ok(_) => "ok",
         Err(CommandError::Rejected(_)) => "rejected",
         Err(_) => "error",
     };
     metrics::histogram!(COMMAND_LATENCY_SECONDS, "kind" => A::KIND, "result" => label)
-        .record(received.elapsed().as_secs_f64());
+        .record(now.saturating_duration_since(received).as_secs_f64());
     let _ = reply.send(result);
 }

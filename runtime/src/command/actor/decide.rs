@@ -21,7 +21,10 @@ use std::time::Instant;
 
 impl<A: Aggregate> AggregateActor<A> {
     pub(super) fn process(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
-        if Instant::now() >= msg.deadline {
+        // The one clock reading of the decision: the deadline's check and
+        // the append's submission time.
+        let now = Instant::now();
+        if now >= msg.deadline {
             // The caller has already been told the outcome is unknown.
             return refuse::<A>(
                 msg.reply,
@@ -30,7 +33,7 @@ impl<A: Aggregate> AggregateActor<A> {
             );
         }
         let Some(id) = msg.options.command_id else {
-            return self.decide(msg, ctx);
+            return self.decide(msg, now, ctx);
         };
         if let Some(of) = self.book.queues.waiting_with_id(id) {
             self.push_entry(
@@ -48,7 +51,7 @@ impl<A: Aggregate> AggregateActor<A> {
         // decided at once. Only a retry of an applied command, or a lookup
         // that would read the disk, goes to the blocking pool.
         if let Ok(Cached::Ready(None)) = self.link.shared.store.command_outcome_cached(id) {
-            return self.decide(msg, ctx);
+            return self.decide(msg, now, ctx);
         }
         // A retry of a command applied earlier: answer with the original.
         self.book.ready = false;
@@ -64,7 +67,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 Ok(Some(outcome)) => {
                     actor.push_done(msg.reply, msg.received, Some(id), Ok(outcome))
                 }
-                Ok(None) => actor.decide(msg, ctx),
+                Ok(None) => actor.decide(msg, Instant::now(), ctx),
                 Err(error) => actor.push_done(
                     msg.reply,
                     msg.received,
@@ -76,7 +79,9 @@ impl<A: Aggregate> AggregateActor<A> {
         }));
     }
 
-    pub(super) fn decide(&mut self, msg: Execute<A>, ctx: &mut Context<Self>) {
+    /// Decides `msg` at `now` (a recent reading of the clock: the time the
+    /// append is submitted, for its latency).
+    pub(super) fn decide(&mut self, msg: Execute<A>, now: Instant, ctx: &mut Context<Self>) {
         let Execute {
             command,
             options,
@@ -133,7 +138,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 };
                 self.push_done(reply, received, options.command_id, Ok(outcome));
             }
-            Ok(Ok(events)) => self.append(events, options, reply, received, ctx),
+            Ok(Ok(events)) => self.append(events, options, reply, received, now, ctx),
         }
     }
 
@@ -143,6 +148,7 @@ impl<A: Aggregate> AggregateActor<A> {
         options: ExecuteOptions,
         reply: Reply<A>,
         received: Instant,
+        submitted: Instant,
         ctx: &mut Context<Self>,
     ) {
         let causation_id = options.causation_id.or_else(|| {
@@ -204,7 +210,7 @@ impl<A: Aggregate> AggregateActor<A> {
             true,
             EntryState::Waiting {
                 events,
-                submitted: Instant::now(),
+                submitted,
                 snapshot,
             },
         );
@@ -246,7 +252,7 @@ impl<A: Aggregate> AggregateActor<A> {
         result: CommandResult<A>,
     ) {
         if self.book.queues.in_flight_is_empty() {
-            answer::<A>(reply, received, result);
+            answer::<A>(reply, received, result, Instant::now());
         } else {
             self.push_entry(reply, received, command_id, false, EntryState::Done(result));
         }

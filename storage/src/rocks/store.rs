@@ -23,9 +23,6 @@ use writer::{Job, Message, Work};
 /// not reserve memory it may never use.
 const READ_ALL_PREALLOC_EVENTS: usize = 4096;
 
-/// How far ahead a `read_all` reads table files.
-const READ_ALL_READAHEAD_BYTES: usize = 2 * 1024 * 1024;
-
 impl RocksStore {
     /// Whether the writer takes requests (open, not poisoned).
     pub(super) fn writable(&self) -> Result<(), AppendError> {
@@ -332,11 +329,6 @@ impl EventStore for RocksStore {
         let erasing = self.inner.shared.erasing.snapshot();
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(codec::global_key(head + 1).to_vec());
-        // A scan of the log reads each block once: it leaves the block
-        // cache to the reads that come back (streams' index, lookups),
-        // and reads the files ahead in large pieces.
-        read_options.fill_cache(false);
-        read_options.set_readahead_size(READ_ALL_READAHEAD_BYTES);
         // A raw iterator: the records are decoded from RocksDB's own
         // buffers, without a copy of each key and value.
         let mut iter = self

@@ -21,6 +21,7 @@
 //! Nothing here knows of aggregates' actors or process managers.
 
 pub mod bus;
+pub(crate) mod chunk;
 pub(crate) mod consumer;
 pub mod durable;
 pub mod external;

@@ -19,8 +19,8 @@
 //! read-ahead is dropped and the store read directly, so positions still go
 //! out in order, each once.
 
+use super::chunk::{Chunk, SubscriptionError};
 use super::interest::Interest;
-use super::subscription::{Chunk, SubscriptionError};
 use crate::evolution::Upcasters;
 use eventfold_domain::RecordedEvent;
 use eventfold_storage::{EventStore, Filter};

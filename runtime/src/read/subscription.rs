@@ -28,12 +28,13 @@
 //! the upcast events. Events made from one stored event share its position
 //! and come together in one chunk.
 
-use crate::evolution::{EventError, Upcasters};
+use crate::evolution::Upcasters;
 use crate::read::bus::{EventBatch, EventBus};
+pub(crate) use crate::read::chunk::{Chunk, SubscriptionError};
 use crate::read::interest::Interest;
 use crate::read::read_ahead::{ReadAhead, StoreReader};
 use eventfold_domain::RecordedEvent;
-use eventfold_storage::{EventStore, Filter, ReadError};
+use eventfold_storage::{EventStore, Filter};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,123 +43,6 @@ use tokio::sync::broadcast;
 /// Control messages (retry, skip, resume, cancel, stop) waiting per
 /// subscriber: per projection consumer and per process-manager host.
 pub(crate) const CONTROL_QUEUE_MAX: usize = 64;
-
-/// Why a subscription cannot go on.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SubscriptionError {
-    /// A catch-up read of the store failed.
-    #[error("catch-up read failed: {0}")]
-    Read(#[from] ReadError),
-    /// The event bus closed: the runtime is stopping.
-    #[error("the event bus closed")]
-    BusClosed,
-    /// An event could not be upcast to its current shape.
-    #[error(transparent)]
-    Event(#[from] EventError),
-}
-
-impl From<SubscriptionError> for crate::error::ProcessFailure {
-    fn from(error: SubscriptionError) -> Self {
-        match error {
-            SubscriptionError::Read(error) => Self::Read(error),
-            SubscriptionError::BusClosed => Self::BusClosed,
-            SubscriptionError::Event(error) => Self::Event(error),
-        }
-    }
-}
-
-impl From<SubscriptionError> for crate::error::ProjectionError {
-    fn from(error: SubscriptionError) -> Self {
-        match error {
-            SubscriptionError::Read(error) => Self::Read(error),
-            SubscriptionError::BusClosed => Self::ShutDown,
-            SubscriptionError::Event(error) => Self::Event(error),
-        }
-    }
-}
-
-/// Where a chunk's events came from.
-enum Events {
-    /// A catch-up read of the store, or an upcast bus batch: already
-    /// filtered.
-    Stored(Vec<RecordedEvent>),
-    /// A batch of the bus (every event; filtered as it is handed out).
-    Live(EventBatch, Arc<Interest>),
-}
-
-/// Events to handle, in position order.
-pub(crate) struct Chunk {
-    events: Events,
-    /// Events before it were handed out already.
-    from: u64,
-    /// The position after the chunk: where `next` stands once it is done.
-    end: u64,
-    /// This chunk is the end of a catch-up: the subscription is at the head.
-    reached_head: bool,
-    /// It came from the bus.
-    live: bool,
-}
-
-impl Chunk {
-    /// A chunk read from the store: `events` (filtered) of positions
-    /// `from..end`.
-    pub(crate) fn stored(
-        events: Vec<RecordedEvent>,
-        from: u64,
-        end: u64,
-        reached_head: bool,
-    ) -> Self {
-        Self {
-            events: Events::Stored(events),
-            from,
-            end,
-            reached_head,
-            live: false,
-        }
-    }
-
-    /// The events read from the store, to be freed elsewhere.
-    fn into_stored(self) -> Option<Vec<RecordedEvent>> {
-        match self.events {
-            Events::Stored(events) => Some(events),
-            Events::Live(..) => None,
-        }
-    }
-
-    /// The position after the chunk.
-    pub(crate) fn end(&self) -> u64 {
-        self.end
-    }
-
-    /// The chunk's events that match the subscription's filter and were not
-    /// handed out before, in order.
-    pub(crate) fn events(&self) -> impl Iterator<Item = &RecordedEvent> + '_ {
-        let (events, filter): (&[RecordedEvent], Option<&Interest>) = match &self.events {
-            Events::Stored(events) => (events, None),
-            Events::Live(batch, interest) if interest.takes_all() => (batch, None),
-            Events::Live(batch, interest) => (batch, Some(interest)),
-        };
-        let from = self.from;
-        events
-            .iter()
-            .filter(move |e| e.position >= from && filter.is_none_or(|f| f.wants(e)))
-    }
-
-    /// How many events of the log it covers (matching or not).
-    pub(crate) fn positions(&self) -> u64 {
-        self.end.saturating_sub(self.from)
-    }
-
-    /// Whether its events came from the bus (live) rather than the store.
-    pub(crate) fn is_live(&self) -> bool {
-        self.live
-    }
-
-    /// Whether this chunk ends a catch-up at the head.
-    pub(crate) fn reached_head(&self) -> bool {
-        self.reached_head
-    }
-}
 
 /// What a wait for the bus ended with.
 #[derive(Debug, PartialEq, Eq)]
@@ -266,7 +150,7 @@ impl Subscription {
                 .last()
                 .map_or(self.next, |e| e.position.saturating_add(1))
                 .max(self.next);
-            let events = if batch
+            let chunk = if batch
                 .iter()
                 .any(|e| e.position >= self.next && self.reader.upcasters.applies_to(e))
             {
@@ -277,17 +161,11 @@ impl Subscription {
                         .upcast_into(event.clone(), &mut upcast)?;
                 }
                 upcast.retain(|e| self.reader.interest.wants(e));
-                Events::Stored(upcast)
+                Chunk::live_upcast(upcast, self.next, end)
             } else {
-                Events::Live(batch, Arc::clone(&self.reader.interest))
+                Chunk::live(batch, Arc::clone(&self.reader.interest), self.next, end)
             };
-            return Ok(Some(Chunk {
-                events,
-                from: self.next,
-                end,
-                reached_head: false,
-                live: true,
-            }));
+            return Ok(Some(chunk));
         }
         if let Some(ahead) = &mut self.ahead {
             match ahead.take(self.next) {
@@ -327,8 +205,8 @@ impl Subscription {
     /// The subscriber is done with the whole chunk; at the end of a catch-up
     /// the subscription goes live.
     pub(crate) fn finish(&mut self, chunk: &Chunk) {
-        self.next = self.next.max(chunk.end);
-        if chunk.reached_head {
+        self.next = self.next.max(chunk.end());
+        if chunk.reached_head() {
             self.live = true;
         }
     }

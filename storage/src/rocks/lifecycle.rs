@@ -15,9 +15,10 @@
 //! from a cursor per category, while the writer is idle, at most every
 //! [`RETENTION_SWEEP_INTERVAL`].
 
+use super::batch::{Pending, Tip};
 use super::erasing::{Upkeep, engine, read_meta};
 use super::syncer::Decision;
-use super::writer::{Pending, Tip, Writer};
+use super::writer::Writer;
 use crate::api::{AppendOutcome, StreamWritten};
 use crate::codec::{self, StreamMeta};
 use crate::error::AppendError;
@@ -135,8 +136,7 @@ impl Writer {
         let mut record = codec::encode_event(&stream, &event);
         let (position, version) = (*pending.position, tip.version + 1);
         codec::seal_event(&mut record, position, version, pending.recorded_at);
-        let global = self.shared.cf(&self.db, CF_GLOBAL)?;
-        let streams = self.shared.cf(&self.db, CF_STREAMS)?;
+        let (global, streams) = (pending.keyspaces.global, pending.keyspaces.streams);
         pending
             .batch
             .put_cf(global, codec::global_key(position), &record);

@@ -4,6 +4,7 @@
 //! values byte by byte. One [`writer`] thread assigns positions and commits
 //! appends in groups; reads run on the caller's thread.
 
+mod batch;
 mod erasing;
 mod inspect;
 mod lifecycle;

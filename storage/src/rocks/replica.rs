@@ -5,16 +5,16 @@
 //! not assigned.
 
 use super::RocksStore;
+use super::batch::{Pending, record_outcome, write_events};
 use super::store::put_read_model;
 use super::syncer::Decision;
-use super::writer::{Job, Pending, Work, Writer, record_outcome, write_events};
+use super::writer::{Job, Work, Writer};
 use crate::api::{AppendOutcome, PendingAppend, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
-use crate::keyspaces::{CF_CHECKPOINTS, CF_GLOBAL, CF_IDEMPOTENCY, CF_READ_MODELS, CF_STREAMS};
+use crate::keyspaces::{CF_CHECKPOINTS, CF_READ_MODELS};
 use crate::replica::Replicated;
 use crate::validate;
-use std::sync::Arc;
 
 impl RocksStore {
     /// Queues `entry`, an entry of another log, to be written at the
@@ -89,8 +89,7 @@ impl Writer {
                 found: first,
             });
         }
-        let db = Arc::clone(&self.db);
-        let global = self.shared.cf(&db, CF_GLOBAL)?;
+        let global = pending.keyspaces.global;
         let append = match entry {
             Replicated::Skip { position } => {
                 pending.batch.put_cf(
@@ -118,8 +117,8 @@ impl Writer {
                         codec::encode_erased(position),
                     );
                 }
-                let models = self.shared.cf(&db, CF_READ_MODELS)?;
-                let checkpoints = self.shared.cf(&db, CF_CHECKPOINTS)?;
+                let models = self.shared.cf(&self.db, CF_READ_MODELS)?;
+                let checkpoints = self.shared.cf(&self.db, CF_CHECKPOINTS)?;
                 put_read_model(pending.batch, [models, checkpoints], &batch);
                 *pending.position = last_position + 1;
                 return Ok(Decision::Write(AppendOutcome {
@@ -139,12 +138,10 @@ impl Writer {
                 found: append.first_version,
             });
         }
-        let streams = self.shared.cf(&db, CF_STREAMS)?;
         let recorded_at = append.recorded_at.max(self.replicated_at);
         self.replicated_at = recorded_at;
         let version = write_events(
             pending,
-            [global, streams],
             &append.stream,
             tip.version,
             records,
@@ -165,10 +162,9 @@ impl Writer {
         // twice (a retry past the source's deduplication window) answers
         // retries with the first.
         if let Some(id) = append.command_id
-            && self.applied_command(id, pending.commands)?.is_none()
+            && self.applied_command(id, pending)?.is_none()
         {
-            let commands = self.shared.cf(&db, CF_IDEMPOTENCY)?;
-            record_outcome(pending, commands, id, &outcome);
+            record_outcome(pending, id, &outcome);
         }
         Ok(Decision::Write(outcome))
     }

@@ -19,16 +19,17 @@
 //! durability. Readers only see positions up to the head.
 
 use super::Shared;
+use super::batch::{AppendKeyspaces, Pending, Tip, record_outcome, write_events};
 use super::options::write_options;
 use super::reads::stream_entries_backward;
 use super::syncer::{BatchFailure, Decision, Reply, Written, complete, fail};
 use crate::api::{AppendOutcome, AppendRequest, StreamWritten};
 use crate::codec;
 use crate::error::AppendError;
-use crate::keyspaces::{CF_GLOBAL, CF_IDEMPOTENCY, CF_STREAMS};
+use crate::keyspaces::{CF_GLOBAL, CF_STREAMS};
 use crate::lifecycle::DeleteRequest;
 use crate::options::{Durability, StoreOptions};
-use eventfold_domain::{CommandId, EventId, RecordedEvent, StreamId, Timestamp};
+use eventfold_domain::{CommandId, StreamId, Timestamp};
 use foldhash::HashMap;
 use foldhash::HashMapExt;
 use rocksdb::{DB, WriteBatch};
@@ -74,16 +75,6 @@ impl Job {
             Work::Replicate { records, .. } => records.len().max(1),
         }
     }
-}
-
-/// A stream's version and the id of its last event, as the writer knows them
-/// (including batches written but not yet synced).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Tip {
-    pub version: u64,
-    pub last_event: Option<EventId>,
-    /// Tombstoned: appends are refused.
-    pub tombstoned: bool,
 }
 
 /// What the writer's queue carries.
@@ -252,8 +243,6 @@ impl Writer {
         let mut pending_commands: HashMap<CommandId, AppendOutcome> = HashMap::new();
         let mut position = self.next_position;
         let listening = self.shared.listener().is_some_and(|l| l.interested());
-        // The keyspaces an append writes, looked up once per batch (each
-        // lookup is a search of RocksDB's map of names).
         let db = Arc::clone(&self.db);
         let keyspaces = match AppendKeyspaces::of(&db, &self.shared) {
             Ok(keyspaces) => keyspaces,
@@ -275,6 +264,7 @@ impl Writer {
             let Job { work, reply, .. } = job;
             let mut pending = Pending {
                 batch: &mut batch,
+                keyspaces,
                 versions: &mut pending_versions,
                 commands: &mut pending_commands,
                 position: &mut position,
@@ -282,9 +272,7 @@ impl Writer {
                 events: listening.then_some(&mut written.events),
             };
             let decided = match work {
-                Work::Append { request, records } => {
-                    self.decide(request, records, &keyspaces, &mut pending)
-                }
+                Work::Append { request, records } => self.decide(request, records, &mut pending),
                 Work::Delete(request) => self.decide_deletion(request, &mut pending),
                 Work::Replicate { entry, records } => {
                     self.decide_replicated(entry, records, &mut pending)
@@ -384,16 +372,15 @@ impl Writer {
     pub(super) fn applied_command(
         &self,
         id: CommandId,
-        pending: &HashMap<CommandId, AppendOutcome>,
+        pending: &Pending<'_>,
     ) -> Result<Option<AppendOutcome>, AppendError> {
-        if let Some(outcome) = pending.get(&id) {
+        if let Some(outcome) = pending.commands.get(&id) {
             let mut outcome = outcome.clone();
             outcome.deduplicated = true;
             return Ok(Some(outcome));
         }
-        let cf = self.shared.cf(&self.db, CF_IDEMPOTENCY)?;
         let key = codec::command_key(id);
-        match self.db.get_pinned_cf(cf, key) {
+        match self.db.get_pinned_cf(pending.keyspaces.commands, key) {
             Ok(Some(bytes)) => Ok(Some(codec::decode_outcome(&key, &bytes)?)),
             Ok(None) => Ok(None),
             Err(e) => Err(AppendError::Io(e.into_string())),
@@ -404,16 +391,10 @@ impl Writer {
         &mut self,
         request: AppendRequest,
         records: Vec<Vec<Vec<u8>>>,
-        keyspaces: &AppendKeyspaces<'_>,
         pending: &mut Pending<'_>,
     ) -> Result<Decision, AppendError> {
-        let AppendKeyspaces {
-            global,
-            streams,
-            commands,
-        } = *keyspaces;
         if let Some(id) = request.command_id
-            && let Some(original) = self.applied_command(id, pending.commands)?
+            && let Some(original) = self.applied_command(id, pending)?
         {
             return Ok(Decision::Done(Ok(original)));
         }
@@ -442,7 +423,6 @@ impl Writer {
         for ((part, records), before) in request.streams.into_iter().zip(records).zip(current) {
             let version = write_events(
                 pending,
-                [global, streams],
                 &part.stream,
                 before,
                 records,
@@ -463,111 +443,10 @@ impl Writer {
             deduplicated: false,
         };
         if let Some(id) = command_id {
-            record_outcome(pending, commands, id, &outcome);
+            record_outcome(pending, id, &outcome);
         }
         Ok(Decision::Write(outcome))
     }
-}
-
-/// Writes the sealed records of `events` (encoded as `records`) of
-/// `stream` after its version `before` at the batch's next positions, with
-/// their index entries, recording them for the commit listener and the
-/// stream's new tip in `pending`; the stream's new version. `keyspaces`
-/// are `global` and `streams`.
-pub(super) fn write_events(
-    pending: &mut Pending<'_>,
-    keyspaces: [&rocksdb::ColumnFamily; 2],
-    stream: &StreamId,
-    before: u64,
-    records: Vec<Vec<u8>>,
-    events: Vec<eventfold_domain::NewEvent>,
-    recorded_at: Timestamp,
-) -> u64 {
-    let [global, streams] = keyspaces;
-    let mut version = before;
-    let mut last_event = None;
-    let mut index_keys = codec::StreamKeys::new(stream.as_str());
-    for (mut record, event) in records.into_iter().zip(events) {
-        version += 1;
-        last_event = Some(event.metadata.event_id);
-        let position = *pending.position;
-        codec::seal_event(&mut record, position, version, recorded_at);
-        if let Some(listened) = pending.events.as_deref_mut() {
-            listened.push(RecordedEvent {
-                stream_id: stream.clone(),
-                version,
-                position,
-                recorded_at,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                payload: event.payload,
-                metadata: event.metadata,
-            });
-        }
-        pending
-            .batch
-            .put_cf(global, codec::global_key(position), &record);
-        pending
-            .batch
-            .put_cf(streams, index_keys.at(version), codec::global_key(position));
-        *pending.position += 1;
-    }
-    pending.versions.insert(
-        stream.clone(),
-        Tip {
-            version,
-            last_event,
-            tombstoned: false,
-        },
-    );
-    version
-}
-
-/// Records `outcome` as the outcome of command id `id` in the batch
-/// (`commands` is the `idempotency` keyspace) and for the batch's later
-/// jobs.
-pub(super) fn record_outcome(
-    pending: &mut Pending<'_>,
-    commands: &rocksdb::ColumnFamily,
-    id: CommandId,
-    outcome: &AppendOutcome,
-) {
-    pending.batch.put_cf(
-        commands,
-        codec::command_key(id),
-        codec::encode_outcome(outcome),
-    );
-    pending.commands.insert(id, outcome.clone());
-}
-
-/// What the jobs of one batch share while it is being built.
-/// The keyspaces an append writes: the log, the stream index and the
-/// command ids.
-#[derive(Clone, Copy)]
-pub(super) struct AppendKeyspaces<'a> {
-    global: &'a rocksdb::ColumnFamily,
-    streams: &'a rocksdb::ColumnFamily,
-    commands: &'a rocksdb::ColumnFamily,
-}
-
-impl<'a> AppendKeyspaces<'a> {
-    fn of(db: &'a DB, shared: &Shared) -> Result<Self, AppendError> {
-        Ok(Self {
-            global: shared.cf(db, CF_GLOBAL)?,
-            streams: shared.cf(db, CF_STREAMS)?,
-            commands: shared.cf(db, CF_IDEMPOTENCY)?,
-        })
-    }
-}
-
-pub(super) struct Pending<'a> {
-    pub(super) batch: &'a mut WriteBatch,
-    pub(super) versions: &'a mut HashMap<StreamId, Tip>,
-    pub(super) commands: &'a mut HashMap<CommandId, AppendOutcome>,
-    pub(super) position: &'a mut u64,
-    pub(super) recorded_at: Timestamp,
-    /// Collects the events for the commit listener, when there is one.
-    pub(super) events: Option<&'a mut Vec<RecordedEvent>>,
 }
 
 /// The version and event id of the last event in the `streams` index of

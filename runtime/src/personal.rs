@@ -209,11 +209,6 @@ pub(crate) fn install(keys: &Arc<SubjectKeys>) {
     SCOPE.with(|scope| *scope.borrow_mut() = Some(Arc::clone(keys)));
 }
 
-/// The keys installed on this thread, to install on a helper thread.
-pub(crate) fn installed() -> Option<Arc<SubjectKeys>> {
-    SCOPE.with(|scope| scope.borrow().clone())
-}
-
 impl SubjectKeys {
     pub(crate) fn new(store: Arc<dyn EventStore>) -> Self {
         Self {

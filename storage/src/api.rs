@@ -7,6 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+pub use crate::filter::Filter;
+use crate::stored::{StoredEvents, StoredSlice};
+
 /// The events to append to one stream, with the version the stream must have.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamAppend {
@@ -93,49 +96,6 @@ pub enum Direction {
     Forward,
     /// From a version downwards.
     Backward,
-}
-
-/// Which events of the global log a read returns. Empty lists mean "all".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Keep only events of these types.
-    pub event_types: Vec<String>,
-    /// Keep only events of streams of these categories.
-    pub categories: Vec<String>,
-}
-
-impl Filter {
-    /// Every event.
-    pub fn all() -> Self {
-        Self::default()
-    }
-
-    /// Only events of these types.
-    pub fn event_types<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
-        Self {
-            event_types: types.into_iter().map(Into::into).collect(),
-            categories: Vec::new(),
-        }
-    }
-
-    /// Only events of streams in these categories.
-    pub fn categories<I: IntoIterator<Item = S>, S: Into<String>>(categories: I) -> Self {
-        Self {
-            event_types: Vec::new(),
-            categories: categories.into_iter().map(Into::into).collect(),
-        }
-    }
-
-    /// Whether `event` passes the filter.
-    pub fn matches(&self, event: &RecordedEvent) -> bool {
-        (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
-            && (self.categories.is_empty() || self.categories.iter().any(|c| c == event.category()))
-    }
-
-    /// True when the filter keeps every event.
-    pub fn is_all(&self) -> bool {
-        self.event_types.is_empty() && self.categories.is_empty()
-    }
 }
 
 /// A slice of the global log.
@@ -487,6 +447,27 @@ pub trait EventStore: Send + Sync {
         max_count: usize,
         filter: &Filter,
     ) -> Result<GlobalSlice, ReadError>;
+
+    /// As [`read_all`](Self::read_all), but the events may come back as
+    /// stored, for [`StoredEvents::decode`] to check and decode, on another
+    /// thread than the read if the caller likes. `room` is a buffer an
+    /// earlier slice's `decode` gave back (or empty), reused for the
+    /// records. By default, `read_all` decoded.
+    fn read_all_stored(
+        &self,
+        from: u64,
+        max_count: usize,
+        filter: &Filter,
+        room: Vec<u8>,
+    ) -> Result<StoredSlice, ReadError> {
+        drop(room);
+        let slice = self.read_all(from, max_count, filter)?;
+        Ok(StoredSlice {
+            events: StoredEvents::decoded(slice.events),
+            next_position: slice.next_position,
+            head: slice.head,
+        })
+    }
 
     /// Saves the latest snapshot of a stream, replacing any earlier one.
     ///

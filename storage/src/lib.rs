@@ -51,6 +51,7 @@
 mod api;
 mod codec;
 mod error;
+mod filter;
 mod keyspaces;
 pub mod lifecycle;
 mod memory;
@@ -58,6 +59,7 @@ mod options;
 mod replica;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod stored;
 mod subjects;
 mod validate;
 
@@ -90,6 +92,7 @@ pub use rocks::{
     CHECKPOINTS_LIST_MAX, KeyspaceStats, REINDEX_BATCH_EVENTS, RocksStore, SalvageReport,
     StreamSummary, UpgradeReport, VERIFY_PROGRESS_EVENTS,
 };
+pub use stored::{StoredEvents, StoredSlice};
 pub use subjects::{SUBJECT_BYTES_MAX, SUBJECT_KEY_BYTES, SubjectKey};
 
 /// The checks every backend applies to an append before it is queued

@@ -269,6 +269,20 @@ fn run<S: EventStore>(
                     prop_assert_eq!(&event.payload, payload);
                 }
                 prop_assert_eq!(got.head, model.log.len() as u64);
+                // Read as stored and decoded after: the same slice.
+                let stored = store
+                    .read_all_stored(from, max, &filter, vec![7; 3])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(
+                    (stored.next_position, stored.head),
+                    (got.next_position, got.head)
+                );
+                let (decoded, room) = stored
+                    .events
+                    .decode()
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(decoded, got.events);
+                prop_assert!(room.is_empty());
             }
             Op::Reopen => {
                 store = reopen(store);

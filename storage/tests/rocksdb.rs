@@ -116,6 +116,27 @@ fn flipped_byte_in_a_record_is_found_by_verify_and_read_as_typed_error() {
             .read_stream(&sid("acc-1"), 1, Direction::Forward, 10)
             .is_ok()
     );
+    // Read as stored: the damage is found where the records are decoded,
+    // and a filter that does not want the damaged record finds it at the
+    // read (its bytes could be passing a wanted event off as unwanted).
+    let stored = store
+        .read_all_stored(1, 100, &Filter::all(), Vec::new())
+        .unwrap();
+    match stored.events.decode() {
+        Err(ReadError::Corrupt(c)) => assert_eq!((c.keyspace, c.key), (CF_GLOBAL, key.to_vec())),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    let (four, _) = store
+        .read_all_stored(1, 4, &Filter::all(), Vec::new())
+        .unwrap()
+        .events
+        .decode()
+        .unwrap();
+    assert_eq!(four.len(), 4);
+    assert!(matches!(
+        store.read_all_stored(1, 100, &Filter::event_types(["F"]), Vec::new()),
+        Err(ReadError::Corrupt(_))
+    ));
 }
 
 #[test]

@@ -105,14 +105,6 @@ impl Chunk {
         }
     }
 
-    /// The events read from the store, to be freed elsewhere.
-    pub(crate) fn into_stored(self) -> Option<Vec<RecordedEvent>> {
-        match self.events {
-            Events::Stored(events) => Some(events),
-            Events::Live(..) => None,
-        }
-    }
-
     /// The position after the chunk.
     pub(crate) fn end(&self) -> u64 {
         self.end

@@ -275,7 +275,6 @@ impl Consumer {
                 let _ = caught_up.send(());
             }
         }
-        run.sub.recycle(chunk);
         Flow::Continue
     }
 

@@ -211,16 +211,6 @@ impl Subscription {
         }
     }
 
-    /// Frees a chunk the subscriber is done with: a chunk read ahead goes
-    /// back to the thread that read it (see [`super::read_ahead`]).
-    pub(crate) fn recycle(&self, chunk: Chunk) {
-        if let Some(ahead) = &self.ahead
-            && let Some(events) = chunk.into_stored()
-        {
-            ahead.give_back(events);
-        }
-    }
-
     /// Waits for the next bus batch and stashes it for [`take`](Self::take).
     /// Cancel-safe: dropped before it completes, nothing is lost.
     pub(crate) async fn wait(&mut self) -> Result<Woke, SubscriptionError> {

@@ -116,6 +116,23 @@ pub(crate) fn decode_event_after(
     })
 }
 
+/// The stream id and event type of an event record, as their bytes, read
+/// without checking the record's checksum; `None` when the bytes do not
+/// parse that far. For a scan that filters records it leaves to be decoded
+/// later: a record it keeps is checked when decoded, and one it skips must
+/// be checked with [`checked_body`] (damaged bytes could make a wanted
+/// event look unwanted).
+pub(crate) fn peek_event(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = value.get(OFFSET_FLAGS..value.len().checked_sub(CRC_BYTES)?)?;
+    let mut c = Cursor { bytes: body };
+    let flags = c.u8("flags").ok()?;
+    let ids = usize::from(flags & FLAG_CORRELATION != 0) + usize::from(flags & FLAG_CAUSATION != 0);
+    c.take(16 * ids + 2, "ids and schema version").ok()?;
+    let stream = c.bytes16("stream id").ok()?;
+    let event_type = c.bytes16("event type").ok()?;
+    Some((stream, event_type))
+}
+
 fn decode_event_body(
     body: &[u8],
     previous: Option<&StreamId>,

@@ -1,5 +1,5 @@
 use super::*;
-use eventfold_domain::{CorrelationId, Metadata, NewEvent, StreamId, Timestamp};
+use eventfold_domain::{CausationId, CorrelationId, Metadata, NewEvent, StreamId, Timestamp};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -43,6 +43,32 @@ fn a_scan_shares_the_stream_id_of_the_event_before_only_when_it_is_the_same() ->
     let other = StreamId::new("account-10")?;
     let third = decode_event_after("global", b"k", &record, Some(&other))?;
     assert_eq!(third.stream_id, stream);
+    Ok(())
+}
+
+#[test]
+fn a_peek_finds_the_stream_and_type_a_decode_finds_and_never_reads_past_the_record() -> TestResult {
+    let (stream, mut event) = sample()?;
+    for ids in 0..4u8 {
+        event.metadata.correlation_id = (ids & 1 != 0).then(|| CorrelationId::from_bytes([7; 16]));
+        event.metadata.causation_id = (ids & 2 != 0).then(|| CausationId::from_bytes([9; 16]));
+        let mut record = encode_event(&stream, &event);
+        seal_event(&mut record, 3, 2, Timestamp::from_micros(1));
+        let decoded = decode_event("global", b"k", &record)?;
+        assert_eq!(
+            peek_event(&record),
+            Some((
+                decoded.stream_id.as_str().as_bytes(),
+                decoded.event_type.as_bytes()
+            ))
+        );
+        for len in 0..record.len() {
+            // Cut short: what it finds lies inside the bytes it was given.
+            if let Some((s, t)) = peek_event(&record[..len]) {
+                assert!(s.len() + t.len() < len);
+            }
+        }
+    }
     Ok(())
 }
 

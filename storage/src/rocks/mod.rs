@@ -13,6 +13,7 @@ mod options;
 mod reads;
 mod recovery;
 mod replica;
+mod scan;
 mod store;
 mod subjects;
 pub(crate) mod syncer;

@@ -12,16 +12,11 @@ use crate::lifecycle::{DeleteRequest, DeletionRecord, StreamInfo};
 use crate::options::Durability;
 use crate::validate;
 use eventfold_domain::{CommandId, RecordedEvent, StreamId};
-use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{IteratorMode, WriteBatch};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::TrySendError;
 use writer::{Job, Message, Work};
-
-/// Most events a `read_all` allocates room for before it reads: a chunk of
-/// a catch-up fills its vector without growing it, a huge `max_count` does
-/// not reserve memory it may never use.
-const READ_ALL_PREALLOC_EVENTS: usize = 4096;
 
 impl RocksStore {
     /// Whether the writer takes requests (open, not poisoned).
@@ -315,106 +310,17 @@ impl EventStore for RocksStore {
         max_count: usize,
         filter: &Filter,
     ) -> Result<GlobalSlice, ReadError> {
-        let head = self.head();
-        let from = from.max(1);
-        let mut slice = GlobalSlice {
-            events: Vec::with_capacity(max_count.min(READ_ALL_PREALLOC_EVENTS)),
-            next_position: from,
-            head,
-        };
-        if max_count == 0 || from > head {
-            return Ok(slice);
-        }
-        // Taken before the iterator's view of the database: see `snapshot`.
-        let erasing = self.inner.shared.erasing.snapshot();
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(codec::global_key(head + 1).to_vec());
-        // A raw iterator: the records are decoded from RocksDB's own
-        // buffers, without a copy of each key and value.
-        let mut iter = self
-            .inner
-            .db
-            .raw_iterator_cf_opt(self.cf(CF_GLOBAL)?, read_options);
-        iter.seek(codec::global_key(from));
-        let mut examined = 0usize;
-        let mut last_stream: Option<StreamId> = None;
-        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            // Erased records are told by their first byte, so that an
-            // event is decoded straight into place, as before deletions.
-            if codec::is_erased(value) {
-                codec::decode_global(key, value)?;
-                // Erased: its position reads as skipped.
-                let position = codec::parse_u64_key(key);
-                if position != Some(slice.next_position) {
-                    return Err(Corruption {
-                        keyspace: CF_GLOBAL,
-                        key: key.to_vec(),
-                        kind: CorruptionKind::Inconsistent(format!(
-                            "expected position {}",
-                            slice.next_position
-                        )),
-                    }
-                    .into());
-                }
-                slice.next_position += 1;
-                examined += 1;
-                if examined == READ_ALL_SCAN_EVENTS_MAX {
-                    break;
-                }
-                iter.next();
-                continue;
-            }
-            let event = codec::decode_event_after(CF_GLOBAL, key, value, last_stream.as_ref())?;
-            if event.position != slice.next_position {
-                return Err(Corruption {
-                    keyspace: CF_GLOBAL,
-                    key: key.to_vec(),
-                    kind: CorruptionKind::Inconsistent(format!(
-                        "expected position {}, found {}",
-                        slice.next_position, event.position
-                    )),
-                }
-                .into());
-            }
-            slice.next_position += 1;
-            examined += 1;
-            let hidden = erasing.as_ref().is_some_and(|streams| {
-                streams
-                    .get(&event.stream_id)
-                    .is_some_and(|first| event.version < *first)
-            });
-            // The same id shares its allocation: compared by address.
-            let same = last_stream
-                .as_ref()
-                .is_some_and(|s| std::ptr::eq(s.as_str(), event.stream_id.as_str()));
-            if !same {
-                last_stream = Some(event.stream_id.clone());
-            }
-            if filter.matches(&event) && !hidden {
-                slice.events.push(event);
-                if slice.events.len() == max_count {
-                    break;
-                }
-            }
-            if examined == READ_ALL_SCAN_EVENTS_MAX {
-                break;
-            }
-            iter.next();
-        }
-        iter.status().map_err(engine)?;
-        if slice.next_position <= head
-            && examined < READ_ALL_SCAN_EVENTS_MAX
-            && slice.events.len() < max_count
-        {
-            // The iterator ended before the head: positions are missing.
-            return Err(Corruption {
-                keyspace: CF_GLOBAL,
-                key: codec::global_key(slice.next_position).to_vec(),
-                kind: CorruptionKind::Inconsistent("position missing below the head".into()),
-            }
-            .into());
-        }
-        Ok(slice)
+        self.read_all_decoded(from, max_count, filter)
+    }
+
+    fn read_all_stored(
+        &self,
+        from: u64,
+        max_count: usize,
+        filter: &Filter,
+        room: Vec<u8>,
+    ) -> Result<crate::StoredSlice, ReadError> {
+        self.read_all_encoded(from, max_count, filter, room)
     }
 
     fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<(), WriteError> {

@@ -106,6 +106,12 @@ pub fn truncation_is_idempotent_and_the_log_stays_gapless<B: Backend>(b: &mut B)
     assert_eq!(all.next_position, 12);
     let slice = store.read_all(1, 1, &Filter::all()).unwrap();
     assert_eq!((slice.events[0].position, slice.next_position), (3, 4));
+    // Read as stored: the erased positions read as skipped too.
+    let stored = store
+        .read_all_stored(1, 100, &Filter::all(), Vec::new())
+        .unwrap();
+    assert_eq!(stored.next_position, 12);
+    assert_eq!(stored.events.decode().unwrap().0, all.events);
     let told = deletions(&store);
     assert_eq!(told.len(), 1);
     assert_eq!(

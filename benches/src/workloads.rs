@@ -807,6 +807,7 @@ fn transfers(config: &Config) -> Result<Report, String> {
         |i, _| (i.to_string(), AccountCommand::Deposit { amount: 1000 }),
     )?;
     let before = runtime.store().writer_stats();
+    let cpu_before = cpu_seconds();
     let result = run_transfers(
         &runtime,
         &TransferLoad {
@@ -817,6 +818,11 @@ fn transfers(config: &Config) -> Result<Report, String> {
             quiet: config.quiet,
         },
     )?;
+    // Whether the machine's cores were the bound: CPU time over the
+    // transfers' wall time (2.0 is two cores busy throughout).
+    let cpu = cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let after = runtime.store().writer_stats();
     runtime.shutdown_blocking().map_err(err)?;
     let syncs = after.syncs - before.syncs;
@@ -838,6 +844,8 @@ fn transfers(config: &Config) -> Result<Report, String> {
         timeline: result.timeline,
         extra: vec![
             ("process_partitions", json!(partitions)),
+            ("cpu_seconds", json!(cpu)),
+            ("cpu_cores_busy", json!(cpu.map(|c| c / result.seconds))),
             ("refused_at_source", json!(result.refused_at_source)),
             ("completed", json!(result.completed)),
             ("compensated", json!(result.compensated)),

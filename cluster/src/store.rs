@@ -490,6 +490,18 @@ impl EventStore for ClusterStore {
         self.shared.replica.read_all(from, max_count, filter)
     }
 
+    fn read_all_stored(
+        &self,
+        from: u64,
+        max_count: usize,
+        filter: &Filter,
+        room: Vec<u8>,
+    ) -> Result<StoredSlice, ReadError> {
+        self.shared
+            .replica
+            .read_all_stored(from, max_count, filter, room)
+    }
+
     fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<(), WriteError> {
         self.shared.replica.save_snapshot(stream, snapshot)
     }

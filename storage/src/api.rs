@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub use crate::filter::Filter;
-use crate::stored::{StoredEvents, StoredSlice};
+use crate::stored::StoredSlice;
 
 /// The events to append to one stream, with the version the stream must have.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -449,7 +449,7 @@ pub trait EventStore: Send + Sync {
     ) -> Result<GlobalSlice, ReadError>;
 
     /// As [`read_all`](Self::read_all), but the events may come back as
-    /// stored, for [`StoredEvents::decode`] to check and decode, on another
+    /// stored, for [`StoredEvents::decode`](crate::StoredEvents::decode) to check and decode, on another
     /// thread than the read if the caller likes. `room` is a buffer an
     /// earlier slice's `decode` gave back (or empty), reused for the
     /// records. By default, `read_all` decoded.
@@ -461,12 +461,7 @@ pub trait EventStore: Send + Sync {
         room: Vec<u8>,
     ) -> Result<StoredSlice, ReadError> {
         drop(room);
-        let slice = self.read_all(from, max_count, filter)?;
-        Ok(StoredSlice {
-            events: StoredEvents::decoded(slice.events),
-            next_position: slice.next_position,
-            head: slice.head,
-        })
+        Ok(self.read_all(from, max_count, filter)?.into())
     }
 
     /// Saves the latest snapshot of a stream, replacing any earlier one.

@@ -141,12 +141,7 @@ impl RocksStore {
         room: Vec<u8>,
     ) -> Result<StoredSlice, ReadError> {
         if self.inner.shared.erasing.snapshot().is_some() {
-            let slice = self.read_all_decoded(from, max_count, filter)?;
-            return Ok(StoredSlice {
-                events: StoredEvents::decoded(slice.events),
-                next_position: slice.next_position,
-                head: slice.head,
-            });
+            return Ok(self.read_all_decoded(from, max_count, filter)?.into());
         }
         let head = self.head();
         let from = from.max(1);

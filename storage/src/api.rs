@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub use crate::filter::Filter;
-use crate::stored::StoredSlice;
+use crate::stored::{StoredEvents, StoredSlice};
 
 /// The events to append to one stream, with the version the stream must have.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +108,17 @@ pub struct GlobalSlice {
     pub next_position: u64,
     /// The committed head when the read started.
     pub head: u64,
+}
+
+impl From<GlobalSlice> for StoredSlice {
+    /// A slice read decoded.
+    fn from(slice: GlobalSlice) -> Self {
+        Self {
+            events: StoredEvents::decoded(slice.events),
+            next_position: slice.next_position,
+            head: slice.head,
+        }
+    }
 }
 
 /// A saved aggregate state.
@@ -449,7 +460,7 @@ pub trait EventStore: Send + Sync {
     ) -> Result<GlobalSlice, ReadError>;
 
     /// As [`read_all`](Self::read_all), but the events may come back as
-    /// stored, for [`StoredEvents::decode`](crate::StoredEvents::decode) to check and decode, on another
+    /// stored, for [`StoredEvents::decode`] to check and decode, on another
     /// thread than the read if the caller likes. `room` is a buffer an
     /// earlier slice's `decode` gave back (or empty), reused for the
     /// records. By default, `read_all` decoded.

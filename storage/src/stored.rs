@@ -8,7 +8,6 @@
 //! copied into one buffer, which [`StoredEvents::decode`] checks and
 //! decodes. The buffer comes back from `decode` empty, for the next read.
 
-use crate::api::GlobalSlice;
 use crate::codec;
 use crate::error::{Corruption, CorruptionKind, ReadError};
 use crate::keyspaces::CF_GLOBAL;
@@ -23,17 +22,6 @@ pub struct StoredSlice {
     pub next_position: u64,
     /// The committed head when the read started.
     pub head: u64,
-}
-
-impl From<GlobalSlice> for StoredSlice {
-    /// A slice read decoded.
-    fn from(slice: GlobalSlice) -> Self {
-        Self {
-            events: StoredEvents::decoded(slice.events),
-            next_position: slice.next_position,
-            head: slice.head,
-        }
-    }
 }
 
 /// Events read from the global log, decoded or still as stored.

@@ -9,8 +9,7 @@
 //! decodes. The buffer comes back from `decode` empty, for the next read.
 
 use crate::codec;
-use crate::error::{Corruption, CorruptionKind, ReadError};
-use crate::keyspaces::CF_GLOBAL;
+use crate::error::ReadError;
 use eventfold_domain::{RecordedEvent, StreamId};
 
 /// A slice of the global log whose events may still be encoded.
@@ -123,29 +122,13 @@ impl StoredEvents {
         let mut start = 0;
         let mut last_stream: Option<StreamId> = None;
         for (&position, &end) in records.positions.iter().zip(&records.ends) {
-            let key = codec::global_key(position);
             let value = records.bytes.get(start..end).unwrap_or_default();
             start = end;
-            let event = codec::decode_event_after(CF_GLOBAL, &key, value, last_stream.as_ref())?;
-            if event.position != position {
-                return Err(Corruption {
-                    keyspace: CF_GLOBAL,
-                    key: key.to_vec(),
-                    kind: CorruptionKind::Inconsistent(format!(
-                        "stored under position {position}, found {}",
-                        event.position
-                    )),
-                }
-                .into());
-            }
-            // The same id shares its allocation: compared by address.
-            let same = last_stream
-                .as_ref()
-                .is_some_and(|s| std::ptr::eq(s.as_str(), event.stream_id.as_str()));
-            if !same {
-                last_stream = Some(event.stream_id.clone());
-            }
-            events.push(event);
+            events.push(codec::decode_global_event(
+                position,
+                value,
+                &mut last_stream,
+            )?);
         }
         let mut room = records.bytes;
         room.clear();

@@ -4,6 +4,7 @@
 
 use super::frame::*;
 use crate::error::{Corruption, CorruptionKind};
+use crate::keyspaces::CF_GLOBAL;
 use eventfold_domain::{
     CausationId, CorrelationId, EventId, Metadata, NewEvent, RecordedEvent, StreamId, Timestamp,
 };
@@ -114,6 +115,37 @@ pub(crate) fn decode_event_after(
         key: key.to_vec(),
         kind,
     })
+}
+
+/// Decodes the record at `position` of the global log in a scan in
+/// position order: the record must hold that position, and it shares the
+/// stream id of the event before it (`last`, which becomes this event's)
+/// when it names the same stream.
+pub(crate) fn decode_global_event(
+    position: u64,
+    value: &[u8],
+    last: &mut Option<StreamId>,
+) -> Result<RecordedEvent, Corruption> {
+    let key = super::global_key(position);
+    let event = decode_event_after(CF_GLOBAL, &key, value, last.as_ref())?;
+    if event.position != position {
+        return Err(Corruption {
+            keyspace: CF_GLOBAL,
+            key: key.to_vec(),
+            kind: CorruptionKind::Inconsistent(format!(
+                "expected position {position}, found {}",
+                event.position
+            )),
+        });
+    }
+    // The same id shares its allocation: compared by address.
+    let same = last
+        .as_ref()
+        .is_some_and(|s| std::ptr::eq(s.as_str(), event.stream_id.as_str()));
+    if !same {
+        *last = Some(event.stream_id.clone());
+    }
+    Ok(event)
 }
 
 /// The stream id and event type of an event record, as their bytes, read

@@ -95,26 +95,13 @@ impl RocksStore {
         // Taken before the iterator's view of the database: see `snapshot`.
         let erasing = self.inner.shared.erasing.snapshot();
         let mut last_stream: Option<StreamId> = None;
-        let next_position = self.scan_global(from, head, max_count, |position, key, value| {
-            let event = codec::decode_event_after(CF_GLOBAL, key, value, last_stream.as_ref())?;
-            if event.position != position {
-                return Err(inconsistent(
-                    key,
-                    format!("expected position {position}, found {}", event.position),
-                ));
-            }
+        let next_position = self.scan_global(from, head, max_count, |position, _, value| {
+            let event = codec::decode_global_event(position, value, &mut last_stream)?;
             let hidden = erasing.as_ref().is_some_and(|streams| {
                 streams
                     .get(&event.stream_id)
                     .is_some_and(|first| event.version < *first)
             });
-            // The same id shares its allocation: compared by address.
-            let same = last_stream
-                .as_ref()
-                .is_some_and(|s| std::ptr::eq(s.as_str(), event.stream_id.as_str()));
-            if !same {
-                last_stream = Some(event.stream_id.clone());
-            }
             let wanted = filter.matches(&event) && !hidden;
             if wanted {
                 events.push(event);

@@ -86,6 +86,40 @@ impl NewEvent {
             metadata,
         }
     }
+
+    /// This event as recorded at `position` of the global log, as version
+    /// `version` of `stream_id`, at `recorded_at`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use eventfold_domain::{Metadata, NewEvent, StreamId, Timestamp};
+    ///
+    /// let event = NewEvent::new("Deposited", 1, vec![1], Metadata::new());
+    /// let stream = StreamId::new("account-1")?;
+    /// let recorded = event.recorded(stream, 3, 17, Timestamp::from_micros(5));
+    /// assert_eq!((recorded.version, recorded.position), (3, 17));
+    /// assert_eq!(recorded.event_type, "Deposited");
+    /// # Ok::<(), eventfold_domain::StreamIdError>(())
+    /// ```
+    pub fn recorded(
+        self,
+        stream_id: StreamId,
+        version: u64,
+        position: u64,
+        recorded_at: Timestamp,
+    ) -> RecordedEvent {
+        RecordedEvent {
+            stream_id,
+            version,
+            position,
+            recorded_at,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload,
+            metadata: self.metadata,
+        }
+    }
 }
 
 /// An event as stored: a [`NewEvent`] plus where and when it was recorded.

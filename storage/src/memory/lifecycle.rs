@@ -7,7 +7,7 @@ use crate::error::AppendError;
 use crate::lifecycle::*;
 use crate::options::StoreOptions;
 use crate::validate;
-use eventfold_domain::{Metadata, NewEvent, RecordedEvent, StreamId, Timestamp};
+use eventfold_domain::{Metadata, NewEvent, StreamId, Timestamp};
 use std::sync::atomic::Ordering;
 
 /// What the store keeps of a stream that had a deletion.
@@ -55,16 +55,8 @@ impl State {
     ) -> u64 {
         let version = self.streams.get(stream).map_or(0, |v| v.len() as u64) + 1;
         let position = self.log.len() as u64 + 1;
-        self.log.push(RecordedEvent {
-            stream_id: stream.clone(),
-            version,
-            position,
-            recorded_at,
-            event_type: event.event_type,
-            schema_version: event.schema_version,
-            payload: event.payload,
-            metadata: event.metadata,
-        });
+        self.log
+            .push(event.recorded(stream.clone(), version, position, recorded_at));
         self.streams
             .entry(stream.clone())
             .or_default()

@@ -77,16 +77,7 @@ pub(super) fn write_events(
         let position = *pending.position;
         codec::seal_event(&mut record, position, version, recorded_at);
         if let Some(listened) = pending.events.as_deref_mut() {
-            listened.push(RecordedEvent {
-                stream_id: stream.clone(),
-                version,
-                position,
-                recorded_at,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                payload: event.payload,
-                metadata: event.metadata,
-            });
+            listened.push(event.recorded(stream.clone(), version, position, recorded_at));
         }
         pending
             .batch

@@ -15,7 +15,7 @@
 //! from a cursor per category, while the writer is idle, at most every
 //! [`RETENTION_SWEEP_INTERVAL`].
 
-use super::batch::{Pending, Tip};
+use super::batch::{Pending, Tip, write_events};
 use super::erasing::{Upkeep, engine, read_meta};
 use super::syncer::Decision;
 use super::writer::Writer;
@@ -24,7 +24,7 @@ use crate::codec::{self, StreamMeta};
 use crate::error::AppendError;
 use crate::keyspaces::{CF_GLOBAL, CF_STREAM_META, CF_STREAMS};
 use crate::lifecycle::*;
-use eventfold_domain::{Metadata, NewEvent, RecordedEvent, StreamId, Timestamp};
+use eventfold_domain::{Metadata, NewEvent, StreamId, Timestamp};
 use foldhash::HashMap;
 use rocksdb::WriteBatch;
 use std::sync::atomic::Ordering;
@@ -133,38 +133,15 @@ impl Writer {
         let stream = StreamId::new(DELETIONS_STREAM).map_err(|e| AppendError::Io(e.to_string()))?;
         let tip = self.current_tip(&stream, pending.versions)?;
         let event = NewEvent::new(STREAM_DELETED_EVENT, 1, payload, Metadata::new());
-        let mut record = codec::encode_event(&stream, &event);
-        let (position, version) = (*pending.position, tip.version + 1);
-        codec::seal_event(&mut record, position, version, pending.recorded_at);
-        let (global, streams) = (pending.keyspaces.global, pending.keyspaces.streams);
-        pending
-            .batch
-            .put_cf(global, codec::global_key(position), &record);
-        let mut keys = codec::StreamKeys::new(DELETIONS_STREAM);
-        pending
-            .batch
-            .put_cf(streams, keys.at(version), codec::global_key(position));
-        let event_id = event.metadata.event_id;
-        if let Some(events) = pending.events.as_deref_mut() {
-            events.push(RecordedEvent {
-                stream_id: stream.clone(),
-                version,
-                position,
-                recorded_at: pending.recorded_at,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                payload: event.payload,
-                metadata: event.metadata,
-            });
-        }
-        *pending.position += 1;
-        pending.versions.insert(
-            stream,
-            Tip {
-                version,
-                last_event: Some(event_id),
-                tombstoned: false,
-            },
+        let record = codec::encode_event(&stream, &event);
+        let (position, recorded_at) = (*pending.position, pending.recorded_at);
+        write_events(
+            pending,
+            &stream,
+            tip.version,
+            vec![record],
+            vec![event],
+            recorded_at,
         );
         Ok(position)
     }

@@ -8,11 +8,25 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a started service may take to answer before the start fails.
 pub const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many times [`LocalServices::start`] starts the services, each time on
+/// fresh ports, when one of them exits or does not answer (a port taken by
+/// another process between its choice and its use).
+pub const START_ATTEMPTS: usize = 3;
+
+/// The lowest port handed to a service: below it are the well-known and
+/// registered ports of other software.
+const FIRST_PORT: u16 = 10_000;
+
+/// How many ports [`free_port`] tries before it asks the kernel for one.
+const PORT_PROBES: u32 = 2_000;
 
 /// Why the local services could not be started or driven.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +52,16 @@ pub enum LaunchError {
     /// A service did not answer within [`SERVICE_READY_TIMEOUT`].
     #[error("{0} did not become ready in time")]
     NotReady(String),
+    /// A service exited before it answered.
+    #[error("{name} exited before it answered ({status}); its log: {}", log.display())]
+    Exited {
+        /// The member.
+        name: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its log file.
+        log: PathBuf,
+    },
     /// No such member.
     #[error("no service named {0}")]
     Unknown(String),
@@ -84,12 +108,17 @@ impl Member {
         }
     }
 
+    /// Its log file (standard output and error).
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
     fn spawn(&mut self) -> Result<(), LaunchError> {
         let binary = binary(self.kind)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("server.log"))
+            .open(self.log())
             .map_err(|source| io(format!("open the log of {}", self.name), source))?;
         let errors = log
             .try_clone()
@@ -134,9 +163,32 @@ pub fn installed() -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// A port free on loopback now (the kernel's choice; another process may
-/// take it before it is used, which a start then reports).
+/// A port free on loopback now. Another process may still take it before
+/// it is used, which a start then finds and retries ([`START_ATTEMPTS`]).
+///
+/// It is chosen below the kernel's range of ephemeral ports when there is
+/// room there: the outgoing connections of every process on the machine
+/// (the services' own among them) take their ports from that range, so a
+/// port below it is taken only by a process that asks for it by number.
+/// Each process starts at its own place in that room, and each call moves
+/// on, so tests running side by side do not pick the same ports.
 fn free_port() -> Result<u16, LaunchError> {
+    let low = ephemeral_range_start();
+    if let Some(span) = low.checked_sub(FIRST_PORT).filter(|span| *span >= 1_000) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let start = std::process::id().wrapping_mul(7_919);
+        for _ in 0..PORT_PROBES {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            let offset = start.wrapping_add(step) % u32::from(span);
+            let Ok(offset) = u16::try_from(offset) else {
+                continue;
+            };
+            let port = FIRST_PORT + offset;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|source| io("find a free port".into(), source))?;
     let port = listener
@@ -144,6 +196,18 @@ fn free_port() -> Result<u16, LaunchError> {
         .map_err(|source| io("find a free port".into(), source))?
         .port();
     Ok(port)
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it
+/// cannot be read).
+fn ephemeral_range_start() -> u16 {
+    static START: OnceLock<u16> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768)
+    })
 }
 
 /// JetStream servers and etcd members on loopback, stopped when dropped.
@@ -155,8 +219,35 @@ pub struct LocalServices {
 impl LocalServices {
     /// Starts `nats` JetStream servers (one cluster) and `etcd` etcd
     /// members under `dir`, and waits until each accepts connections.
+    ///
+    /// When a service exits or does not answer, every service of the try is
+    /// stopped and the start begins again on fresh ports and empty
+    /// directories (what the failed try wrote under `dir` is removed), up to
+    /// [`START_ATTEMPTS`] times; the last try's error is
+    /// returned.
     pub fn start(dir: &Path, nats: usize, etcd: usize) -> Result<Self, LaunchError> {
         installed()?;
+        let mut attempt = 1;
+        loop {
+            if attempt > 1 {
+                // The failed try's data: etcd refuses to form a new cluster
+                // in a directory that holds another's.
+                std::fs::remove_dir_all(dir)
+                    .map_err(|source| io(format!("empty {}", dir.display()), source))?;
+            }
+            match Self::start_once(dir, nats, etcd) {
+                Err(error @ (LaunchError::NotReady(_) | LaunchError::Exited { .. }))
+                    if attempt < START_ATTEMPTS =>
+                {
+                    tracing::warn!(%error, attempt, "local services did not start; again on fresh ports");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, nats: usize, etcd: usize) -> Result<Self, LaunchError> {
         let mut members = Vec::new();
         let nats_ports = (0..nats)
             .map(|_| Ok((free_port()?, free_port()?)))
@@ -240,7 +331,7 @@ impl LocalServices {
         for member in &mut services.members {
             member.spawn()?;
         }
-        for member in &services.members {
+        for member in &mut services.members {
             wait_listening(member)?;
         }
         Ok(services)
@@ -343,14 +434,81 @@ pub fn signal_pid(pid: u32, signal: i32) -> Result<(), LaunchError> {
     }
 }
 
-/// Waits until the member accepts TCP connections on its client port.
-fn wait_listening(member: &Member) -> Result<(), LaunchError> {
+/// Waits until the member accepts TCP connections on its client port, and
+/// reports at once a member that exited instead.
+fn wait_listening(member: &mut Member) -> Result<(), LaunchError> {
     let started = Instant::now();
     while started.elapsed() < SERVICE_READY_TIMEOUT {
         if std::net::TcpStream::connect(("127.0.0.1", member.client_port)).is_ok() {
             return Ok(());
         }
+        if let Some(child) = member.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            member.child = None;
+            return Err(LaunchError::Exited {
+                name: member.name.clone(),
+                status,
+                log: member.log(),
+            });
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(LaunchError::NotReady(member.name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_chosen_below_the_ephemeral_range_and_not_twice() -> Result<(), LaunchError> {
+        let low = ephemeral_range_start();
+        let ports = (0..64)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if low >= FIRST_PORT + 1_000 {
+            assert!(
+                ports.iter().all(|p| (FIRST_PORT..low).contains(p)),
+                "{ports:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_service_that_exits_is_reported_at_once_with_its_log()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut member = Member {
+            name: "n1".into(),
+            kind: Kind::Nats,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            dir: dir.path().to_path_buf(),
+            // A configuration file that does not exist: the server exits.
+            args: vec![
+                "-c".into(),
+                dir.path().join("missing.conf").display().to_string(),
+            ],
+            child: None,
+        };
+        member.spawn()?;
+        let started = Instant::now();
+        match wait_listening(&mut member) {
+            Err(LaunchError::Exited { name, status, log }) => {
+                assert_eq!(name, "n1");
+                assert!(!status.success());
+                assert!(log.is_file());
+            }
+            other => panic!("expected Exited, got {other:?}"),
+        }
+        assert!(started.elapsed() < SERVICE_READY_TIMEOUT / 2);
+        assert!(member.pid().is_none());
+        Ok(())
+    }
 }

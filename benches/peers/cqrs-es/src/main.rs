@@ -144,6 +144,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let clients = args.clients.clamp(1, args.commands.max(1));
     let per_client = args.commands.div_ceil(clients);
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let cqrs = Arc::clone(&cqrs);
@@ -164,6 +165,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         task.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let mut landed = 0;
     for id in 0..args.accounts {
         landed += store.load_events(&format!("acc-{id}")).await?.len() as u64;
@@ -174,17 +178,45 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let expected = args.accounts + args.commands;
     let lost = expected.saturating_sub(landed);
     let per_second = args.commands as f64 / seconds;
+    // CPU per command as loadgen reports it: the process's CPU time over
+    // the deposits, divided by their count.
+    let cpu_us = cpu.map(|cpu| cpu * 1e6 / args.commands.max(1) as f64);
     let line = format!(
-        "cqrs-es 0.5.0 MemStore: {} deposits to {} accounts from {} clients in {seconds:.2} s: {per_second:.0}/s; {lost} acknowledged events lost",
-        args.commands, args.accounts, clients
+        "cqrs-es 0.5.0 MemStore: {} deposits to {} accounts from {} clients in {seconds:.2} s: {per_second:.0}/s, {} µs of CPU per command; {lost} acknowledged events lost",
+        args.commands,
+        args.accounts,
+        clients,
+        cpu_us.map_or("?".into(), |us| format!("{us:.2}")),
     );
     eprintln!("{line}");
     if let Some(path) = &args.json {
         let json = format!(
-            "{{\"peer\":\"cqrs-es 0.5.0 MemStore\",\"accounts\":{},\"clients\":{},\"commands\":{},\"seconds\":{seconds:.3},\"commands_per_s\":{per_second:.0},\"acknowledged_events_lost\":{lost}}}\n",
-            args.accounts, clients, args.commands
+            "{{\"peer\":\"cqrs-es 0.5.0 MemStore\",\"accounts\":{},\"clients\":{},\"commands\":{},\"seconds\":{seconds:.3},\"commands_per_s\":{per_second:.0},\"cpu_seconds\":{},\"cpu_us_per_command\":{},\"acknowledged_events_lost\":{lost}}}\n",
+            args.accounts,
+            clients,
+            args.commands,
+            cpu.map_or("null".into(), |cpu| format!("{cpu:.2}")),
+            cpu_us.map_or("null".into(), |us| format!("{us:.2}")),
         );
         std::fs::write(path, json)?;
     }
     Ok(())
+}
+
+/// `/proc`'s clock ticks per second (`USER_HZ`, 100 on Linux's ABI).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user + system) this process has used so far, in seconds
+/// (`None` where `/proc` is not available). The same reading as loadgen's
+/// (`benches/src/measure.rs`); this crate is built outside the workspace
+/// and does not depend on it.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime is field 14 and stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / USER_HZ)
 }

@@ -6,6 +6,7 @@
 #
 #   bash benches/peers/run.sh            # 3 rounds
 #   ROUNDS=5 bash benches/peers/run.sh
+#   LOADGEN_ARGS="--shards 1" bash benches/peers/run.sh   # eventfold with one shard
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/ensure-deps.sh
@@ -18,9 +19,11 @@ peer="$peer_target/release/peer-cqrs-es"
 out=target/peers
 mkdir -p "$out"
 rounds="${ROUNDS:-3}"
+echo "eventfold: loadgen --workload w2 ${LOADGEN_ARGS:-(the runtime's default settings)}"
 printf '%5s  %18s  %18s  %6s  %14s  %14s  %9s  %s\n' round "eventfold W2 /s" "cqrs-es MemStore /s" ratio "eventfold CPU" "cqrs-es CPU" "CPU ratio" "cqrs-es events lost"
 for round in $(seq 1 "$rounds"); do
-    "$loadgen" --workload w2 --no-baseline --quiet --json "$out/eventfold-$round.json" >/dev/null
+    # shellcheck disable=SC2086 # LOADGEN_ARGS is a list of arguments
+    "$loadgen" --workload w2 --no-baseline --quiet ${LOADGEN_ARGS:-} --json "$out/eventfold-$round.json" >/dev/null
     "$peer" --json "$out/cqrs-es-$round.json" >/dev/null 2>&1
     python3 - "$out/eventfold-$round.json" "$out/cqrs-es-$round.json" "$round" <<'PY'
 import json, sys

@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-deps.sh
 cargo build --release --locked -p eventfold-benches --bin loadgen
+loadgen="${CARGO_TARGET_DIR:-target}/release/loadgen"
 out=target/benchmarks
 mkdir -p "$out"
 for w in w1 w2 w3 w4 w5 w6 w7 w8; do
     echo "== $w"
-    target/release/loadgen --workload "$w" --runs "${RUNS:-3}" \
+    "$loadgen" --workload "$w" --runs "${RUNS:-3}" \
         --json "$out/$w.json" --plot "$out/$w.svg" "$@"
 done
 echo "figures in $out/"

@@ -122,7 +122,7 @@ fi
 EVENTFOLD_DISK_NEEDED_MIB="${EVENTFOLD_DISK_NEEDED_MIB:-4096}"
 free_mib=$(df -Pm . 2>/dev/null | awk 'NR == 2 { print $4 }')
 # A warm target/ (RocksDB already built) needs far less: no check then.
-if ! compgen -G 'target/release/deps/liblibrocksdb_sys-*.rlib' >/dev/null \
+if ! compgen -G "${CARGO_TARGET_DIR:-target}/release/deps/liblibrocksdb_sys-*.rlib" >/dev/null \
   && [ -n "${free_mib:-}" ] && [ "$free_mib" -lt "$EVENTFOLD_DISK_NEEDED_MIB" ]; then
   echo "error: only ${free_mib} MiB free on the disk holding $(pwd); building eventfold" >&2
   echo "       needs about ${EVENTFOLD_DISK_NEEDED_MIB} MiB. Free some space (cargo clean in old" >&2

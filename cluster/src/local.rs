@@ -28,6 +28,10 @@ const FIRST_PORT: u16 = 10_000;
 /// How many ports [`free_port`] tries before it asks the kernel for one.
 const PORT_PROBES: u32 = 2_000;
 
+/// The fewest ports between [`FIRST_PORT`] and the ephemeral range for
+/// [`free_port`] to choose among them; with fewer, the kernel chooses.
+const PORT_ROOM_MIN: u16 = 1_000;
+
 /// Why the local services could not be started or driven.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,7 +178,10 @@ pub fn installed() -> Result<(), LaunchError> {
 /// on, so tests running side by side do not pick the same ports.
 fn free_port() -> Result<u16, LaunchError> {
     let low = ephemeral_range_start();
-    if let Some(span) = low.checked_sub(FIRST_PORT).filter(|span| *span >= 1_000) {
+    if let Some(span) = low
+        .checked_sub(FIRST_PORT)
+        .filter(|span| *span >= PORT_ROOM_MIN)
+    {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let start = std::process::id().wrapping_mul(7_919);
         for _ in 0..PORT_PROBES {
@@ -196,6 +203,22 @@ fn free_port() -> Result<u16, LaunchError> {
         .map_err(|source| io("find a free port".into(), source))?
         .port();
     Ok(port)
+}
+
+/// The name of the `index`th member of a kind (from 0): `n1`, `e2`, …
+fn member_name(kind: Kind, index: usize) -> String {
+    let prefix = match kind {
+        Kind::Nats => 'n',
+        Kind::Etcd => 'e',
+    };
+    format!("{prefix}{}", index + 1)
+}
+
+/// The names of `nats` JetStream servers' and `etcd` etcd members.
+fn member_names(nats: usize, etcd: usize) -> impl Iterator<Item = String> {
+    (0..nats)
+        .map(|index| member_name(Kind::Nats, index))
+        .chain((0..etcd).map(|index| member_name(Kind::Etcd, index)))
 }
 
 /// The first port of the kernel's ephemeral range (Linux's default when it
@@ -221,25 +244,28 @@ impl LocalServices {
     /// members under `dir`, and waits until each accepts connections.
     ///
     /// When a service exits or does not answer, every service of the try is
-    /// stopped and the start begins again on fresh ports and empty
-    /// directories (what the failed try wrote under `dir` is removed), up to
-    /// [`START_ATTEMPTS`] times; the last try's error is
-    /// returned.
+    /// stopped and the start begins again on fresh ports and empty member
+    /// directories (the failed try's are removed), up to [`START_ATTEMPTS`]
+    /// times; the last try's error is returned.
     pub fn start(dir: &Path, nats: usize, etcd: usize) -> Result<Self, LaunchError> {
         installed()?;
         let mut attempt = 1;
         loop {
-            if attempt > 1 {
-                // The failed try's data: etcd refuses to form a new cluster
-                // in a directory that holds another's.
-                std::fs::remove_dir_all(dir)
-                    .map_err(|source| io(format!("empty {}", dir.display()), source))?;
-            }
             match Self::start_once(dir, nats, etcd) {
                 Err(error @ (LaunchError::NotReady(_) | LaunchError::Exited { .. }))
                     if attempt < START_ATTEMPTS =>
                 {
                     tracing::warn!(%error, attempt, "local services did not start; again on fresh ports");
+                    // The failed try's data: etcd refuses to form a new
+                    // cluster in a directory that holds another's.
+                    for name in member_names(nats, etcd) {
+                        let member_dir = dir.join(name);
+                        if member_dir.exists() {
+                            std::fs::remove_dir_all(&member_dir).map_err(|source| {
+                                io(format!("empty {}", member_dir.display()), source)
+                            })?;
+                        }
+                    }
                     attempt += 1;
                 }
                 result => return result,
@@ -253,7 +279,7 @@ impl LocalServices {
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<Result<Vec<_>, LaunchError>>()?;
         for (index, (client, peer)) in nats_ports.iter().enumerate() {
-            let name = format!("n{}", index + 1);
+            let name = member_name(Kind::Nats, index);
             let member_dir = dir.join(&name);
             std::fs::create_dir_all(&member_dir)
                 .map_err(|source| io(format!("create {}", member_dir.display()), source))?;
@@ -296,10 +322,12 @@ impl LocalServices {
         let initial: Vec<String> = etcd_ports
             .iter()
             .enumerate()
-            .map(|(index, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", index + 1))
+            .map(|(index, (_, peer))| {
+                format!("{}=http://127.0.0.1:{peer}", member_name(Kind::Etcd, index))
+            })
             .collect();
         for (index, (client, peer)) in etcd_ports.iter().enumerate() {
-            let name = format!("e{}", index + 1);
+            let name = member_name(Kind::Etcd, index);
             let member_dir = dir.join(&name);
             std::fs::create_dir_all(&member_dir)
                 .map_err(|source| io(format!("create {}", member_dir.display()), source))?;
@@ -471,7 +499,7 @@ mod tests {
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
-        if low >= FIRST_PORT + 1_000 {
+        if low >= FIRST_PORT + PORT_ROOM_MIN {
             assert!(
                 ports.iter().all(|p| (FIRST_PORT..low).contains(p)),
                 "{ports:?}"
@@ -509,6 +537,24 @@ mod tests {
         }
         assert!(started.elapsed() < SERVICE_READY_TIMEOUT / 2);
         assert!(member.pid().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn the_members_dirs_are_the_ones_a_failed_try_removes() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let services = LocalServices::start(dir.path(), 2, 1)?;
+        let mut made: Vec<String> = services.members().iter().map(|m| m.name.clone()).collect();
+        made.sort();
+        let mut named: Vec<String> = member_names(2, 1).collect();
+        named.sort();
+        assert_eq!(made, named);
+        assert_eq!(made, ["e1", "n1", "n2"]);
+        for member in services.members() {
+            assert_eq!(member.dir, dir.path().join(&member.name));
+            assert!(member.dir.is_dir());
+        }
         Ok(())
     }
 }

@@ -115,6 +115,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   have_libclang || { echo "error: libclang is still missing after installing ${missing[*]}" >&2; exit 1; }
 fi
 
+# CI builds once, in a fresh clone: incremental compilation (on in the release
+# profile, for working on the code) would only add its caches, several GB for
+# the workspace's test targets, to a disk other jobs share.
+if [ -n "${CI:-}" ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 # Disk: the release build of the whole workspace with its tests takes about
 # 2.5 GB under target/ (RocksDB's C++ is built without debug info for that
 # reason, see Cargo.toml), plus the crates cargo downloads. Say so up front
